@@ -1,0 +1,102 @@
+"""Input generators: params-built producers of tf.data batches.
+
+Each yields dicts {'image': float [N, H, W, C], 'label': int32 [N]} with a
+fixed batch size (drop_remainder in training so the micro-batch split is
+always exact; evaluation pads the last batch and marks padding with
+'weight' 0 so every example counts once).
+"""
+import tensorflow as tf
+
+from gpipe_lingvo import hyperparams
+
+
+class BaseInputGenerator:
+  """Base class: subclasses implement _Examples() -> unbatched dataset."""
+
+  @classmethod
+  def Params(cls):
+    p = hyperparams.InstantiableParams(cls)
+    p.Define('name', 'input', 'Name.')
+    p.Define('batch_size', 32, 'Global batch size.')
+    p.Define('is_training', True,
+             'Shuffle, augment and repeat forever (else one ordered pass).')
+    p.Define('shuffle_buffer', 10000, 'Shuffle buffer size (training).')
+    p.Define('seed', 1234, 'Seed for shuffling and augmentation.')
+    p.Define('num_parallel_calls', -1,
+             'Parallel map calls; -1 lets tf.data choose (AUTOTUNE).')
+    p.Define('prefetch', -1, 'Batches to prefetch; -1 = AUTOTUNE, 0 = none.')
+    p.Define('cache', True, 'Cache decoded examples in memory.')
+    p.Define('dtype', tf.float32, 'Image dtype (float32 or bfloat16).')
+    p.Define('shard_index', 0, 'This host\'s shard (multi-worker input).')
+    p.Define('num_shards', 1, 'Number of input shards (hosts).')
+    return p
+
+  def __init__(self, params):
+    self._params = params.Copy()
+    p = self._params
+    if p.batch_size <= 0:
+      raise ValueError(f'{p.name}: batch_size must be > 0, got {p.batch_size}.')
+    if not 0 <= p.shard_index < p.num_shards:
+      raise ValueError(f'{p.name}: need 0 <= shard_index < num_shards, got '
+                       f'{p.shard_index}, {p.num_shards}.')
+
+  @property
+  def params(self):
+    return self._params
+
+  @property
+  def num_classes(self):
+    raise NotImplementedError
+
+  @property
+  def num_examples(self):
+    """Examples in one pass over the split (this shard)."""
+    raise NotImplementedError
+
+  def ImageShape(self):
+    """[H, W, C] of the images this generator yields (no data needed)."""
+    raise NotImplementedError
+
+  def _Examples(self):
+    """Unbatched dataset of (image, label) after decoding, before augmenting."""
+    raise NotImplementedError
+
+  def _Preprocess(self, image, label):
+    """Per-example augmentation/normalisation; override per task."""
+    return image, label
+
+  def _Autotune(self, v):
+    return tf.data.AUTOTUNE if v == -1 else v
+
+  def GetDataset(self):
+    p = self.params
+    ds = self._Examples()
+    if p.num_shards > 1:
+      ds = ds.shard(p.num_shards, p.shard_index)
+    if p.cache:
+      ds = ds.cache()
+    if p.is_training:
+      ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
+                      reshuffle_each_iteration=True).repeat()
+    ds = ds.map(self._Preprocess,
+                num_parallel_calls=self._Autotune(p.num_parallel_calls),
+                deterministic=True)
+    ds = ds.map(lambda img, lbl: {'image': tf.cast(img, p.dtype),
+                                  'label': tf.cast(lbl, tf.int32),
+                                  'weight': tf.ones([], tf.float32)})
+    if p.is_training:
+      ds = ds.batch(p.batch_size, drop_remainder=True)
+    else:
+      ds = ds.batch(p.batch_size).map(self._PadBatch)
+    if p.prefetch:
+      ds = ds.prefetch(self._Autotune(p.prefetch))
+    return ds
+
+  def _PadBatch(self, batch):
+    """Pads an evaluation batch to batch_size; padding has weight 0."""
+    n = self.params.batch_size
+    def Pad(t):
+      pad = n - tf.shape(t)[0]
+      paddings = [[0, pad]] + [[0, 0]] * (t.shape.rank - 1)
+      return tf.ensure_shape(tf.pad(t, paddings), [n] + t.shape[1:])
+    return tf.nest.map_structure(Pad, batch)

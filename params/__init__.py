@@ -1,0 +1,1 @@
+"""Registered model params (no logic): key = module below params + class."""

@@ -1,0 +1,1 @@
+"""Input generators and metrics per dataset."""
