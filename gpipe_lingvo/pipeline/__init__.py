@@ -1,0 +1,1 @@
+"""The GPipe engine: partition, schedules as data, executor, pipelined layer."""

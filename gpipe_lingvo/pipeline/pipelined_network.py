@@ -1,0 +1,265 @@
+"""PipelinedNetwork: a sequence of cells trained with GPipe.
+
+Params declare the cells, the number of stages K and micro-batches M, the
+schedule, the re-materialization policy, the partition and the device
+topology. Cells are direct children named as in layers.Sequential, so
+checkpoints do not depend on K or M; each is created on its stage's device.
+"""
+import tensorflow as tf
+
+from gpipe_lingvo import base_layer
+from gpipe_lingvo import context
+from gpipe_lingvo import devices
+from gpipe_lingvo import hyperparams
+from gpipe_lingvo.layers import normalization
+from gpipe_lingvo.layers import sequential
+from gpipe_lingvo.pipeline import executor as executor_lib
+from gpipe_lingvo.pipeline import microbatch
+from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.pipeline import schedule as schedule_lib
+
+
+def _OverrideBatchNormMode(params, mode):
+  """Copy of a params tree with every BatchNorm's mode set to `mode`."""
+  p = params.Copy()
+
+  def Visit(q):
+    if isinstance(q, hyperparams.InstantiableParams) and issubclass(
+        q.cls, normalization.BatchNorm):
+      q.mode = mode
+    for _, v in q.IterParams():
+      if isinstance(v, hyperparams.Params):
+        Visit(v)
+      elif isinstance(v, (list, tuple)):
+        for e in v:
+          if isinstance(e, hyperparams.Params):
+            Visit(e)
+  Visit(p)
+  return p
+
+
+class _StageBody:
+  """The Python forward of one stage (cells, and the loss on the last)."""
+
+  def __init__(self, cells, loss_fn):
+    self.cells = cells
+    self.loss_fn = loss_fn
+    self.out_struct = None
+    self._metric_struct = None
+    self._stats_layout = []
+
+  def MakeBody(self, in_struct, num_in, first, last, label_struct):
+    n_lab = len(tf.nest.flatten(label_struct)) if last else 0
+
+    def Body(*args):
+      xs = list(args[:num_in])
+      labels = list(args[num_in:num_in + n_lab])
+      step, mb = args[-2], args[-1]
+      if first:
+        xs = [tf.stop_gradient(x) for x in xs]
+      x = tf.nest.pack_sequence_as(in_struct, xs)
+      stats = {}
+      with context.Scope(training=True, step=step, micro_batch=mb,
+                         stats=stats):
+        for cell in self.cells:
+          x = cell.FProp(x)
+        if last:
+          lab = tf.nest.map_structure(
+              tf.stop_gradient,
+              tf.nest.pack_sequence_as(label_struct, labels))
+          loss, sums = self.loss_fn(x, lab)
+      self._stats_layout = [(p, len(stats[p])) for p in sorted(stats)]
+      stats_flat = []
+      for p in sorted(stats):
+        for tup in stats[p]:
+          stats_flat.extend(tup)
+      if last:
+        self._metric_struct = sums
+        return [loss], tf.nest.flatten(sums) + stats_flat
+      self.out_struct = tf.nest.map_structure(lambda t: None, x)
+      return tf.nest.flatten(x), stats_flat
+
+    return Body
+
+  def UnpackAux(self, aux):
+    aux = list(aux)
+    sums = None
+    if self._metric_struct is not None:
+      n = len(tf.nest.flatten(self._metric_struct))
+      sums = tf.nest.pack_sequence_as(self._metric_struct, aux[:n])
+      aux = aux[n:]
+    stats, pos = {}, 0
+    for path, count in self._stats_layout:
+      stats[path] = []
+      for _ in range(count):
+        stats[path].append(tuple(aux[pos:pos + 3]))
+        pos += 3
+    return sums, stats
+
+
+class PipelinedNetwork(base_layer.BaseLayer):
+  """A sequential network cut into K stages, trained on M micro-batches."""
+
+  @classmethod
+  def Params(cls):
+    p = super().Params()
+    p.Define('cells', [], 'List of layer params (any sequential network); '
+             'activations between cells may be any nest of tensors.')
+    p.Define('num_stages', 1, 'Pipeline stages K (one device group each).')
+    p.Define('topology', devices.TopologyParams(),
+             'Device type and devices per stage.')
+    p.Define('num_micro_batches', 1, 'Micro-batches M per mini-batch.')
+    p.Define('schedule', 'gpipe',
+             f'One of {schedule_lib.SCHEDULES}: fill-drain, or one-forward-'
+             'one-backward (fewer stashed micro-batches).')
+    p.Define('remat', 'always',
+             f'Re-materialization policy, one of '
+             f'{executor_lib.REMAT_POLICIES}.')
+    p.Define('partition', 'uniform',
+             "'uniform' (by cell count) or a list of cell counts per stage.")
+    p.Define('batch_norm_mode', None,
+             f'If set, one of {normalization.MODES}, applied to every '
+             'BatchNorm inside the cells.')
+    p.Define('parallel_iterations', 1,
+             'Ticks the step loop may run ahead; 1 keeps memory lowest.')
+    return p
+
+  def __init__(self, params, parent_path=''):
+    super().__init__(params, parent_path)
+    p = self.params
+    if not p.cells:
+      raise ValueError(f'{self.path}: cells is empty.')
+    if not isinstance(p.num_micro_batches, int) or p.num_micro_batches < 1:
+      raise ValueError(f'{self.path}: num_micro_batches must be a positive '
+                       f'int, got {p.num_micro_batches!r}.')
+    if p.schedule not in schedule_lib.SCHEDULES:
+      raise ValueError(f'{self.path}: unknown schedule {p.schedule!r}; use '
+                       f'one of {schedule_lib.SCHEDULES}.')
+    if p.remat not in executor_lib.REMAT_POLICIES:
+      raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
+                       f'one of {executor_lib.REMAT_POLICIES}.')
+    if (p.batch_norm_mode is not None and
+        p.batch_norm_mode not in normalization.MODES):
+      raise ValueError(f'{self.path}: unknown batch_norm_mode '
+                       f'{p.batch_norm_mode!r}; use one of '
+                       f'{normalization.MODES} or None.')
+    self._ranges = partition_lib.Partition(len(p.cells), p.num_stages,
+                                           p.partition)
+    self._devices = self._CheckDevices()
+    cells = list(p.cells)
+    if p.batch_norm_mode is not None:
+      cells = [_OverrideBatchNormMode(c, p.batch_norm_mode) for c in cells]
+    names = sequential.CellNames(cells)
+    self._cell_names = names
+    for k, (a, b) in enumerate(self._ranges):
+      with tf.device(self._devices[k]):
+        for n, c in zip(names[a:b], cells[a:b]):
+          self.CreateChild(n, c)
+    self.schedule_table = schedule_lib.Build(p.schedule, p.num_stages,
+                                             p.num_micro_batches)
+    self._remat_flags = executor_lib.RematFlags(p.remat, p.num_micro_batches)
+
+  def _CheckDevices(self):
+    p = self.params
+    topo = p.topology
+    if topo.device_type not in devices.DEVICE_TYPES:
+      raise devices.DeviceError(
+          f'{self.path}: topology.device_type must be one of '
+          f'{devices.DEVICE_TYPES}, got {topo.device_type!r}.')
+    need = p.num_stages * topo.devices_per_stage
+    have = len(tf.config.list_logical_devices(topo.device_type.upper()))
+    if need > have:
+      raise devices.DeviceError(
+          f'{self.path}: num_stages={p.num_stages} x devices_per_stage='
+          f'{topo.devices_per_stage} needs {need} {topo.device_type.upper()} '
+          f'devices but only {have} exist. Lower num_stages, or create '
+          'logical devices first (devices.ConfigureFromParams / '
+          'EnsureDevices, as trainer.py does).')
+    return devices.StageDevices(topo, p.num_stages)
+
+  # -- structure ---------------------------------------------------------------
+
+  @property
+  def cells(self):
+    return [getattr(self, n) for n in self._cell_names]
+
+  def StageCells(self, k):
+    a, b = self._ranges[k]
+    return self.cells[a:b]
+
+  @property
+  def stage_devices(self):
+    return list(self._devices)
+
+  @property
+  def num_stages(self):
+    return self.params.num_stages
+
+  def StageVariables(self, k):
+    out = []
+    for c in self.StageCells(k):
+      out.extend(c.AllVariables())
+    return out
+
+  # -- forward -----------------------------------------------------------------
+
+  def _RunStage(self, k, x):
+    with tf.device(self._devices[k]):
+      for cell in self.StageCells(k):
+        x = cell.FProp(x)
+    return x
+
+  def FProp(self, inputs):
+    """The network's forward. Evaluation runs the whole batch stage by
+    stage; training runs each micro-batch through the stages (fill-drain
+    order), so batch norm sees micro-batches and the result is
+    differentiable under tf.GradientTape like any layer."""
+    ctx = context.Current()
+    k_all, m = self.params.num_stages, self.params.num_micro_batches
+    if not ctx.training or m == 1:
+      x = inputs
+      for k in range(k_all):
+        x = self._RunStage(k, x)
+      return x
+    x_mb = microbatch.Split(inputs, m)
+    outs = []
+    for i in range(m):
+      x = tf.nest.map_structure(lambda t, i=i: t[i], x_mb)
+      with context.Scope(micro_batch=i):
+        for k in range(k_all):
+          x = self._RunStage(k, x)
+      outs.append(x)
+    return tf.nest.map_structure(lambda *ts: tf.concat(ts, 0), *outs)
+
+  # -- training step -----------------------------------------------------------
+
+  def ComputeLossAndGradients(self, inputs, labels_nest, loss_fn, step):
+    """Runs the schedule; returns (loss, metric_sums, grads, stats).
+
+    loss_fn(net_output_mb, labels_mb) -> (loss contribution, metric sums) of
+    one micro-batch; contributions add up to the mini-batch loss. grads are
+    aligned with self.TrainableVariables(); stats map layer paths to the
+    (count, sum, sum_sq) tuples batch norm recorded in the forwards.
+    """
+    if tf.executing_eagerly():
+      return tf.function(self._Step, autograph=False)(
+          inputs, labels_nest, loss_fn, step)
+    return self._Step(inputs, labels_nest, loss_fn, step)
+
+  def _Step(self, inputs, labels_nest, loss_fn, step):
+    p = self.params
+    m = p.num_micro_batches
+    x_mb = microbatch.Split(inputs, m)
+    lab_mb = microbatch.Split(labels_nest, m)
+    plan = executor_lib.Plan(self.schedule_table, self._remat_flags)
+    bodies = [_StageBody(self.StageCells(k), loss_fn)
+              for k in range(p.num_stages)]
+    stage_vars = [[v for v in self.StageVariables(k) if v.trainable]
+                  for k in range(p.num_stages)]
+    ex = executor_lib.Executor(bodies, self._devices, stage_vars, plan,
+                               parallel_iterations=p.parallel_iterations)
+    loss, sums, grads, stats = ex.Run(x_mb, lab_mb, step)
+    out_grads = [grads.get(v.ref(), None) for v in self.TrainableVariables()]
+    out_grads = [g if g is not None else tf.zeros_like(v)
+                 for g, v in zip(out_grads, self.TrainableVariables())]
+    return loss, sums, out_grads, stats
