@@ -1,0 +1,98 @@
+"""Loss and gradients of the pipeline equal the un-pipelined network's."""
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpipe_lingvo import context
+from gpipe_lingvo import layers
+from gpipe_lingvo.pipeline import pipelined_network
+from tests import pipeline_test_util as util
+
+_REF = {}
+
+
+def _Reference():
+  """Loss and grads of layers.Sequential (K=1, M=1) with the same weights."""
+  if not _REF:
+    net = layers.Sequential.Params().Set(
+        name='net', cells=util.ConvDenseCells()).Instantiate()
+    x, lab = util.Batch()
+    with context.Scope(training=True, step=0, micro_batch=0):
+      with tf.GradientTape() as tape:
+        loss, _ = util.LossFn(16)(net.FProp(x), lab)
+    _REF['loss'] = loss.numpy()
+    _REF['grads'] = [g.numpy() for g in
+                     tape.gradient(loss, net.TrainableVariables())]
+    _REF['names'] = [v.name for v in net.TrainableVariables()]
+  return _REF
+
+
+def _Pipelined(k, m, schedule, remat, cells=None):
+  return pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=cells or util.ConvDenseCells(), num_stages=k,
+      num_micro_batches=m, schedule=schedule, remat=remat).Instantiate()
+
+
+# The whole table (72 cases, about 2 minutes on 2 cores) is marked slow
+# except a fast slice that still covers every K, M, schedule and policy.
+_FAST = {(1, 1), (2, 4), (4, 8), (4, 2)}
+_CASES = [
+    pytest.param(k, m, s, r, marks=() if (k, m) in _FAST else pytest.mark.slow)
+    for k, m, s, r in itertools.product(
+        [1, 2, 4], [1, 2, 4, 8], ['gpipe', '1f1b'],
+        ['always', 'except_last', 'never'])]
+
+
+@pytest.mark.parametrize('k,m,schedule,remat', _CASES)
+def testLossAndGradientsMatchUnpipelined(k, m, schedule, remat):
+  ref = _Reference()
+  net = _Pipelined(k, m, schedule, remat)
+  assert [v.name for v in net.TrainableVariables()] == ref['names']
+  x, lab = util.Batch()
+  loss, sums, grads, _ = net.ComputeLossAndGradients(
+      x, lab, util.LossFn(16), tf.constant(0, tf.int64))
+  np.testing.assert_allclose(loss.numpy(), ref['loss'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sums['num'].numpy(), tf.reduce_sum(lab[1]),
+                             rtol=1e-6)
+  for g, r, name in zip(grads, ref['grads'], ref['names']):
+    np.testing.assert_allclose(g.numpy(), r, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize('schedule', ['gpipe', '1f1b_classic'])
+def testClassicScheduleAndFProp(schedule):
+  """1f1b_classic gives the same gradients; FProp under a tape too."""
+  ref = _Reference()
+  net = _Pipelined(2, 4, schedule, 'always')
+  x, lab = util.Batch()
+  _, _, grads, _ = net.ComputeLossAndGradients(
+      x, lab, util.LossFn(16), tf.constant(0, tf.int64))
+  for g, r in zip(grads, ref['grads']):
+    np.testing.assert_allclose(g.numpy(), r, rtol=1e-4, atol=1e-6)
+  with context.Scope(training=True, step=0):
+    with tf.GradientTape() as tape:
+      loss, _ = util.LossFn(16)(net.FProp(x), lab)
+  np.testing.assert_allclose(loss.numpy(), ref['loss'], rtol=1e-5)
+  for g, r in zip(tape.gradient(loss, net.TrainableVariables()),
+                  ref['grads']):
+    np.testing.assert_allclose(g.numpy(), r, rtol=1e-4, atol=1e-6)
+
+
+def testRecomputeReproducesDropoutMasks():
+  """Dropout masks depend on (step, micro-batch, path), so re-materialized
+  and stashed backwards agree, and a different step draws other masks."""
+  cells = util.ConvDenseCells(dropout=0.5)
+  x, lab = util.Batch()
+  out = {}
+  for remat in ('always', 'never'):
+    net = _Pipelined(2, 4, 'gpipe', remat, cells)
+    out[remat] = net.ComputeLossAndGradients(
+        x, lab, util.LossFn(16), tf.constant(3, tf.int64))
+  np.testing.assert_allclose(out['always'][0], out['never'][0], rtol=1e-6)
+  for a, b in zip(out['always'][2], out['never'][2]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  other = net.ComputeLossAndGradients(x, lab, util.LossFn(16),
+                                      tf.constant(4, tf.int64))
+  assert abs(float(other[0]) - float(out['never'][0])) > 1e-6
