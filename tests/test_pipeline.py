@@ -1,0 +1,224 @@
+"""Pipeline engine: statistics, forward counts, placement, errors, keys."""
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.eager import context as eager_context
+
+from gpipe_lingvo import context
+from gpipe_lingvo import devices
+from gpipe_lingvo import layers
+from gpipe_lingvo.pipeline import microbatch
+from gpipe_lingvo.pipeline import partition
+from gpipe_lingvo.pipeline import pipelined_network
+from gpipe_lingvo.pipeline import schedule
+from tests import pipeline_test_util as util
+
+PN = pipelined_network.PipelinedNetwork
+
+
+def _Step0():
+  return tf.constant(0, tf.int64)
+
+
+# -- schedules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('k,m', [(2, 8), (4, 16), (3, 5)])
+def testScheduleAnalytics(k, m):
+  g = schedule.Build('gpipe', k, m)
+  assert g.PeakStash() == [m] * k
+  # Unit-cost forward and backward: the paper's bubble (K-1)/(M+K-1).
+  assert g.BubbleFraction(1, 1) == pytest.approx((k - 1) / (m + k - 1),
+                                                 abs=0.02)
+  c = schedule.Build('1f1b_classic', k, m)
+  assert max(c.PeakStash()) <= k
+  o = schedule.Build('1f1b', k, m)
+  assert o.PeakStash()[0] == min(2 * k - 1, m)
+  assert o.BubbleFraction() <= g.BubbleFraction() + 1e-9
+  assert o.num_ticks < g.num_ticks
+
+
+def testUnknownScheduleAndDeadlock():
+  with pytest.raises(schedule.ScheduleError, match='Unknown schedule'):
+    schedule.Build('zigzag', 2, 2)
+  bad = [[schedule.Action('B', 0), schedule.Action('F', 0)]] * 2
+  with pytest.raises(schedule.ScheduleError, match='deadlock'):
+    schedule.TickTable(bad, 1)
+
+
+# -- batch norm statistics -----------------------------------------------------
+
+
+def _BnCells():
+  return [
+      layers.Conv2D.Params().Set(name='conv', input_dim=2, output_dim=3,
+                                 filter_shape=3),
+      layers.BatchNorm.Params().Set(name='bn', dim=3, decay=0.5),
+      layers.Activation.Params().Set(name='relu'),
+      layers.Flatten.Params().Set(name='flat'),
+      layers.FullyConnected.Params().Set(name='logits', input_dim=48,
+                                         output_dim=3),
+  ]
+
+
+@pytest.mark.parametrize('remat', ['always', 'never'])
+def testBatchNormMovingStatsEqualFullBatch(remat):
+  net = PN.Params().Set(name='net', cells=_BnCells(), num_stages=2,
+                        num_micro_batches=4, remat=remat).Instantiate()
+  x, lab = util.Batch()
+  _, _, _, stats = net.ComputeLossAndGradients(x, lab, util.LossFn(16),
+                                               _Step0())
+  assert list(stats) == ['net/bn']
+  (count, s1, s2), = stats['net/bn']
+  # Counted once per example, not again for the recompute.
+  assert float(count) == 16 * 4 * 4
+  conv_out = net.conv.FProp(x)
+  mean, var = tf.nn.moments(conv_out, [0, 1, 2])
+  net.bn.UpdateStats(stats['net/bn'])
+  np.testing.assert_allclose(net.bn.vars.moving_mean.numpy(), 0.5 * mean,
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(net.bn.vars.moving_variance.numpy(),
+                             0.5 + 0.5 * var, rtol=1e-4, atol=1e-6)
+
+
+# -- forward counts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize('remat,per_mb', [('never', 1), ('always', 2)])
+@pytest.mark.parametrize('schedule_name', ['gpipe', '1f1b'])
+def testEachCellForwardRunsMOr2MTimes(remat, per_mb, schedule_name):
+  m = 4
+  net = PN.Params().Set(name='net', cells=util.ConvDenseCells(counting=True),
+                        num_stages=4, num_micro_batches=m,
+                        schedule=schedule_name, remat=remat).Instantiate()
+  x, lab = util.Batch()
+  net.ComputeLossAndGradients(x, lab, util.LossFn(16), _Step0())
+  counts = [float(c.vars.count.numpy()) for c in net.cells]
+  assert counts == [per_mb * m] * len(counts)
+
+
+def testExceptLastRecomputesAllButTheLastMicroBatch():
+  m = 4
+  net = PN.Params().Set(name='net', cells=util.ConvDenseCells(counting=True),
+                        num_stages=2, num_micro_batches=m,
+                        remat='except_last').Instantiate()
+  x, lab = util.Batch()
+  net.ComputeLossAndGradients(x, lab, util.LossFn(16), _Step0())
+  assert [float(c.vars.count.numpy()) for c in net.cells] == [2 * m - 1] * 8
+
+
+# -- devices -------------------------------------------------------------------
+
+
+def testVariablesAndOpsOnTheirStageDevice():
+  cells = [
+      layers.FullyConnected.Params().Set(name='a', input_dim=8, output_dim=8,
+                                         activation='tanh'),
+      layers.FullyConnected.Params().Set(name='b', input_dim=8, output_dim=8,
+                                         activation='sigmoid'),
+      layers.FullyConnected.Params().Set(name='c', input_dim=8, output_dim=8,
+                                         activation='relu'),
+  ]
+  net = PN.Params().Set(name='net', cells=cells, num_stages=3,
+                        num_micro_batches=2, remat='always').Instantiate()
+  for k, name in enumerate('abc'):
+    for v in getattr(net, name).AllVariables():
+      assert v.device.endswith(f'CPU:{k}'), (v.name, v.device)
+  ctx = eager_context.context()
+  ctx.enable_run_metadata()
+  try:
+    x = tf.ones([4, 8])
+    net.ComputeLossAndGradients(
+        x, x, lambda o, l: (tf.reduce_sum(o * l), {}), _Step0())
+    md = ctx.export_run_metadata()
+  finally:
+    ctx.disable_run_metadata()
+  where = collections.defaultdict(set)
+  for fg in md.function_graphs:
+    for pg in fg.partition_graphs:
+      for node in pg.node:
+        where[node.op].add(node.device.split('device:')[-1])
+  # Gradient ops of each stage's activation ran on that stage's device (the
+  # forward activations are fused into the matmuls by grappler; matmuls ran
+  # on all three devices).
+  assert where['TanhGrad'] == {'CPU:0'}
+  assert where['SigmoidGrad'] == {'CPU:1'}
+  assert where['ReluGrad'] == {'CPU:2'}
+  matmuls = set().union(*[d for op, d in where.items() if 'MatMul' in op])
+  assert matmuls == {'CPU:0', 'CPU:1', 'CPU:2'}
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def _Params(**kw):
+  return PN.Params().Set(name='net', cells=util.ConvDenseCells(), **kw)
+
+
+def testErrors():
+  with pytest.raises(partition.PartitionError, match='num_stages=9.*8 cells'):
+    _Params(num_stages=9).Instantiate()
+  with pytest.raises(partition.PartitionError, match=r'sums to 7.*8 cells'):
+    _Params(num_stages=2, partition=[3, 4]).Instantiate()
+  with pytest.raises(partition.PartitionError, match='one cell count per'):
+    _Params(num_stages=2, partition=[8]).Instantiate()
+  with pytest.raises(devices.DeviceError, match='needs 8 CPU devices but '
+                     'only 4 exist'):
+    _Params(num_stages=8).Instantiate()
+  with pytest.raises(ValueError, match="unknown schedule 'zigzag'"):
+    _Params(schedule='zigzag').Instantiate()
+  with pytest.raises(ValueError, match="unknown remat policy 'sometimes'"):
+    _Params(remat='sometimes').Instantiate()
+  with pytest.raises(ValueError, match="batch_norm_mode 'global'"):
+    _Params(batch_norm_mode='global').Instantiate()
+  net = _Params(num_stages=2, num_micro_batches=3).Instantiate()
+  x, lab = util.Batch(16)
+  with pytest.raises(microbatch.MicroBatchError,
+                     match='Batch size 16 is not divisible by '
+                     'num_micro_batches=3'):
+    net.ComputeLossAndGradients(x, lab, util.LossFn(16), _Step0())
+
+
+def testExplicitPartition():
+  net = _Params(num_stages=3, partition=[1, 5, 2]).Instantiate()
+  assert [len(net.StageCells(k)) for k in range(3)] == [1, 5, 2]
+  assert net.logits.AllVariables()[0].device.endswith('CPU:2')
+  assert partition.Partition(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+
+def _Keys(prefix):
+  return sorted(n for n, _ in tf.train.list_variables(prefix)
+                if not n.startswith('_CHECKPOINTABLE_OBJECT_GRAPH'))
+
+
+def testCheckpointKeysIndependentOfStagesAndMicroBatches(tmp_path):
+  src = _Params(num_stages=2, num_micro_batches=4, random_seed=7).Instantiate()
+  prefix = tf.train.Checkpoint(network=src).write(str(tmp_path / 'k2'))
+  targets = {
+      'k4': _Params(num_stages=4, num_micro_batches=2).Instantiate(),
+      'seq': layers.Sequential.Params().Set(
+          name='net', cells=util.ConvDenseCells()).Instantiate(),
+  }
+  for name, net in targets.items():
+    p = tf.train.Checkpoint(network=net).write(str(tmp_path / name))
+    assert _Keys(p) == _Keys(prefix), name
+    tf.train.Checkpoint(network=net).read(
+        prefix).assert_existing_objects_matched()
+    for a, b in zip(src.AllVariables(), net.AllVariables()):
+      assert a.name == b.name
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def testFPropEvalEqualsSequential():
+  net = _Params(num_stages=4, num_micro_batches=2).Instantiate()
+  seq = layers.Sequential.Params().Set(
+      name='net', cells=util.ConvDenseCells()).Instantiate()
+  x, _ = util.Batch()
+  with context.Scope(training=False):
+    np.testing.assert_allclose(net.FProp(x), seq.FProp(x), rtol=1e-5)
