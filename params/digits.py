@@ -54,3 +54,19 @@ class ConvNet(base_model_params.SingleTaskModelParams):
     tp.lr_schedule.Set(type='cosine', learning_rate=0.05, warmup_steps=50,
                        total_steps=600)
     return p
+
+
+@model_registry.RegisterSingleTaskModel
+class ConvNetPipelined(ConvNet):
+  """The same ConvNet trained with GPipe: K=2 stages on two logical CPU
+  devices, M=4 micro-batches of 16, re-materialization on."""
+
+  def Task(self):
+    p = super().Task()
+    # Imported here so that the plain demo does not load the engine.
+    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=g-import-not-at-top
+    p.network = pipelined_network.PipelinedNetwork.Params().Set(
+        name='network', cells=ConvNetCells(), num_stages=2,
+        num_micro_batches=4, schedule='gpipe', remat='always')
+    p.network.topology.device_type = 'cpu'
+    return p
