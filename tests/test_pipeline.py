@@ -222,3 +222,47 @@ def testFPropEvalEqualsSequential():
   x, _ = util.Batch()
   with context.Scope(training=False):
     np.testing.assert_allclose(net.FProp(x), seq.FProp(x), rtol=1e-5)
+
+
+# -- full_batch batch norm -------------------------------------------------------
+
+
+def _TwoBnCells():
+  return [
+      layers.Conv2D.Params().Set(name='conv1', input_dim=2, output_dim=3,
+                                 filter_shape=3),
+      layers.BatchNorm.Params().Set(name='bn1', dim=3),
+      layers.Activation.Params().Set(name='relu1'),
+      layers.Conv2D.Params().Set(name='conv2', input_dim=3, output_dim=3,
+                                 filter_shape=3),
+      layers.BatchNorm.Params().Set(name='bn2', dim=3),
+      layers.Flatten.Params().Set(name='flat'),
+      layers.FullyConnected.Params().Set(name='logits', input_dim=48,
+                                         output_dim=3),
+  ]
+
+
+def testFullBatchBatchNormEqualsUnpipelined():
+  seq = layers.Sequential.Params().Set(name='net',
+                                       cells=_TwoBnCells()).Instantiate()
+  x, lab = util.Batch()
+  with context.Scope(training=True, step=0, micro_batch=0, stats={}):
+    with tf.GradientTape() as tape:
+      ref_loss, _ = util.LossFn(16)(seq.FProp(x), lab)
+  ref_grads = tape.gradient(ref_loss, seq.TrainableVariables())
+  losses = {}
+  for mode in ('full_batch', 'micro_batch'):
+    net = PN.Params().Set(name='net', cells=_TwoBnCells(), num_stages=2,
+                          num_micro_batches=4, remat='always',
+                          batch_norm_mode=mode).Instantiate()
+    assert net.bn2.params.mode == mode
+    loss, _, grads, stats = net.ComputeLossAndGradients(
+        x, lab, util.LossFn(16), _Step0())
+    losses[mode] = float(loss)
+    if mode == 'full_batch':
+      np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+      for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-5)
+      assert float(stats['net/bn2'][0][0]) == 16 * 16
+  # Micro-batch statistics normalise differently: the test can tell.
+  assert abs(losses['micro_batch'] - float(ref_loss)) > 1e-4

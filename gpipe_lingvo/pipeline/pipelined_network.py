@@ -155,9 +155,23 @@ class PipelinedNetwork(base_layer.BaseLayer):
       with tf.device(self._devices[k]):
         for n, c in zip(names[a:b], cells[a:b]):
           self.CreateChild(n, c)
+    # full_batch batch norm is exact only if every batch-norm layer sees the
+    # whole mini-batch in its forward and its backward (the batch moments
+    # and their gradient terms couple all examples), i.e. a barrier over
+    # all micro-batches at each such layer. The engine implements it
+    # honestly by running the step on the whole mini-batch as a single
+    # micro-batch: normalisation and gradients equal un-pipelined batch
+    # norm, at the price of all pipeline overlap (see docs/engine.md).
+    self.full_batch_bn = any(
+        isinstance(l, normalization.BatchNorm) and
+        l.params.mode == 'full_batch'
+        for c in self.cells for l in c.Layers())
+    self.effective_micro_batches = (1 if self.full_batch_bn
+                                    else p.num_micro_batches)
     self.schedule_table = schedule_lib.Build(p.schedule, p.num_stages,
-                                             p.num_micro_batches)
-    self._remat_flags = executor_lib.RematFlags(p.remat, p.num_micro_batches)
+                                             self.effective_micro_batches)
+    self._remat_flags = executor_lib.RematFlags(
+        p.remat, self.effective_micro_batches)
 
   def _CheckDevices(self):
     p = self.params
@@ -215,7 +229,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
     order), so batch norm sees micro-batches and the result is
     differentiable under tf.GradientTape like any layer."""
     ctx = context.Current()
-    k_all, m = self.params.num_stages, self.params.num_micro_batches
+    k_all, m = self.params.num_stages, self.effective_micro_batches
     if not ctx.training or m == 1:
       x = inputs
       for k in range(k_all):
@@ -248,7 +262,11 @@ class PipelinedNetwork(base_layer.BaseLayer):
 
   def _Step(self, inputs, labels_nest, loss_fn, step):
     p = self.params
-    m = p.num_micro_batches
+    # The batch must divide into the declared micro-batches even when
+    # full_batch batch norm runs it as one.
+    microbatch.CheckDivisible(microbatch.StaticBatchSize(inputs),
+                              p.num_micro_batches)
+    m = self.effective_micro_batches
     x_mb = microbatch.Split(inputs, m)
     lab_mb = microbatch.Split(labels_nest, m)
     plan = executor_lib.Plan(self.schedule_table, self._remat_flags)
