@@ -111,6 +111,7 @@ class Executor:
     self.plan = plan
     self.parallel_iterations = parallel_iterations
 
+  @tf.autograph.experimental.do_not_convert
   def Run(self, x_mb, labels_mb, step):
     """x_mb, labels_mb: nests with leaves [M, b, ...]. Returns
     (loss, metric_sums, {var ref: grad}, stats)."""

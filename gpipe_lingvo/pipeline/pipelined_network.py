@@ -223,6 +223,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
         x = cell.FProp(x)
     return x
 
+  @tf.autograph.experimental.do_not_convert
   def FProp(self, inputs):
     """The network's forward. Evaluation runs the whole batch stage by
     stage; training runs each micro-batch through the stages (fill-drain
@@ -247,6 +248,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
 
   # -- training step -----------------------------------------------------------
 
+  # Plain Python that builds graph ops: autograph conversion would only
+  # slow down tracing (seconds for a deep network).
+  @tf.autograph.experimental.do_not_convert
   def ComputeLossAndGradients(self, inputs, labels_nest, loss_fn, step):
     """Runs the schedule; returns (loss, metric_sums, grads, stats).
 

@@ -1,0 +1,292 @@
+"""GPipe engine benchmarks: overlap, memory, overhead, graph build.
+
+Each configuration runs in its own subprocess, because threading and logical
+devices must be configured before TensorFlow initialises. Prints markdown
+tables. Usage (from the repository root):
+
+  python bench/pipeline_bench.py                 # everything, < 10 minutes
+  python bench/pipeline_bench.py --sections=overlap,memory
+  python bench/pipeline_bench.py --sections=graph --model=cifar.AmoebaNetD
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = ('overlap', 'memory', 'overhead', 'graph')
+
+
+# -- worker (one configuration per process) ------------------------------------
+
+
+def _DenseCells(num_cells, width):
+  from gpipe_lingvo import layers  # pylint: disable=g-import-not-at-top
+  return [layers.FullyConnected.Params().Set(
+      name=f'fc{i}', input_dim=width, output_dim=width, activation='tanh')
+          for i in range(num_cells)]
+
+
+def _DeepConvCells(num_blocks, channels):
+  """A deep conv net (conv-BN-relu blocks) standing in for AmoebaNet."""
+  from gpipe_lingvo import layers  # pylint: disable=g-import-not-at-top
+  cells = [layers.Conv2D.Params().Set(name='stem', input_dim=3,
+                                      output_dim=channels, filter_shape=3)]
+  for i in range(num_blocks):
+    cells.append(layers.Sequential.Params().Set(name=f'block{i}', cells=[
+        layers.Conv2D.Params().Set(name='conv', input_dim=channels,
+                                   output_dim=channels, filter_shape=3),
+        layers.BatchNorm.Params().Set(name='bn', dim=channels),
+        layers.Activation.Params().Set(name='relu'),
+        layers.DepthwiseConv2D.Params().Set(name='dw', input_dim=channels),
+        layers.BatchNorm.Params().Set(name='bn2', dim=channels),
+    ]))
+  cells.append(layers.Sequential.Params().Set(name='head', cells=[
+      layers.GlobalPool.Params().Set(name='pool'),
+      layers.FullyConnected.Params().Set(name='logits', input_dim=channels,
+                                         output_dim=10)]))
+  return cells
+
+
+def _ModelCells(name):
+  """(cells, image shape, num classes) of a registered model's network."""
+  from gpipe_lingvo import model_registry  # pylint: disable=g-import-not-at-top
+  p = model_registry.GetParams(name)
+  net = p.task.network
+  if 'cells' not in dict(net.IterParams()):
+    raise SystemExit(f'{name}: its network params have no `cells`.')
+  shape = None
+  for split in ('train', 'test'):
+    try:
+      shape = list(p.Get(split).Instantiate().ImageShape())
+      break
+    except Exception:  # pylint: disable=broad-except
+      continue
+  if shape is None:
+    raise SystemExit(f'{name}: cannot get the image shape from its input.')
+  return list(net.cells), shape, p.task.num_classes
+
+
+def Worker(cfg):
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  sys.path.insert(0, ROOT)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if cfg.get('intra'):
+    tf.config.threading.set_intra_op_parallelism_threads(cfg['intra'])
+  if cfg.get('inter'):
+    tf.config.threading.set_inter_op_parallelism_threads(cfg['inter'])
+  from gpipe_lingvo import devices  # pylint: disable=g-import-not-at-top
+  devices.EnsureDevices('cpu', max(1, cfg.get('k', 1)))
+  from gpipe_lingvo import context  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo import layers  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=g-import-not-at-top
+
+  net_kind = cfg['net']
+  if net_kind == 'dense':
+    cells = _DenseCells(cfg['cells'], cfg['width'])
+    x_shape, classes = [cfg['batch'], cfg['width']], cfg['width']
+  elif net_kind == 'deepconv':
+    cells = _DeepConvCells(cfg['cells'], cfg['width'])
+    x_shape, classes = [cfg['batch'], 16, 16, 3], 10
+  else:
+    cells, shape, classes = _ModelCells(net_kind)
+    x_shape = [cfg['batch']] + shape
+  x = tf.random.stateless_normal(x_shape, [1, 2])
+  y = tf.random.stateless_uniform([cfg['batch']], [3, 4], 0, classes, tf.int32)
+  n = cfg['batch']
+
+  def LossFn(logits, labels):
+    if isinstance(logits, dict):
+      logits = logits['logits']
+    per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                         logits=logits)
+    return tf.reduce_sum(per) / n, {}
+
+  if cfg['kind'] == 'plain':
+    net = layers.Sequential.Params().Set(name='net', cells=cells).Instantiate()
+    variables = net.TrainableVariables()
+
+    @tf.function
+    def Step(x, y):
+      with context.Scope(training=True, step=0, stats={}):
+        with tf.GradientTape() as tape:
+          loss, _ = LossFn(net.FProp(x), y)
+      grads = tape.gradient(loss, variables)
+      for v, g in zip(variables, grads):
+        v.assign_sub(1e-4 * g)
+      return loss
+  else:
+    net = pipelined_network.PipelinedNetwork.Params().Set(
+        name='net', cells=cells, num_stages=cfg['k'],
+        num_micro_batches=cfg['m'], schedule=cfg.get('schedule', 'gpipe'),
+        remat=cfg.get('remat', 'never')).Instantiate()
+    variables = net.TrainableVariables()
+
+    @tf.function
+    def Step(x, y):
+      loss, _, grads, _ = net.ComputeLossAndGradients(
+          x, y, LossFn, tf.constant(0, tf.int64))
+      for v, g in zip(variables, grads):
+        v.assign_sub(1e-4 * g)
+      return loss
+
+  out = {}
+  t0 = time.perf_counter()
+  Step(x, y).numpy()
+  out['build_s'] = time.perf_counter() - t0
+  if cfg.get('memory'):
+    Step(x, y).numpy()
+    tf.config.experimental.reset_memory_stats('CPU:0')
+    before = tf.config.experimental.get_memory_info('CPU:0')['current']
+    Step(x, y).numpy()
+    peak = tf.config.experimental.get_memory_info('CPU:0')['peak']
+    out['peak_mib'] = (peak - before) / 2**20
+    out['params_mib'] = sum(int(tf.size(v)) * 4 for v in variables) / 2**20
+  reps = cfg.get('reps', 0)
+  if reps:
+    Step(x, y).numpy()
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      Step(x, y).numpy()
+      times.append(time.perf_counter() - t0)
+    out['step_s'] = statistics.median(times)
+  if 'table' in cfg and cfg['kind'] != 'plain':
+    tab = net.schedule_table
+    out['bubble'] = tab.BubbleFraction()
+    out['peak_stash'] = tab.PeakStash()
+  print('RESULT ' + json.dumps(out), flush=True)
+
+
+# -- driver --------------------------------------------------------------------
+
+
+def Run(cfg, timeout=300):
+  cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(cfg)]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                     cwd=ROOT, check=False)
+  for line in r.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT '):])
+  raise RuntimeError(f'config {cfg} failed:\n{r.stderr[-3000:]}')
+
+
+def Overlap(args):
+  base = dict(net='dense', cells=8, width=512, batch=args.batch, reps=args.reps)
+  one = Run(dict(base, kind='plain', intra=1, inter=1))['step_s']
+  inter2 = Run(dict(base, kind='plain', intra=1, inter=2))['step_s']
+  default = Run(dict(base, kind='plain'))['step_s']
+  best = min(inter2, default)
+  print('\n### 1. Pipeline overlap (K=2 on 2 logical CPU devices, one '
+        'intra-op thread, remat never)\n')
+  print(f'Network: 8 dense 512x512 tanh cells, batch {args.batch}. '
+        f'Un-pipelined step: {one*1e3:.0f} ms with one thread; '
+        f'{inter2*1e3:.0f} ms with intra=1/inter=2; {default*1e3:.0f} ms '
+        'with default threads.\n')
+  print('| M | step (ms) | speed-up vs 1 thread | ideal K*M/(M+K-1) | '
+        '% of ideal | vs best un-pipelined |')
+  print('|---|---|---|---|---|---|')
+  for m in (1, 2, 4, 8, 16):
+    s = Run(dict(base, kind='pipe', k=2, m=m, intra=1))['step_s']
+    ideal = 2 * m / (m + 1)
+    sp = one / s
+    print(f'| {m} | {s*1e3:.0f} | {sp:.2f}x | {ideal:.2f}x | '
+          f'{100*sp/ideal:.0f}% | {best/s:.2f}x |')
+
+
+def Memory(args):
+  base = dict(net='dense', cells=8, width=512, batch=args.batch, memory=True,
+              table=True, intra=1)
+  print('\n### 2. Memory: peak allocator bytes of one training step above '
+        'the pre-step level\n')
+  print(f'Network: 8 dense 512x512 tanh cells, batch {args.batch} '
+        '(tf.config.experimental.get_memory_info("CPU:0"), which covers '
+        'all logical CPU devices).\n')
+  plain = Run(dict(base, kind='plain'))
+  print(f'Un-pipelined (tape) step: {plain["peak_mib"]:.1f} MiB.\n')
+  print('| K | M | schedule | remat | peak (MiB) | stashed micro-batches per '
+        'stage (from the table) | bubble (table) |')
+  print('|---|---|---|---|---|---|---|')
+  rows = [(2, 8, 'gpipe', 'never'), (2, 8, 'gpipe', 'always')]
+  for k in (2, 4):
+    for sched in ('gpipe', '1f1b', '1f1b_classic'):
+      for remat in ('never', 'always'):
+        rows.append((k, 16, sched, remat))
+  for k, m, sched, remat in rows:
+    r = Run(dict(base, kind='pipe', k=k, m=m, schedule=sched, remat=remat))
+    print(f'| {k} | {m} | {sched} | {remat} | {r["peak_mib"]:.1f} | '
+          f'{r["peak_stash"]} | {r["bubble"]:.3f} |')
+
+
+def Overhead(args):
+  base = dict(net='dense', cells=8, width=512, batch=args.batch,
+              reps=args.reps * 2)
+  print('\n### 3. Overhead at K=1, M=1 (default threads)\n')
+  res = {}
+  for name, cfg in (('plain tf.function step (tape)', dict(kind='plain')),
+                    ('pipeline, remat never', dict(kind='pipe', k=1, m=1,
+                                                   remat='never')),
+                    ('pipeline, remat always', dict(kind='pipe', k=1, m=1,
+                                                    remat='always'))):
+    res[name] = Run(dict(base, **cfg))['step_s']
+  plain = res['plain tf.function step (tape)']
+  never = res['pipeline, remat never']
+  print('| step | ms | vs plain | vs remat never |')
+  print('|---|---|---|---|')
+  for name, s in res.items():
+    print(f'| {name} | {s*1e3:.1f} | {100*(s/plain-1):+.1f}% | '
+          f'{100*(s/never-1):+.1f}% |')
+
+
+def Graph(args):
+  print('\n### 4. Graph build: trace + first run of the training step\n')
+  if args.model:
+    base = dict(net=args.model, batch=args.graph_batch)
+    what = f'registered model {args.model}'
+  else:
+    base = dict(net='deepconv', cells=args.conv_blocks, width=32,
+                batch=args.graph_batch)
+    what = (f'deep conv net ({args.conv_blocks} conv-BN-relu-depthwise-BN '
+            'blocks, 16x16x3 input)')
+  print(f'Network: {what}, batch {args.graph_batch}, remat always.\n')
+  print('| K | M | trace + first run (s) | ratio |')
+  print('|---|---|---|---|')
+  first = None
+  for k, m in ((1, 1), (4, 32)):
+    s = Run(dict(base, kind='pipe', k=k, m=m, remat='always'),
+            timeout=600)['build_s']
+    first = first or s
+    print(f'| {k} | {m} | {s:.1f} | {s/first:.2f}x |')
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--worker', help=argparse.SUPPRESS)
+  ap.add_argument('--sections', default=','.join(SECTIONS))
+  ap.add_argument('--batch', type=int, default=2048)
+  ap.add_argument('--reps', type=int, default=5)
+  ap.add_argument('--model', default='',
+                  help='registered model whose network cells the graph '
+                  'section uses (e.g. a model with an AmoebaNet network)')
+  ap.add_argument('--graph_batch', type=int, default=64)
+  ap.add_argument('--conv_blocks', type=int, default=24)
+  args = ap.parse_args()
+  if args.worker:
+    Worker(json.loads(args.worker))
+    return
+  print(f'# GPipe engine benchmarks — {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, '
+        f'{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}')
+  t0 = time.time()
+  for sec in args.sections.split(','):
+    {'overlap': Overlap, 'memory': Memory, 'overhead': Overhead,
+     'graph': Graph}[sec](args)
+    sys.stdout.flush()
+  print(f'\nTotal benchmark time: {time.time() - t0:.0f} s')
+
+
+if __name__ == '__main__':
+  main()
