@@ -104,11 +104,15 @@ class Executor:
   """
 
   def __init__(self, stage_bodies, devices, stage_variables, plan,
-               parallel_iterations=1):
+               accumulator_fn, parallel_iterations=1):
     self.bodies = stage_bodies
     self.devices = devices
     self.stage_variables = stage_variables
     self.plan = plan
+    # var -> a persistent tf.Variable of its shape on its device: weight
+    # gradients are added into it in place as each backward produces them,
+    # so no old/new copies of weight-sized sums are alive during the step.
+    self.accumulator_fn = accumulator_fn
     self.parallel_iterations = parallel_iterations
 
   @tf.autograph.experimental.do_not_convert
@@ -158,10 +162,14 @@ class Executor:
     res_tas = [_MakeTAs(fns[k].residual_specs, plan.res_size[k],
                         self.devices[k]) if plan.res_size[k] else []
                for k in range(k_all)]
-    gacc = []
+    accs = [[self.accumulator_fn(v) for v in fns[k].variables]
+            for k in range(k_all)]
+    zeroed = []
     for k in range(k_all):
       with tf.device(self.devices[k]):
-        gacc.append([tf.zeros_like(v) for v in fns[k].variables])
+        for a in accs[k]:
+          zeroed.append(a.assign(tf.zeros_like(a), read_value=False))
+    gacc = [[] for _ in range(k_all)]
     aux_acc = []
     for k in range(k_all):
       with tf.device(self.devices[k]):
@@ -227,8 +235,9 @@ class Executor:
           # counts each micro-batch once, in its forward.
           _, res = fn.Forward(Args(k, i_dep, xs))
         in_grads, var_grads = fn.Backward(res, dys)
-        st['gacc'] = [a + var_grads[v.ref()] if v.ref() in var_grads else a
-                      for a, v in zip(st['gacc'], fn.variables)]
+        for a, v in zip(accs[k], fn.variables):
+          if v.ref() in var_grads:
+            a.assign_add(var_grads[v.ref()], read_value=False)
         if k > 0:
           slot = _Lookup(plan.grad_slots[k - 1], i)
           trainable = [tr for tr in fns[k - 1].diff_trainable]
@@ -289,14 +298,20 @@ class Executor:
 
     loop_vars = (tf.constant(0), in_tas, grad_tas, res_tas, gacc, aux_acc,
                  loss_acc)
+    with tf.control_dependencies(zeroed):
+      loop_vars = tf.nest.map_structure(
+          lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t,
+          loop_vars)
     out = tf.while_loop(lambda t, *_: t < t_all, Body, loop_vars,
                         parallel_iterations=self.parallel_iterations,
                         maximum_iterations=t_all)
-    _, _, _, _, gacc, aux_acc, loss_acc = out
+    _, _, _, _, _, aux_acc, loss_acc = out
     grads = {}
-    for k in range(k_all):
-      for v, g in zip(fns[k].variables, gacc[k]):
-        grads[v.ref()] = g
+    with tf.control_dependencies([loss_acc]):
+      for k in range(k_all):
+        with tf.device(self.devices[k]):
+          for v, a in zip(fns[k].variables, accs[k]):
+            grads[v.ref()] = a.read_value()
     aux = [self.bodies[k].UnpackAux(aux_acc[k]) for k in range(k_all)]
     metric_sums = aux[-1][0]
     stats = {}

@@ -97,6 +97,13 @@ class _StageBody:
     return sums, stats
 
 
+class _Untracked:
+  """Holds state that must not become part of checkpoints or variables."""
+
+  def __init__(self):
+    self.table = {}
+
+
 class PipelinedNetwork(base_layer.BaseLayer):
   """A sequential network cut into K stages, trained on M micro-batches."""
 
@@ -168,6 +175,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
         for c in self.cells for l in c.Layers())
     self.effective_micro_batches = (1 if self.full_batch_bn
                                     else p.num_micro_batches)
+    self._accumulators = _Untracked()
     self.schedule_table = schedule_lib.Build(p.schedule, p.num_stages,
                                              self.effective_micro_batches)
     self._remat_flags = executor_lib.RematFlags(
@@ -264,6 +272,17 @@ class PipelinedNetwork(base_layer.BaseLayer):
           inputs, labels_nest, loss_fn, step)
     return self._Step(inputs, labels_nest, loss_fn, step)
 
+  def _GradAccumulator(self, var):
+    """A persistent, untracked variable in which var's gradient is summed
+    over micro-batches (created once, outside any function trace; not a
+    checkpoint key)."""
+    accs = self._accumulators.table
+    if var.ref() not in accs:
+      with tf.init_scope(), tf.device(var.device):
+        accs[var.ref()] = tf.Variable(tf.zeros(var.shape, var.dtype),
+                                      trainable=False)
+    return accs[var.ref()]
+
   def _Step(self, inputs, labels_nest, loss_fn, step):
     p = self.params
     # The batch must divide into the declared micro-batches even when
@@ -279,6 +298,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
     stage_vars = [[v for v in self.StageVariables(k) if v.trainable]
                   for k in range(p.num_stages)]
     ex = executor_lib.Executor(bodies, self._devices, stage_vars, plan,
+                               self._GradAccumulator,
                                parallel_iterations=p.parallel_iterations)
     loss, sums, grads, stats = ex.Run(x_mb, lab_mb, step)
     out_grads = [grads.get(v.ref(), None) for v in self.TrainableVariables()]
