@@ -57,7 +57,8 @@ class StageFunction:
     self._captured_inputs = list(self._cf.captured_inputs)
     # Side outputs of the forward: classify each one.
     side = list(graph.outputs[n_out:])
-    self._side_kinds = []  # ('stash', spec) | ('external', t) | ('read', handle, dtype)
+    # ('stash', index) | ('external', t) | ('read', handle, dtype, cast_to)
+    self._side_kinds = []
     self.residual_specs = []
     for s in side:
       if id(s) in internal_to_external:
@@ -65,7 +66,14 @@ class StageFunction:
       elif (s.op.type == 'ReadVariableOp' and
             id(s.op.inputs[0]) in internal_to_external):
         self._side_kinds.append(
-            ('read', internal_to_external[id(s.op.inputs[0])], s.dtype))
+            ('read', internal_to_external[id(s.op.inputs[0])], s.dtype, None))
+      elif (s.op.type == 'Cast' and s.op.inputs[0].op.type == 'ReadVariableOp'
+            and id(s.op.inputs[0].op.inputs[0]) in internal_to_external):
+        # A variable cast to the activation dtype (mixed precision).
+        read = s.op.inputs[0]
+        self._side_kinds.append(
+            ('read', internal_to_external[id(read.op.inputs[0])], read.dtype,
+             s.dtype))
       else:
         if not s.shape.is_fully_defined() or s.dtype in (tf.resource,
                                                          tf.variant):
@@ -122,7 +130,8 @@ class StageFunction:
       elif kind[0] == 'external':
         vals.append(kind[1])
       else:
-        vals.append(tf.raw_ops.ReadVariableOp(resource=kind[1], dtype=kind[2]))
+        v = tf.raw_ops.ReadVariableOp(resource=kind[1], dtype=kind[2])
+        vals.append(v if kind[3] is None else tf.cast(v, kind[3]))
     return vals
 
   def Backward(self, residuals, d_diff):
