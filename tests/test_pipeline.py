@@ -266,3 +266,16 @@ def testFullBatchBatchNormEqualsUnpipelined():
       assert float(stats['net/bn2'][0][0]) == 16 * 16
   # Micro-batch statistics normalise differently: the test can tell.
   assert abs(losses['micro_batch'] - float(ref_loss)) > 1e-4
+
+
+def testPartitionAndBatchNormModeSetByTextOverride():
+  from gpipe_lingvo import hyperparams  # pylint: disable=g-import-not-at-top
+  p = _Params(num_stages=2)
+  hyperparams.ApplyOverrides(p, 'partition = [3, 5]; batch_norm_mode = '
+                             'full_batch; schedule = 1f1b')
+  net = p.Instantiate()
+  assert [len(net.StageCells(k)) for k in range(2)] == [3, 5]
+  assert (net.params.batch_norm_mode, net.params.schedule) == ('full_batch',
+                                                               '1f1b')
+  with pytest.raises(partition.PartitionError, match='not a list of ints'):
+    partition.Partition(8, 2, '[3, five]')

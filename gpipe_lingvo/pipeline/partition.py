@@ -4,6 +4,7 @@ A partition is a list of (start, end) cell ranges, one per stage. `uniform`
 balances cell counts; an explicit list gives the cell count of each stage.
 Cost-based balancing (the Planner) only has to produce such a list.
 """
+import ast
 
 
 class PartitionError(ValueError):
@@ -19,6 +20,13 @@ def Partition(num_cells, num_stages, spec='uniform'):
         f'num_stages={num_stages} is more than the {num_cells} cells: every '
         'stage needs at least one cell. Lower num_stages or split the network '
         'into more cells.')
+  if isinstance(spec, str) and spec.strip().startswith(('[', '(')):
+    # A list given as text (e.g. a --model_params_override of a param whose
+    # default is the string 'uniform').
+    try:
+      spec = list(ast.literal_eval(spec))
+    except (ValueError, SyntaxError):
+      raise PartitionError(f'partition {spec!r} is not a list of ints.') from None
   if isinstance(spec, str):
     if spec != 'uniform':
       raise PartitionError(f"partition must be 'uniform' or a list of cell "

@@ -124,9 +124,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
              f'{executor_lib.REMAT_POLICIES}.')
     p.Define('partition', 'uniform',
              "'uniform' (by cell count) or a list of cell counts per stage.")
-    p.Define('batch_norm_mode', None,
+    p.Define('batch_norm_mode', '',
              f'If set, one of {normalization.MODES}, applied to every '
-             'BatchNorm inside the cells.')
+             "BatchNorm inside the cells ('' keeps each layer's own mode; a "
+             'string default so that text overrides can set it).')
     p.Define('parallel_iterations', 1,
              'Ticks the step loop may run ahead; 1 keeps memory lowest.')
     return p
@@ -145,16 +146,15 @@ class PipelinedNetwork(base_layer.BaseLayer):
     if p.remat not in executor_lib.REMAT_POLICIES:
       raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
                        f'one of {executor_lib.REMAT_POLICIES}.')
-    if (p.batch_norm_mode is not None and
-        p.batch_norm_mode not in normalization.MODES):
+    if p.batch_norm_mode and p.batch_norm_mode not in normalization.MODES:
       raise ValueError(f'{self.path}: unknown batch_norm_mode '
                        f'{p.batch_norm_mode!r}; use one of '
-                       f'{normalization.MODES} or None.')
+                       f"{normalization.MODES} or '' (no override).")
     self._ranges = partition_lib.Partition(len(p.cells), p.num_stages,
                                            p.partition)
     self._devices = self._CheckDevices()
     cells = list(p.cells)
-    if p.batch_norm_mode is not None:
+    if p.batch_norm_mode:
       cells = [_OverrideBatchNormMode(c, p.batch_norm_mode) for c in cells]
     names = sequential.CellNames(cells)
     self._cell_names = names
