@@ -52,22 +52,23 @@ def _DeepConvCells(num_blocks, channels):
   return cells
 
 
-def _ModelCells(name):
+def _ModelCells(name, image_shape=None):
   """(cells, image shape, num classes) of a registered model's network."""
   from gpipe_lingvo import model_registry  # pylint: disable=g-import-not-at-top
   p = model_registry.GetParams(name)
   net = p.task.network
   if 'cells' not in dict(net.IterParams()):
     raise SystemExit(f'{name}: its network params have no `cells`.')
-  shape = None
-  for split in ('train', 'test'):
+  shape = list(image_shape) if image_shape else None
+  for split in ('train', 'test') if shape is None else ():
     try:
       shape = list(p.Get(split).Instantiate().ImageShape())
       break
     except Exception:  # pylint: disable=broad-except
       continue
   if shape is None:
-    raise SystemExit(f'{name}: cannot get the image shape from its input.')
+    raise SystemExit(f'{name}: cannot get the image shape from its input '
+                     'generator (dataset not prepared?); pass --image_shape.')
   return list(net.cells), shape, p.task.num_classes
 
 
@@ -93,7 +94,7 @@ def Worker(cfg):
     cells = _DeepConvCells(cfg['cells'], cfg['width'])
     x_shape, classes = [cfg['batch'], 16, 16, 3], 10
   else:
-    cells, shape, classes = _ModelCells(net_kind)
+    cells, shape, classes = _ModelCells(net_kind, cfg.get('image_shape'))
     x_shape = [cfg['batch']] + shape
   x = tf.random.stateless_normal(x_shape, [1, 2])
   y = tf.random.stateless_uniform([cfg['batch']], [3, 4], 0, classes, tf.int32)
@@ -261,6 +262,8 @@ def Graph(args):
   print('\n### 4. Graph build: trace + first run of the training step\n')
   if args.model:
     base = dict(net=args.model, batch=args.graph_batch)
+    if args.image_shape:
+      base['image_shape'] = [int(d) for d in args.image_shape.split(',')]
     what = f'registered model {args.model}'
   else:
     base = dict(net='deepconv', cells=args.conv_blocks, width=32,
@@ -290,6 +293,9 @@ def main():
                   help='registered model whose network cells the graph '
                   'section uses (e.g. a model with an AmoebaNet network)')
   ap.add_argument('--graph_batch', type=int, default=64)
+  ap.add_argument('--image_shape', default='',
+                  help='H,W,C for --model when its input generator cannot '
+                  'be built here (e.g. 224,224,3)')
   ap.add_argument('--conv_blocks', type=int, default=24)
   args = ap.parse_args()
   if args.worker:
