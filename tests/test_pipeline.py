@@ -279,3 +279,33 @@ def testPartitionAndBatchNormModeSetByTextOverride():
                                                                '1f1b')
   with pytest.raises(partition.PartitionError, match='not a list of ints'):
     partition.Partition(8, 2, '[3, five]')
+
+
+def testFPropUnderTapeCollectsMicroBatchStatsOnce():
+  """The training FProp (tick loop) records batch-norm sums over all
+  micro-batches once, like the training step, and its graph does not grow
+  with M."""
+  x, lab = util.Batch()
+  sizes = {}
+  for m in (2, 8):
+    net = PN.Params().Set(name='net', cells=_BnCells(), num_stages=2,
+                          num_micro_batches=m).Instantiate()
+    _, _, _, step_stats = net.ComputeLossAndGradients(
+        x, lab, util.LossFn(16), _Step0())
+
+    def Fwd(x, net=net):
+      with context.Scope(training=True, step=0, stats={}):
+        return net.FProp(x)
+
+    graph = tf.function(Fwd, autograph=False).get_concrete_function(
+        x).graph.as_graph_def()
+    sizes[m] = len(graph.node) + sum(len(f.node_def)
+                                     for f in graph.library.function)
+    stats = {}
+    with context.Scope(training=True, step=0, stats=stats):
+      net.FProp(x)
+    (count, s1, s2), = stats['net/bn']
+    assert float(count) == 16 * 16
+    np.testing.assert_allclose(s1, step_stats['net/bn'][0][1], rtol=1e-5)
+    np.testing.assert_allclose(s2, step_stats['net/bn'][0][2], rtol=1e-5)
+  assert sizes[2] == sizes[8]

@@ -234,9 +234,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
   @tf.autograph.experimental.do_not_convert
   def FProp(self, inputs):
     """The network's forward. Evaluation runs the whole batch stage by
-    stage; training runs each micro-batch through the stages (fill-drain
-    order), so batch norm sees micro-batches and the result is
-    differentiable under tf.GradientTape like any layer."""
+    stage; training runs the micro-batches through the stages in fill-drain
+    order (a tick loop), so batch norm sees micro-batches and the result is
+    differentiable under tf.GradientTape like any layer (without
+    re-materialization: the tape keeps what it needs)."""
     ctx = context.Current()
     k_all, m = self.params.num_stages, self.effective_micro_batches
     if not ctx.training or m == 1:
@@ -244,15 +245,99 @@ class PipelinedNetwork(base_layer.BaseLayer):
       for k in range(k_all):
         x = self._RunStage(k, x)
       return x
-    x_mb = microbatch.Split(inputs, m)
-    outs = []
-    for i in range(m):
-      x = tf.nest.map_structure(lambda t, i=i: t[i], x_mb)
-      with context.Scope(micro_batch=i):
-        for k in range(k_all):
-          x = self._RunStage(k, x)
-      outs.append(x)
-    return tf.nest.map_structure(lambda *ts: tf.concat(ts, 0), *outs)
+    return self._TickLoopForward(microbatch.Split(inputs, m))
+
+  def _StageSpecs(self, k, in_specs):
+    """Output TensorSpecs and batch-norm statistics layout of stage k for
+    micro-batch input specs (a trace only; no data is computed)."""
+    info = {}
+
+    def Fn(*flat):
+      stats = {}
+      x = tf.nest.pack_sequence_as(in_specs, flat)
+      with context.Scope(training=True, step=0, micro_batch=0, stats=stats):
+        y = self._RunStage(k, x)
+      info['stats'] = [(p, [[(v.shape, v.dtype) for v in tup]
+                             for tup in stats[p]]) for p in sorted(stats)]
+      return y
+
+    out = tf.function(Fn, autograph=False).get_concrete_function(
+        *tf.nest.flatten(in_specs)).structured_outputs
+    return (tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                  out), info['stats'])
+
+  def _TickLoopForward(self, x_mb):
+    """Fill-drain forward of M micro-batches as one while loop over clock
+    ticks (stage k runs micro-batch t-k at tick t), so the graph does not
+    grow with M; TensorFlow differentiates it like any other loop."""
+    ctx = context.Current()
+    k_all, m = self.params.num_stages, self.effective_micro_batches
+    specs = [tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape[1:], t.dtype), x_mb)]
+    layouts = []
+    for k in range(k_all):
+      out_specs, layout = self._StageSpecs(k, specs[-1])
+      specs.append(out_specs)
+      layouts.append(layout)
+    tas = [None]
+    for k in range(1, k_all + 1):
+      with tf.device(self._devices[min(k, k_all - 1)]):
+        tas.append([tf.TensorArray(s.dtype, size=m, element_shape=s.shape)
+                    for s in tf.nest.flatten(specs[k])])
+    stats0 = []
+    for k in range(k_all):
+      with tf.device(self._devices[k]):
+        accs = []
+        for _, tuples in layouts[k]:
+          for tup in tuples:
+            accs.append([tf.zeros(shape, dtype) for shape, dtype in tup])
+        stats0.append(accs)
+    x_flat = tf.nest.flatten(x_mb)
+
+    def Body(t, tas_in, stats_in):
+      tas_out, stats_out = list(tas_in), list(stats_in)
+      for k in range(k_all):
+        i = t - k
+
+        def Run(k=k, i=i):
+          with tf.device(self._devices[k]):
+            if k == 0:
+              xs = [tf.gather(v, i) for v in x_flat]
+            else:
+              xs = [ta.read(i) for ta in tas_in[k]]
+            x = tf.nest.pack_sequence_as(specs[k], xs)
+            local = {}
+            with context.Scope(micro_batch=i, stats=local):
+              y = self._RunStage(k, x)
+            new_ta = [ta.write(i, v) for ta, v in
+                      zip(tas_in[k + 1], tf.nest.flatten(y))]
+            flat_stats = [tup for p in sorted(local) for tup in local[p]]
+            new_stats = [[a + b for a, b in zip(acc, tup)]
+                         for acc, tup in zip(stats_in[k], flat_stats)]
+            return new_ta, new_stats
+
+        new_ta, new_stats = tf.cond(
+            tf.logical_and(i >= 0, i < m), Run,
+            lambda k=k: (list(tas_in[k + 1]), list(stats_in[k])))
+        tas_out[k + 1] = new_ta
+        stats_out[k] = new_stats
+      return t + 1, tas_out, stats_out
+
+    loop_tas = [[]] + tas[1:]
+    _, tas_end, stats_end = tf.while_loop(
+        lambda t, *_: t < m + k_all - 1, Body,
+        (tf.constant(0), loop_tas, stats0),
+        parallel_iterations=self.params.parallel_iterations,
+        maximum_iterations=m + k_all - 1)
+    for k in range(k_all):
+      pos = 0
+      for path, tuples in layouts[k]:
+        for _ in tuples:
+          if ctx.stats is not None:
+            context.AddStats(path, tuple(stats_end[k][pos]))
+          pos += 1
+    out = [ta.stack() for ta in tas_end[k_all]]
+    return microbatch.Merge(tf.nest.pack_sequence_as(specs[-1], out))
 
   # -- training step -----------------------------------------------------------
 
