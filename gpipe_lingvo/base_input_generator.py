@@ -13,6 +13,10 @@ from gpipe_lingvo import hyperparams
 class BaseInputGenerator:
   """Base class: subclasses implement _Examples() -> unbatched dataset."""
 
+  # True where _Examples() already yields only this host's shard (e.g. a TFDS
+  # sub-split), so that each host reads only its share of the files.
+  SHARDS_IN_EXAMPLES = False
+
   @classmethod
   def Params(cls):
     p = hyperparams.InstantiableParams(cls)
@@ -61,9 +65,20 @@ class BaseInputGenerator:
     """Unbatched dataset of (image, label) after decoding, before augmenting."""
     raise NotImplementedError
 
-  def _Preprocess(self, image, label):
-    """Per-example augmentation/normalisation; override per task."""
+  def _Preprocess(self, image, label, seed):
+    """Per-example augmentation/normalisation; override per task.
+
+    `seed` is a stateless seed (int64 [2]) drawn per example from the
+    input's `seed`, for tf.image.stateless_random_* ops: augmentation is
+    reproducible and independent of the map's parallelism.
+    """
+    del seed
     return image, label
+
+  def CheckData(self):
+    """Raises a clear error if the data is missing; trainers call it at
+    start so that a missing evaluation split is not found only after
+    training. Cheap (no examples are read)."""
 
   def _Autotune(self, v):
     return tf.data.AUTOTUNE if v == -1 else v
@@ -71,14 +86,17 @@ class BaseInputGenerator:
   def GetDataset(self):
     p = self.params
     ds = self._Examples()
-    if p.num_shards > 1:
+    if p.num_shards > 1 and not self.SHARDS_IN_EXAMPLES:
       ds = ds.shard(p.num_shards, p.shard_index)
     if p.cache:
       ds = ds.cache()
     if p.is_training:
       ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
                       reshuffle_each_iteration=True).repeat()
-    ds = ds.map(self._Preprocess,
+    # One stateless seed per example, in the (shuffled) order of examples.
+    seeds = tf.data.Dataset.random(seed=p.seed).batch(2, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    ds = ds.map(lambda ex, seed: self._Preprocess(ex[0], ex[1], seed),
                 num_parallel_calls=self._Autotune(p.num_parallel_calls),
                 deterministic=True)
     ds = ds.map(lambda img, lbl: {'image': tf.cast(img, p.dtype),

@@ -1,0 +1,152 @@
+"""TFDS access shared by the CIFAR and ImageNet inputs: clear errors when a
+dataset is not prepared, and offline preparation from local archives.
+
+Preparation always runs the real TFDS builder (`tfds.builder(name)
+.download_and_prepare`); only where its files come from differs:
+  * CIFAR: the download step finds the archive in the builder's manual_dir
+    (TFDS's own "manually downloaded" path) instead of fetching the URL.
+    With the real archive the registered checksum is checked as usual;
+    `trust_archive=True` registers the given archive's checksum instead
+    (for generated test archives).
+  * ImageNet: TFDS always reads ILSVRC2012_img_{train,val}.tar from the
+    manual_dir; nothing to redirect.
+"""
+import os
+import shutil
+
+_PREPARE_CMD = ('python -m tensorflow_datasets.scripts.download_and_prepare '
+                '--datasets={name} --data_dir={data_dir}')
+_IMAGENET_HELP = (
+    'imagenet2012 cannot be downloaded automatically: register at '
+    'https://image-net.org/download-images, download ILSVRC2012_img_train.tar '
+    'and ILSVRC2012_img_val.tar into {manual_dir} and run `{cmd} '
+    '--manual_dir={manual_dir}`.')
+
+
+class MissingDataError(ValueError):
+  """A dataset (or split) is not prepared in the data_dir searched."""
+
+
+def _Tfds():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds
+
+
+def DefaultDataDir():
+  """TFDS's default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  from tensorflow_datasets.core import constants  # pylint: disable=import-outside-toplevel
+  return os.path.expanduser(str(constants.DATA_DIR))
+
+
+def PrepareCommand(name, data_dir):
+  """The shell command that prepares `name` in `data_dir`."""
+  cmd = _PREPARE_CMD.format(name=name, data_dir=data_dir or DefaultDataDir())
+  if name == 'imagenet2012':
+    manual = os.path.join(data_dir or DefaultDataDir(), 'downloads', 'manual')
+    return _IMAGENET_HELP.format(manual_dir=manual, cmd=cmd)
+  return cmd
+
+
+def LoadBuilder(name, data_dir, split=None):
+  """The TFDS builder of a prepared dataset, or MissingDataError saying which
+  dataset, which data_dir was searched and the command that prepares it."""
+  tfds = _Tfds()
+  searched = data_dir or DefaultDataDir()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise MissingDataError(
+        f'Cannot open TFDS dataset {name!r} in data_dir {searched!r} '
+        f'({type(e).__name__}: {e}). Prepare it with: '
+        f'{PrepareCommand(name, data_dir)}') from e
+  if not builder.is_prepared():
+    raise MissingDataError(
+        f'TFDS dataset {name!r} (version {builder.version}) is not prepared '
+        f'in data_dir {searched!r} (looked for {builder.data_dir}). Prepare '
+        f'it with: {PrepareCommand(name, data_dir)}  (or pass --data_dir= '
+        'the directory that holds it).')
+  if split is not None:
+    base = split.split('[', 1)[0]
+    if base not in builder.info.splits:
+      raise MissingDataError(
+          f'TFDS dataset {name!r} in {builder.data_dir} has no split '
+          f'{base!r}; it has {sorted(builder.info.splits)}. Set the input '
+          'params\' split to one of those, or re-prepare it with: '
+          f'{PrepareCommand(name, data_dir)}')
+  return builder
+
+
+def SplitForShard(split, shard_index, num_shards):
+  """TFDS split string of one host's even share of `split`."""
+  if num_shards == 1:
+    return split
+  return _Tfds().even_splits(split, n=num_shards)[shard_index]
+
+
+# -- offline preparation ----------------------------------------------------
+
+
+def _DownloadConfig(manual_dir):
+  tfds = _Tfds()
+  tfds.disable_progress_bar()
+  return tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                      try_download_gcs=False)
+
+
+def PrepareCifarFromArchive(dataset, data_dir, archive, trust_archive=False):
+  """Prepares TFDS `dataset` (cifar10/cifar100) offline from a local copy of
+  its download tarball (e.g. cifar-10-binary.tar.gz), with the real builder.
+
+  The archive is copied into <data_dir>/downloads/manual under the file name
+  TFDS registers for the URL, where TFDS's download manager takes it instead
+  of downloading. The real archive passes TFDS's registered checksum; a
+  different one (generated test records) is refused unless trust_archive,
+  which registers that archive's own size and sha256 for the URL instead.
+  Returns the prepared builder.
+  """
+  tfds = _Tfds()
+  from tensorflow_datasets.core.download import checksums  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder(dataset, data_dir=data_dir, try_gcs=False)
+  registered = builder.url_infos or {}
+  urls = [u for u, info in registered.items()
+          if info.filename == os.path.basename(archive)]
+  if len(urls) != 1:
+    names = sorted(i.filename for i in registered.values())
+    raise ValueError(f'{archive!r} is not the download of {dataset} (expected '
+                     f'a file named one of {names}).')
+  url = urls[0]
+  download_dir = os.path.join(data_dir, 'downloads')
+  manual_dir = os.path.join(download_dir, 'manual')
+  os.makedirs(manual_dir, exist_ok=True)
+  dst = os.path.join(manual_dir, os.path.basename(archive))
+  if os.path.abspath(dst) != os.path.abspath(archive):
+    shutil.copyfile(archive, dst)
+  config = _DownloadConfig(manual_dir)
+  if trust_archive:
+    own = checksums.compute_url_info(dst)
+
+    def MakeDownloadManager(download_dir, download_config):
+      # What the builder makes, but with this archive's checksum registered
+      # for the URL (the real one would not match generated records).
+      return tfds.download.DownloadManager(
+          download_dir=download_dir,
+          extract_dir=(download_config.extract_dir or
+                       os.path.join(download_dir, 'extracted')),
+          manual_dir=manual_dir, url_infos={url: own}, dataset_name=dataset)
+
+    builder._make_download_manager = MakeDownloadManager  # pylint: disable=protected-access
+  builder.download_and_prepare(download_dir=download_dir,
+                               download_config=config)
+  return tfds.builder(dataset, data_dir=data_dir, try_gcs=False)
+
+
+def PrepareImageNetFromManualDir(data_dir, manual_dir):
+  """Prepares imagenet2012 with the real builder from ILSVRC2012_img_*.tar in
+  manual_dir (the manually downloaded archives, or small ones in their
+  format). Returns the prepared builder."""
+  tfds = _Tfds()
+  builder = tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)
+  builder.download_and_prepare(
+      download_dir=os.path.join(data_dir, 'downloads'),
+      download_config=_DownloadConfig(manual_dir))
+  return tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)
