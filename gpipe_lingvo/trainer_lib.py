@@ -18,6 +18,7 @@ import tensorflow as tf
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import hyperparams
+from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'summary')
@@ -104,6 +105,14 @@ class Trainer:
     self.WriteParams()
     task = self.task
     train_input = self._Input('train')
+    # Missing data fails here, before any step, for the evaluated splits too.
+    train_input.CheckData()
+    for split in evaluate_splits:
+      self._Input(split).CheckData()
+    init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
+    if not restored and init is not None and init.checkpoint_path:
+      # Fresh run only: a resumed run continues from its own checkpoint.
+      init_from_checkpoint.Apply(task, init, self._print)
     batch_size = train_input.params.batch_size
     it = iter(train_input.GetDataset())
 
