@@ -10,6 +10,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 
 from gpipe_lingvo import devices
 from gpipe_lingvo import hyperparams
@@ -46,6 +47,7 @@ def _SetDataDir(params, data_dir):
 
 def Run(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   if FLAGS.list_models:
     for name in model_registry.GetAllRegisteredClasses():
       print(name)

@@ -181,13 +181,12 @@ class BaseLayer(tf.Module):
     return self.params.fprop_dtype or self.params.dtype
 
   def _PropagateDefaults(self, child_params):
+    """Children inherit the activation dtype and seed unless they set them."""
     p = child_params.Copy()
-    for key in ('dtype', 'fprop_dtype', 'random_seed'):
-      if key in dict(p.IterParams()) and key in dict(self.params.IterParams()):
-        if key == 'fprop_dtype' and p.fprop_dtype is None:
-          p.fprop_dtype = self.params.fprop_dtype
-        elif key == 'random_seed' and not p.random_seed:
-          p.random_seed = self.params.random_seed
+    if p.fprop_dtype is None:
+      p.fprop_dtype = self.params.fprop_dtype
+    if not p.random_seed:
+      p.random_seed = self.params.random_seed
     return p
 
   def CreateChild(self, name, params):
@@ -263,15 +262,6 @@ class BaseLayer(tf.Module):
 
   def __call__(self, *args, **kwargs):
     return self.FProp(*args, **kwargs)
-
-  def OutputShape(self, input_shape):
-    """Shape nest of FProp's output for input_shape (via a symbolic trace)."""
-    specs = tf.nest.map_structure(
-        lambda s: tf.TensorSpec([None] + list(s[1:]) if s and s[0] is None
-                                else s, self.params.dtype), input_shape)
-    fn = tf.function(self.FProp, autograph=False)
-    out = fn.get_concrete_function(specs).structured_outputs
-    return tf.nest.map_structure(lambda t: t.shape, out)
 
   def UpdateStats(self, stats):
     """Applies statistics collected during a step (batch norm); no-op here."""

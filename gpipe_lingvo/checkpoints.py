@@ -44,7 +44,8 @@ class Checkpointer:
     for i, path in enumerate(candidates):
       try:
         self.checkpoint.read(path).assert_existing_objects_matched()
-      except (tf.errors.OpError, ValueError, AssertionError) as e:
+      except Exception as e:  # pylint: disable=broad-except
+        # Truncated files raise IndexError, corrupt ones DataLossError, etc.
         nxt = candidates[i + 1] if i + 1 < len(candidates) else None
         logging.warning('Checkpoint %s is unreadable (%s: %s); %s', path,
                         type(e).__name__, str(e).splitlines()[0][:200],

@@ -162,13 +162,13 @@ class Trainer:
         acc = metrics_lib.MetricAccumulator()
         t_window, ex_window = now, 0
       if step % max(1, tp.save_interval_steps) == 0 and step < max_steps:
-        ckpt.Save(step)
+        self._print(f'Saved checkpoint {ckpt.Save(step)}')
       if (evaluate_splits and tp.eval_interval_steps and
           step % tp.eval_interval_steps == 0 and step < max_steps):
         for split in evaluate_splits:
           self.Evaluate(split, step=step)
     if steps_done or not ckpt.manager.latest_checkpoint:
-      ckpt.Save(step)
+      self._print(f'Saved checkpoint {ckpt.Save(step)}')
     results = {'train': last}
     for split in evaluate_splits:
       results[split] = self.Evaluate(split, step=step)
