@@ -162,8 +162,8 @@ def test_cifar_normalisation_and_cutout():
     ys, xs = np.nonzero(zero)
     assert 0 < zero.sum() <= 100
     # The zeroed pixels form one rectangle (the square, clipped at borders).
-    assert zero.sum() == (ys.ptp() + 1) * (xs.ptp() + 1)
-    assert ys.ptp() < 10 and xs.ptp() < 10
+    assert zero.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+    assert np.ptp(ys) < 10 and np.ptp(xs) < 10
     sizes.append(zero.sum())
   assert max(sizes) == 100  # an interior square is the full 10x10
 
