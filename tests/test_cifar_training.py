@@ -209,3 +209,18 @@ def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
   assert r.returncode == 1
   assert 'Traceback' not in r.stderr
   assert f'--datasets=cifar10 --data_dir={empty}' in r.stderr
+
+
+def test_cli_overrides_set_params_whose_default_is_none():
+  # Fine-tuning from the command line sets None-valued params by text.
+  from gpipe_lingvo import hyperparams
+  p = model_registry.GetParams('cifar100.SmallConvNet')
+  hyperparams.ApplyOverrides(
+      p, 'task.init_from_checkpoint.checkpoint_path = /runs/c10/ckpt; '
+      'task.init_from_checkpoint.ignore_rules = ["task/network/logits/.*"]; '
+      'train.mean = (0.5, 0.5, 0.5); train.data_dir = /data/tfds')
+  ifc = p.task.init_from_checkpoint
+  assert ifc.checkpoint_path == '/runs/c10/ckpt'
+  assert ifc.ignore_rules == ['task/network/logits/.*']
+  assert tuple(p.train.mean) == (0.5, 0.5, 0.5)
+  assert p.train.data_dir == '/data/tfds'
