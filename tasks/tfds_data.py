@@ -47,6 +47,15 @@ def PrepareCommand(name, data_dir):
   return cmd
 
 
+def _OfflineHint(name, data_dir):
+  if name == 'imagenet2012':
+    return ''
+  return (' Without internet, from a local copy of the download: python -m '
+          f'tasks.prepare_data --dataset={name} --data_dir={data_dir} '
+          '--archive=PATH/' + ('cifar-10-binary.tar.gz' if name == 'cifar10'
+                               else 'cifar-100-binary.tar.gz'))
+
+
 def LoadBuilder(name, data_dir, split=None):
   """The TFDS builder of a prepared dataset, or MissingDataError saying which
   dataset, which data_dir was searched and the command that prepares it."""
@@ -64,7 +73,7 @@ def LoadBuilder(name, data_dir, split=None):
         f'TFDS dataset {name!r} (version {builder.version}) is not prepared '
         f'in data_dir {searched!r} (looked for {builder.data_dir}). Prepare '
         f'it with: {PrepareCommand(name, data_dir)}  (or pass --data_dir= '
-        'the directory that holds it).')
+        'the directory that holds it).' + _OfflineHint(name, searched))
   if split is not None:
     base = split.split('[', 1)[0]
     if base not in builder.info.splits:

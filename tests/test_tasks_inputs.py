@@ -251,3 +251,21 @@ def test_imagenet_eval_is_resized_centre_crop():
                                       tf.float32)
   want = tf.image.resize(full[y:y + h, x:x + w], [32, 32])
   np.testing.assert_allclose(out.numpy(), want.numpy(), atol=2 / 255)
+
+
+def test_prepare_data_cli(tmp_path, capsys):
+  from tasks import prepare_data
+  d = str(tmp_path / 'd')
+  assert prepare_data.Run(['--dataset=cifar100', f'--data_dir={d}',
+                           '--synthetic', '--num_train=30',
+                           '--num_test=10']) == 0
+  assert 'GENERATED' in capsys.readouterr().out
+  gen = cifar.InputParams('cifar100', 'test', 4, data_dir=d).Instantiate()
+  assert gen.num_examples == 10
+  assert prepare_data.Run(['--dataset=imagenet2012', f'--data_dir={d}',
+                           '--synthetic', '--num_train=1',
+                           '--num_test=3']) == 0
+  gen = imagenet.InputParams('validation', 2, data_dir=d).Instantiate()
+  assert gen.num_examples == 3
+  with pytest.raises(SystemExit):
+    prepare_data.Run(['--dataset=cifar10', f'--data_dir={d}'])  # no archive
