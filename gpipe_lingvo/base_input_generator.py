@@ -93,15 +93,16 @@ class BaseInputGenerator:
     if p.is_training:
       ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
                       reshuffle_each_iteration=True).repeat()
-    # One stateless seed per example, in the (shuffled) order of examples.
-    seeds = tf.data.Dataset.random(seed=p.seed).batch(2, drop_remainder=True)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    ds = ds.map(lambda ex, seed: self._Preprocess(ex[0], ex[1], seed),
-                num_parallel_calls=self._Autotune(p.num_parallel_calls),
-                deterministic=True)
-    ds = ds.map(lambda img, lbl: {'image': tf.cast(img, p.dtype),
-                                  'label': tf.cast(lbl, tf.int32),
-                                  'weight': tf.ones([], tf.float32)})
+    # Stateless seed (input seed, position in the shuffled stream) for each
+    # example; one fused map does augmentation and the output dict.
+    def Example(index, ex):
+      seed = tf.stack([tf.constant(p.seed, tf.int64), index])
+      img, lbl = self._Preprocess(ex[0], ex[1], seed)
+      return {'image': tf.cast(img, p.dtype), 'label': tf.cast(lbl, tf.int32),
+              'weight': tf.ones([], tf.float32)}
+    ds = ds.enumerate().map(
+        Example, num_parallel_calls=self._Autotune(p.num_parallel_calls),
+        deterministic=True)
     if p.is_training:
       ds = ds.batch(p.batch_size, drop_remainder=True)
     else:

@@ -182,6 +182,7 @@ def _Cli(*args):
       env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
 
+@pytest.mark.slow  # ~20 s: three trainer.py subprocesses
 def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   logdir = str(tmp_path / 'log')
