@@ -13,6 +13,8 @@ Preparation always runs the real TFDS builder (`tfds.builder(name)
 """
 import os
 import shutil
+import socket
+import urllib.parse
 
 _PREPARE_CMD = ('python -m tensorflow_datasets.scripts.download_and_prepare '
                 '--datasets={name} --data_dir={data_dir}')
@@ -56,9 +58,13 @@ def _OfflineHint(name, data_dir):
                                else 'cifar-100-binary.tar.gz'))
 
 
-def LoadBuilder(name, data_dir, split=None):
+def LoadBuilder(name, data_dir, split=None, download=False):
   """The TFDS builder of a prepared dataset, or MissingDataError saying which
-  dataset, which data_dir was searched and the command that prepares it."""
+  dataset, which data_dir was searched and the command that prepares it.
+
+  download: if the dataset is not prepared, let TFDS download and prepare it
+  now (what tfds.load does; CIFAR only, ImageNet needs manual archives).
+  """
   tfds = _Tfds()
   searched = data_dir or DefaultDataDir()
   try:
@@ -68,6 +74,8 @@ def LoadBuilder(name, data_dir, split=None):
         f'Cannot open TFDS dataset {name!r} in data_dir {searched!r} '
         f'({type(e).__name__}: {e}). Prepare it with: '
         f'{PrepareCommand(name, data_dir)}') from e
+  if not builder.is_prepared() and download and name != 'imagenet2012':
+    _Download(builder, name, searched)
   if not builder.is_prepared():
     raise MissingDataError(
         f'TFDS dataset {name!r} (version {builder.version}) is not prepared '
@@ -83,6 +91,30 @@ def LoadBuilder(name, data_dir, split=None):
           'params\' split to one of those, or re-prepare it with: '
           f'{PrepareCommand(name, data_dir)}')
   return builder
+
+
+def _Download(builder, name, searched):
+  """TFDS's own download-and-prepare, failing fast (instead of after minutes
+  of retries) when the download host does not even resolve."""
+  tfds = _Tfds()
+  hosts = sorted({urllib.parse.urlparse(u).hostname
+                  for u in (builder.url_infos or {})} - {None})
+  for host in hosts:
+    try:
+      socket.getaddrinfo(host, 443)
+    except OSError as e:
+      raise MissingDataError(
+          f'TFDS dataset {name!r} is not prepared in data_dir {searched!r} '
+          f'and cannot be downloaded: {host} does not resolve ({e}; no '
+          'network?).' + _OfflineHint(name, searched) + '. Or prepare it on '
+          f'a machine with internet: {PrepareCommand(name, searched)} and '
+          'copy the data_dir here.') from e
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise MissingDataError(
+        f'Downloading TFDS dataset {name!r} into {searched!r} failed '
+        f'({type(e).__name__}: {e}).' + _OfflineHint(name, searched)) from e
 
 
 def SplitForShard(split, shard_index, num_shards):

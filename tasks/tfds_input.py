@@ -41,6 +41,9 @@ def CheckCommonParams(p, splits):
 def DefineTfdsParams(p):
   """Params shared by the TFDS-backed inputs."""
   p.Define('data_dir', None, 'TFDS data_dir (None: TFDS default).')
+  p.Define('download', True,
+           'If the dataset is not prepared in data_dir, let TFDS download and '
+           'prepare it on first use (CIFAR; ImageNet needs manual archives).')
   p.Define('parallel_reads', -1,
            'Files read in parallel (TFDS interleave); -1 = AUTOTUNE.')
   p.Define('normalize', True,
@@ -68,7 +71,8 @@ class TfdsInput(base_input_generator.BaseInputGenerator):
   def _Builder(self):
     if self._builder is None:
       self._builder = tfds_data.LoadBuilder(
-          self._TfdsName(), self.params.data_dir, self.params.split)
+          self._TfdsName(), self.params.data_dir, self.params.split,
+          download=self.params.download)
     return self._builder
 
   def _ShardSplit(self):

@@ -71,6 +71,7 @@ def test_missing_eval_data_fails_before_training(tmp_path):
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   p = _Params('cifar10.SmallConvNet', data_dir)
   p.test.data_dir = str(tmp_path / 'empty')
+  p.test.download = False
   trainer = trainer_lib.Trainer(p, str(tmp_path / 'log'),
                                 print_fn=lambda *_: None)
   with pytest.raises(tfds_data.MissingDataError, match='cifar10'):
@@ -206,7 +207,9 @@ def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
   # Missing data: a clear error, no traceback, exit status 1.
   empty = str(tmp_path / 'empty')
   r = _Cli('--model=cifar10.SmallConvNet', f'--data_dir={empty}',
-           f'--logdir={tmp_path / "log2"}', '--max_steps=2')
+           f'--logdir={tmp_path / "log2"}', '--max_steps=2',
+           '--model_params_override=train.download = False; '
+           'test.download = False')
   assert r.returncode == 1
   assert 'Traceback' not in r.stderr
   assert f'--datasets=cifar10 --data_dir={empty}' in r.stderr

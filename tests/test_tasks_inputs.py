@@ -51,7 +51,8 @@ def test_cifar_archive_checksum_is_checked(tmp_path):
 
 def test_missing_data_error_is_clear_and_lazy(tmp_path):
   empty = str(tmp_path / 'nothing_here')
-  gen = cifar.InputParams('cifar100', 'train', 4, data_dir=empty).Instantiate()
+  gen = cifar.InputParams('cifar100', 'train', 4, data_dir=empty,
+                          download=False).Instantiate()
   assert gen.ImageShape() == [32, 32, 3]  # no data needed for that
   for fn in (gen.CheckData, gen.GetDataset):
     with pytest.raises(tfds_data.MissingDataError) as e:
@@ -66,6 +67,22 @@ def test_missing_data_error_is_clear_and_lazy(tmp_path):
   msg = str(e.value)
   assert "'imagenet2012'" in msg and 'ILSVRC2012_img_train.tar' in msg
   assert os.path.join(empty, 'downloads', 'manual') in msg
+
+
+def test_download_fails_fast_without_network(tmp_path, monkeypatch):
+  # download=True (the default) lets TFDS download CIFAR on first use; with
+  # no network the error comes at once, not after minutes of retries.
+  def NoDns(host, *a, **k):
+    raise OSError(f'cannot resolve {host}')
+  monkeypatch.setattr(tfds_data.socket, 'getaddrinfo', NoDns)
+  empty = str(tmp_path / 'e')
+  gen = cifar.InputParams('cifar10', 'train', 4, data_dir=empty).Instantiate()
+  with pytest.raises(tfds_data.MissingDataError) as e:
+    gen.CheckData()
+  msg = str(e.value)
+  assert 'www.cs.toronto.edu does not resolve' in msg
+  assert f'--dataset=cifar10 --data_dir={empty} --archive=' in msg
+  assert f'--datasets=cifar10 --data_dir={empty}' in msg
 
 
 def test_missing_split_error():
