@@ -6,12 +6,14 @@
   # ImageNet from the manually downloaded ILSVRC2012_img_{train,val}.tar:
   python -m tasks.prepare_data --dataset=imagenet2012 --data_dir=D \
       --manual_dir=/path/to/archives
+  # CIFAR downloaded through TFDS (needs internet):
+  python -m tasks.prepare_data --dataset=cifar10 --data_dir=D
   # Generated test records (NOT the real data) for offline smoke runs:
   python -m tasks.prepare_data --dataset=cifar10 --data_dir=D --synthetic
 
-With internet access, CIFAR needs none of this: TFDS downloads it on first
-use (`python -m tensorflow_datasets.scripts.download_and_prepare
---datasets=cifar10 --data_dir=D`).
+With internet access CIFAR needs no preparation: the CIFAR inputs let TFDS
+download it on first use (their `download` param). TFDS's own CLI (`tfds
+build`) does the same but needs apache_beam in tensorflow-datasets 4.9.10.
 """
 import argparse
 import os
@@ -46,6 +48,9 @@ def Run(argv):
   work = tempfile.mkdtemp(prefix='prepare_data_')
   try:
     return _Prepare(ap, args, work)
+  except tfds_data.MissingDataError as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
   finally:
     shutil.rmtree(work, ignore_errors=True)
 
@@ -68,10 +73,12 @@ def _Prepare(ap, args, work):
     if args.synthetic:
       archive, _, _ = synthetic_archives.WriteCifarArchive(
           args.dataset, work, args.num_train, args.num_test)
-    if not archive:
-      ap.error(f'{args.dataset} needs --archive (or --synthetic).')
-    builder = tfds_data.PrepareCifarFromArchive(
-        args.dataset, args.data_dir, archive, trust_archive=args.synthetic)
+    if archive:
+      builder = tfds_data.PrepareCifarFromArchive(
+          args.dataset, args.data_dir, archive, trust_archive=args.synthetic)
+    else:  # TFDS downloads it
+      builder = tfds_data.LoadBuilder(args.dataset, args.data_dir,
+                                      download=True)
   splits = {k: v.num_examples for k, v in builder.info.splits.items()}
   print(f'Prepared {args.dataset} in {builder.data_dir}: {splits}'
         + ('  (GENERATED test records, not the real dataset)'

@@ -16,13 +16,18 @@ import shutil
 import socket
 import urllib.parse
 
-_PREPARE_CMD = ('python -m tensorflow_datasets.scripts.download_and_prepare '
-                '--datasets={name} --data_dir={data_dir}')
+# Our preparation command (tasks/prepare_data.py): it drives the same TFDS
+# builders. TFDS 4.9.10's own CLI (`tfds build`, and the
+# tensorflow_datasets.scripts.download_and_prepare wrapper) fails to import
+# without apache_beam, which is not a dependency here.
+_PREPARE_CMD = 'python -m tasks.prepare_data --dataset={name} --data_dir={data_dir}'
+_TFDS_CMD = 'tfds build {name} --data_dir={data_dir}'
 _IMAGENET_HELP = (
     'imagenet2012 cannot be downloaded automatically: register at '
     'https://image-net.org/download-images, download ILSVRC2012_img_train.tar '
     'and ILSVRC2012_img_val.tar into {manual_dir} and run `{cmd} '
-    '--manual_dir={manual_dir}`.')
+    '--manual_dir={manual_dir}` (or, with apache_beam installed, `{tfds_cmd} '
+    '--manual_dir={manual_dir}`).')
 
 
 class MissingDataError(ValueError):
@@ -41,19 +46,22 @@ def DefaultDataDir():
 
 
 def PrepareCommand(name, data_dir):
-  """The shell command that prepares `name` in `data_dir`."""
-  cmd = _PREPARE_CMD.format(name=name, data_dir=data_dir or DefaultDataDir())
+  """How to prepare `name` in `data_dir` (a shell command, for CIFAR one that
+  downloads it through TFDS)."""
+  data_dir = data_dir or DefaultDataDir()
+  cmd = _PREPARE_CMD.format(name=name, data_dir=data_dir)
+  tfds_cmd = _TFDS_CMD.format(name=name, data_dir=data_dir)
   if name == 'imagenet2012':
-    manual = os.path.join(data_dir or DefaultDataDir(), 'downloads', 'manual')
-    return _IMAGENET_HELP.format(manual_dir=manual, cmd=cmd)
-  return cmd
+    manual = os.path.join(data_dir, 'downloads', 'manual')
+    return _IMAGENET_HELP.format(manual_dir=manual, cmd=cmd, tfds_cmd=tfds_cmd)
+  return f'{cmd} (downloads through TFDS; or `{tfds_cmd}` with apache_beam)'
 
 
 def _OfflineHint(name, data_dir):
   if name == 'imagenet2012':
     return ''
-  return (' Without internet, from a local copy of the download: python -m '
-          f'tasks.prepare_data --dataset={name} --data_dir={data_dir} '
+  return (' Without internet, from a local copy of the download: '
+          f'{_PREPARE_CMD.format(name=name, data_dir=data_dir)} '
           '--archive=PATH/' + ('cifar-10-binary.tar.gz' if name == 'cifar10'
                                else 'cifar-100-binary.tar.gz'))
 

@@ -212,7 +212,7 @@ def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
            'test.download = False')
   assert r.returncode == 1
   assert 'Traceback' not in r.stderr
-  assert f'--datasets=cifar10 --data_dir={empty}' in r.stderr
+  assert f'tasks.prepare_data --dataset=cifar10 --data_dir={empty}' in r.stderr
 
 
 def test_cli_overrides_set_params_whose_default_is_none():

@@ -1,6 +1,8 @@
 """CIFAR-10/100 and ImageNet inputs over real on-disk TFDS datasets that the
 real TFDS builders prepared offline from original-format archives."""
 import os
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -59,14 +61,23 @@ def test_missing_data_error_is_clear_and_lazy(tmp_path):
       fn()
     msg = str(e.value)
     assert "'cifar100'" in msg and empty in msg
-    assert ('tensorflow_datasets.scripts.download_and_prepare '
-            f'--datasets=cifar100 --data_dir={empty}') in msg
+    assert ('python -m tasks.prepare_data --dataset=cifar100 '
+            f'--data_dir={empty}') in msg
   gen = imagenet.InputParams('validation', 4, data_dir=empty).Instantiate()
   with pytest.raises(tfds_data.MissingDataError) as e:
     gen.GetDataset()
   msg = str(e.value)
   assert "'imagenet2012'" in msg and 'ILSVRC2012_img_train.tar' in msg
-  assert os.path.join(empty, 'downloads', 'manual') in msg
+  manual = os.path.join(empty, 'downloads', 'manual')
+  assert f'into {manual} ' in msg
+  # The command in the message prepares the data once the archives are there.
+  synthetic_archives.WriteImageNetArchives(manual, ['n01440764'], 2, 3)
+  cmd = shlex.split(re.search(r'`(python -m tasks.prepare_data [^`]*)`',
+                              msg).group(1))
+  from tasks import prepare_data
+  assert prepare_data.Run(cmd[3:]) == 0
+  assert gen.num_examples == 3
+  assert len(_AllBatches(gen)) == 1
 
 
 def test_download_fails_fast_without_network(tmp_path, monkeypatch):
@@ -82,7 +93,7 @@ def test_download_fails_fast_without_network(tmp_path, monkeypatch):
   msg = str(e.value)
   assert 'www.cs.toronto.edu does not resolve' in msg
   assert f'--dataset=cifar10 --data_dir={empty} --archive=' in msg
-  assert f'--datasets=cifar10 --data_dir={empty}' in msg
+  assert f'tasks.prepare_data --dataset=cifar10 --data_dir={empty} (' in msg
 
 
 def test_missing_split_error():
@@ -284,5 +295,5 @@ def test_prepare_data_cli(tmp_path, capsys):
                            '--num_test=3']) == 0
   gen = imagenet.InputParams('validation', 2, data_dir=d).Instantiate()
   assert gen.num_examples == 3
-  with pytest.raises(SystemExit):
-    prepare_data.Run(['--dataset=cifar10', f'--data_dir={d}'])  # no archive
+  with pytest.raises(SystemExit):  # imagenet needs archives
+    prepare_data.Run(['--dataset=imagenet2012', f'--data_dir={d}/x'])
