@@ -228,3 +228,14 @@ def test_cli_overrides_set_params_whose_default_is_none():
   assert ifc.ignore_rules == ['task/network/logits/.*']
   assert tuple(p.train.mean) == (0.5, 0.5, 0.5)
   assert p.train.data_dir == '/data/tfds'
+
+
+def test_summary_needs_no_data(tmp_path):
+  p = model_registry.GetParams('cifar100.SmallConvNet')
+  for split in ('train', 'dev', 'test'):
+    p.Get(split).Set(data_dir=str(tmp_path / 'none'), download=False)
+  rows = []
+  total = trainer_lib.Trainer(p, '', print_fn=rows.append).Summary()
+  assert total == p.task.Instantiate().NumParams()
+  assert any('[None, 100]' in r for r in rows)
+  assert not os.path.exists(tmp_path / 'none')
