@@ -68,9 +68,10 @@ class BaseInputGenerator:
   def _Preprocess(self, image, label, seed):
     """Per-example augmentation/normalisation; override per task.
 
-    `seed` is a stateless seed (int64 [2]) drawn per example from the
-    input's `seed`, for tf.image.stateless_random_* ops: augmentation is
-    reproducible and independent of the map's parallelism.
+    `seed` is a stateless seed (int64 [2]) for tf.image.stateless_random_*
+    ops, made of the input's `seed` and the example's position in the
+    (shuffled, repeated) stream of this shard: augmentation is reproducible,
+    differs per example and epoch, and is independent of map parallelism.
     """
     del seed
     return image, label
@@ -93,10 +94,12 @@ class BaseInputGenerator:
     if p.is_training:
       ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
                       reshuffle_each_iteration=True).repeat()
-    # Stateless seed (input seed, position in the shuffled stream) for each
-    # example; one fused map does augmentation and the output dict.
+    # Stateless seed (input seed, position in the shuffled stream, made
+    # unique across shards) for each example; one fused map does
+    # augmentation and the output dict.
     def Example(index, ex):
-      seed = tf.stack([tf.constant(p.seed, tf.int64), index])
+      seed = tf.stack([tf.constant(p.seed, tf.int64),
+                       index * p.num_shards + p.shard_index])
       img, lbl = self._Preprocess(ex[0], ex[1], seed)
       return {'image': tf.cast(img, p.dtype), 'label': tf.cast(lbl, tf.int32),
               'weight': tf.ones([], tf.float32)}

@@ -43,7 +43,6 @@ class ImageNetInput(tfds_input.TfdsInput):
     p.Define('eval_crop_fraction', 0.875,
              'Evaluation: centre crop side / shorter image side.')
     p.cache = False
-    p.shuffle_buffer = 10000
     return p
 
   def __init__(self, params):
