@@ -25,7 +25,11 @@ def CheckCommonParams(p, splits):
                      f'with a TFDS slice like "train[:90%]"), got {p.split!r}.')
   if p.image_size <= 0:
     raise ValueError(f'{p.name}: image_size must be > 0, got {p.image_size}.')
-  if tf.as_dtype(p.dtype) not in _DTYPES:
+  try:
+    dtype = tf.as_dtype(p.dtype)
+  except TypeError:
+    dtype = None
+  if dtype not in _DTYPES:
     raise ValueError(f'{p.name}: dtype must be float32 or bfloat16, got '
                      f'{p.dtype!r}.')
   if p.resize_method not in _RESIZE_METHODS:

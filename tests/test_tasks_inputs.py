@@ -110,6 +110,7 @@ def test_missing_split_error():
     (dict(cutout_size=40), 'cutout_size'),
     (dict(pad_crop=-1), 'pad_crop'),
     (dict(dtype=tf.int32), 'float32 or bfloat16'),
+    (dict(dtype='float33'), 'float32 or bfloat16'),
     (dict(std=(1.0, 0.0, 1.0)), 'std'),
     (dict(image_size=0), 'image_size'),
 ])
