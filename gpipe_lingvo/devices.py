@@ -55,7 +55,10 @@ def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
   if not physical:
     raise DeviceError(f'No {device_type.upper()} devices on this machine; '
                       "use topology.device_type = 'cpu'.")
-  have = len(tf.config.list_logical_devices(device_type.upper()))
+  # Counted from the configuration, not list_logical_devices(), which would
+  # initialise TensorFlow and make the configuration below impossible.
+  have = sum(len(tf.config.get_logical_device_configuration(d) or [d])
+             for d in physical)
   if have >= count:
     return
   try:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# CI's Bazel step: installs Bazel if missing, runs `bazel test` on the fast
+# subset (targets tagged "slow" are skipped; `make bazel-test` runs them),
+# prints `bazel: N passed, M failed` and stops the Bazel server.
+# Set BAZEL_TEST_FLAGS to change the selection, e.g. BAZEL_TEST_FLAGS= for all.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+make -s bazel-install venv || exit 1
+PY=.venv/bin/python
+events="$(mktemp -t bazel-events.XXXXXX.json)"
+trap 'rm -f "$events"' EXIT
+
+flags="${BAZEL_TEST_FLAGS---test_tag_filters=-slow}"
+# shellcheck disable=SC2086  # flags is a list of words.
+bazel test $flags --build_event_json_file="$events" //...
+rc=$?
+bazel shutdown
+
+"$PY" tools/bazel_summary.py "$events"
+count_rc=$?
+if [ "$rc" -ne 0 ] && [ "$count_rc" -eq 0 ]; then
+  echo "bazel: bazel test exited with $rc before all tests could run" >&2
+  exit "$rc"
+fi
+exit "$count_rc"
