@@ -6,6 +6,8 @@ matching BUILD lines; the failure message lists what to add (the same as
 """
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -35,6 +37,23 @@ def test_project_modules_come_from_bazel_runfiles():
       os.path.abspath(runfiles) + os.sep), gpipe_lingvo.__file__
   assert os.path.abspath(check_build.__file__).startswith(
       os.path.abspath(runfiles) + os.sep), check_build.__file__
+
+
+def test_trainer_binary_finds_registered_models():
+  """//:trainer lists //params models, which it imports by name only."""
+  if os.environ.get('TEST_SRCDIR'):
+    # Bazel's launcher of the py_binary (data of this test) sets up the
+    # binary's own runfiles; running trainer.py directly would import from
+    # the source tree, where Python resolves the script's symlink.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [os.path.join(here, 'trainer')]
+  else:
+    command = [sys.executable, os.path.join(ROOT, 'trainer.py')]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  out = subprocess.run(command + ['--list_models'], capture_output=True,
+                       text=True, timeout=300, env=env, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'digits.ConvNet' in out.stdout.split(), out.stdout
 
 
 # -- the checker itself, on small synthetic repositories ----------------------
@@ -188,3 +207,31 @@ def test_checker_reports_a_named_file_missing_from_runfiles(tmp_path):
   problems = check_build.Check(root)
   assert any('names run.py' in p and 'add "//:run"' in p
              for p in problems), problems
+
+
+# -- CI's count line -----------------------------------------------------------
+
+
+def _Event(kind, label, **payload):
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps({'id': {kind: {'label': label}}, **payload})
+
+
+def test_summary_counts_passes_failures_and_unbuilt_tests():
+  from tools import bazel_summary  # pylint: disable=g-import-not-at-top
+  events = [
+      _Event('targetConfigured', '//t:a', configured={'targetKind': 'py_test rule'}),
+      _Event('targetConfigured', '//t:b', configured={'targetKind': 'py_test rule'}),
+      _Event('targetConfigured', '//t:c', configured={'targetKind': 'py_test rule'}),
+      _Event('targetConfigured', '//t:d', configured={'targetKind': 'py_test rule'}),
+      _Event('targetConfigured', '//t:lib', configured={'targetKind': 'py_library rule'}),
+      _Event('targetCompleted', '//t:lib', completed={'success': False}),
+      _Event('targetCompleted', '//t:c', completed={'success': False}),
+      _Event('testSummary', '//t:a', testSummary={'overallStatus': 'PASSED'}),
+      _Event('testSummary', '//t:b', testSummary={'overallStatus': 'TIMEOUT'}),
+      '',
+  ]
+  passed, failed = bazel_summary.Count(events)
+  # //t:d was filtered out (no summary, built fine): neither count.
+  assert passed == ['//t:a']
+  assert failed == ['//t:b', '//t:c']

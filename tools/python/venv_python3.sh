@@ -9,4 +9,8 @@ if [ ! -x "$py" ]; then
   echo "venv_python3.sh: $py is missing; run 'make venv' in $root first" >&2
   exit 1
 fi
-exec "$py" "$@"
+# -P (Python 3.11+): do not put the main script's directory on sys.path.
+# Python would resolve the script's runfiles symlink and add its directory in
+# the source tree, so undeclared modules would import from there. Bazel's
+# launcher already puts the runfiles tree on PYTHONPATH.
+exec "$py" -P "$@"
