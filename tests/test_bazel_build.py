@@ -133,12 +133,19 @@ def test_checker_reports_a_missing_dep(tmp_path):
 
 
 def test_checker_reports_a_package_without_build_file(tmp_path):
-  root = _MiniRepo(tmp_path, {'extra/__init__.py': '', 'extra/mod.py': ''})
+  root = _MiniRepo(tmp_path, {'extra/__init__.py': '',
+                              'extra/mod.py': 'from lib import core\n',
+                              'tool.py': 'import extra\n'
+                                         "if __name__ == '__main__': pass\n"})
   problems = check_build.Check(root)
-  assert any('Python package extra/ has no BUILD file' in p
+  # The package gets a ready stanza, with deps from its modules' imports.
+  assert any('Python package extra/ has no BUILD file' in p and
+             'name = "extra"' in p and 'deps = ["//lib"]' in p
              for p in problems), problems
-  assert any('extra/mod.py is in no Python target' in p
-             for p in problems), problems
+  # A script outside packages gets a py_binary, whose dep on the package
+  # uses the label the package's BUILD file will have.
+  assert any('tool.py is in no Python target' in p and 'py_binary(' in p and
+             'deps = ["//extra"]' in p for p in problems), problems
 
 
 def test_checker_reports_slow_tests_in_the_fast_subset(tmp_path):

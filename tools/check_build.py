@@ -439,62 +439,93 @@ def NamedFiles(repo, path, tree):
 
 
 def _Suggest(repo, f):
-  """The label to add to deps for file f."""
+  """The label to add to deps for file f.
+
+  For a file in no target yet, the label its package's library will have by
+  this project's convention (py_library named after the directory).
+  """
   owners = repo.owners.get(f, [])
   libs = [t for t in owners if t.kind == 'py_library']
   best = (libs or owners)
-  return ShortLabel(best[0].label) if best else None
+  if best:
+    return ShortLabel(best[0].label)
+  d = os.path.dirname(f)
+  if d and os.path.join(d, '__init__.py') in repo.files:
+    return '//' + d
+  return None
 
 
-def _SuggestDeps(repo, path, tree, exclude=()):
+def _SuggestDeps(repo, paths, trees, exclude=()):
   deps = set()
-  for f, _, _ in Imports(repo, path, tree):
-    label = _Suggest(repo, f)
-    if label and label not in exclude:
-      deps.add(label)
+  for path in paths:
+    for f, _, _ in Imports(repo, path, trees[path]):
+      if f in paths:
+        continue
+      label = _Suggest(repo, f)
+      if label and label not in exclude:
+        deps.add(label)
   return sorted(deps)
 
 
-def _StanzaForTest(repo, path, tree):
-  name = os.path.splitext(os.path.basename(path))[0]
-  deps = _SuggestDeps(repo, path, tree, exclude={'//tests:test_support'})
-  has_slow, all_slow = SlowInfo(tree)
-  slow = 'none' if not has_slow else ('all' if all_slow else 'some')
-  lines = ['gpipe_py_test(', '    name = "%s",' % name]
+def _Stanza(rule, name, srcs, deps, extra=()):
+  lines = ['%s(' % rule, '    name = "%s",' % name]
+  if srcs:
+    lines.append('    srcs = %s,' % srcs)
   if deps:
     lines.append('    deps = [%s],' % ', '.join('"%s"' % d for d in deps))
-  if slow != 'none':
-    lines.append('    slow = "%s",' % slow)
+  lines.extend('    ' + e for e in extra)
   lines.append(')')
   return '\n'.join('      ' + l for l in lines)
 
 
-def _CheckPackages(repo, problems):
+def _StanzaForTest(repo, path, trees):
+  name = os.path.splitext(os.path.basename(path))[0]
+  deps = _SuggestDeps(repo, [path], trees, exclude={'//tests:test_support'})
+  has_slow, all_slow = SlowInfo(trees[path])
+  extra = []
+  if has_slow:
+    extra.append('slow = "%s",' % ('all' if all_slow else 'some'))
+  data = sorted({_Suggest(repo, g) or ShortLabel(PathToLabel(g))
+                 for g, _ in NamedFiles(repo, path, trees[path])})
+  if data:
+    extra.append('data = [%s],' % ', '.join('"%s"' % d for d in data))
+  return _Stanza('gpipe_py_test', name, None, deps, extra)
+
+
+def _CheckPackages(repo, problems, trees):
   init_dirs = sorted(os.path.dirname(f) for f in repo.py_files
                      if os.path.basename(f) == '__init__.py')
+  reported = set()
   for d in init_dirs:
     if d not in repo.packages:
+      reported.add(d)
+      files = [f for f in repo.py_files if os.path.dirname(f) == d]
       problems.append(
-          'Python package %s/ has no BUILD file; create %s/BUILD with a '
-          'py_library, e.g.\n      package(default_visibility = '
-          '["//visibility:public"])\n      py_library(name = "%s", srcs = '
-          'glob(["*.py"]), deps = [...])  # see check output for deps'
-          % (d, d, os.path.basename(d)))
+          'Python package %s/ has no BUILD file; create %s/BUILD:\n'
+          '      package(default_visibility = ["//visibility:public"])\n%s'
+          % (d, d, _Stanza('py_library', os.path.basename(d),
+                           'glob(["*.py"])',
+                           _SuggestDeps(repo, files, trees))))
   for f in repo.py_files:
-    if f.startswith(('third_party/',)):
+    package = os.path.dirname(f)
+    if f in repo.owners or package in reported:
       continue
-    if f not in repo.owners:
-      base = os.path.basename(f)
-      package = os.path.dirname(f)
-      if fnmatch.fnmatch(base, 'test_*.py'):
-        continue  # Reported by _CheckTests.
-      if package in repo.packages:
-        hint = 'add it to a py_library (or py_binary) in %s' % (
-            repo._BuildFile(package))  # pylint: disable=protected-access
-      else:
-        hint = 'add a BUILD file to %s/ with a py_library or py_binary' % (
-            package or '.')
-      problems.append('%s is in no Python target: %s.' % (f, hint))
+    if fnmatch.fnmatch(os.path.basename(f), 'test_*.py'):
+      continue  # Reported by _CheckTests.
+    name = os.path.splitext(os.path.basename(f))[0]
+    stanza = _Stanza('py_binary' if '__main__' in _Names(trees[f])
+                     else 'py_library', name, '["%s.py"]' % name,
+                     _SuggestDeps(repo, [f], trees),
+                     ['python_version = "PY3",'] if '__main__' in
+                     _Names(trees[f]) else [])
+    problems.append('%s is in no Python target; add to %s:\n%s'
+                    % (f, repo._BuildFile(package) or  # pylint: disable=protected-access
+                       os.path.join(package, 'BUILD'), stanza))
+
+
+def _Names(tree):
+  return {n.value for n in ast.walk(tree)
+          if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
 def _CheckTests(repo, problems, trees):
@@ -508,7 +539,7 @@ def _CheckTests(repo, problems, trees):
       problems.append(
           '%s has no py_test target; add to %s:\n%s'
           % (f, repo._BuildFile(os.path.dirname(f)) or  # pylint: disable=protected-access
-             os.path.dirname(f) + '/BUILD', _StanzaForTest(repo, f, tree)))
+             os.path.dirname(f) + '/BUILD', _StanzaForTest(repo, f, trees)))
       continue
     has_slow, all_slow = SlowInfo(tree)
     slow_targets = [t for t in tests if 'slow' in t.tags]
@@ -581,8 +612,10 @@ def _CheckDeps(repo, problems, trees):
                             % (src, line, module, f))
             continue
           owner_label = Normalise(owner, '')
-          msg = ('%s:%d imports %s: add "%s" to the deps of %s (%s).'
-                 % (src, line, module, owner, label, t.where))
+          msg = ('%s:%d imports %s: add "%s" to the deps of %s (%s)%s.'
+                 % (src, line, module, owner, label, t.where,
+                    '' if f in repo.owners else
+                    ' once %s has its BUILD file' % os.path.dirname(f)))
           if repo.targets.get(owner_label) and repo.DependsOn(
               repo.targets[owner_label], label):
             msg += (' %s already depends on %s, so that would be a cycle: '
@@ -590,6 +623,7 @@ def _CheckDeps(repo, problems, trees):
                     'list it in _USES_SUBPACKAGES in gpipe_lingvo/BUILD).'
                     % (owner, ShortLabel(label), src))
           problems.append(msg)
+          continue  # Adding that dep brings the __init__.py files too.
         # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
         parts = f.split('/')[:-1]
         for i in range(1, len(parts) + 1):
@@ -632,7 +666,7 @@ def Check(root):
     except SyntaxError as e:
       problems.append('%s: cannot parse (%s).' % (f, e))
       trees[f] = ast.Module(body=[], type_ignores=[])
-  _CheckPackages(repo, problems)
+  _CheckPackages(repo, problems, trees)
   _CheckTests(repo, problems, trees)
   _CheckDeps(repo, problems, trees)
   _CheckCycles(repo, problems)
