@@ -198,6 +198,31 @@ def test_checker_reports_a_cycle_and_suggests_the_way_out(tmp_path):
              for p in problems), problems
 
 
+def test_checker_knows_model_registry_needs_params(tmp_path):
+  root = _MiniRepo(tmp_path, {
+      'gpipe_lingvo/__init__.py': '',
+      'gpipe_lingvo/model_registry.py': 'import importlib\n',
+      'gpipe_lingvo/BUILD': 'py_library(name = "gpipe_lingvo", '
+                            'srcs = glob(["*.py"]))\n',
+      'params/__init__.py': '',
+      'params/BUILD': 'py_library(name = "params", srcs = glob(["*.py"]))\n',
+      'tests/test_core.py': """\
+          from gpipe_lingvo import model_registry
+
+          def test_registry():
+            assert model_registry
+          """,
+      'tests/BUILD': """\
+          load("//tools:pytest.bzl", "gpipe_py_test")
+          py_library(name = "test_support", srcs = ["__init__.py", "conftest.py"])
+          gpipe_py_test(name = "test_core", deps = ["//gpipe_lingvo"])
+          """})
+  problems = check_build.Check(root)
+  assert len(problems) == 1, problems
+  assert 'imports params modules by name' in problems[0], problems
+  assert 'add "//params"' in problems[0], problems
+
+
 def test_checker_reports_a_named_file_missing_from_runfiles(tmp_path):
   root = _MiniRepo(tmp_path, {
       'run.py': 'import lib\n',

@@ -29,6 +29,13 @@ PY_RULES = ('py_library', 'py_binary', 'py_test')
 BUILD_NAMES = ('BUILD.bazel', 'BUILD')
 WORKSPACE_NAMES = ('WORKSPACE', 'WORKSPACE.bazel')
 RUNNER = 'tools/pytest_main.py'
+
+# Modules that import others by name at run time, which no import statement
+# shows: a target whose sources import the key needs the value's package in
+# its runfiles (model_registry looks registered models up in params.*).
+RUNTIME_IMPORTS = {
+    'gpipe_lingvo/model_registry.py': 'params/__init__.py',
+}
 ALWAYS_SKIPPED_DIRS = {'.git', '.venv', '__pycache__', '.pytest_cache'}
 
 
@@ -53,6 +60,14 @@ class Target:
     self.args = list(attrs.get('args', []))
 
   def __repr__(self):
+    return self.label
+
+  @property
+  def macro_label(self):
+    """The label to name in messages: the gpipe_py_test, for its _slow half."""
+    if (self.kind == 'py_test' and self.name.endswith('_slow') and
+        self.args[1:3] == ['-m', 'slow']):
+      return self.label[:-len('_slow')]
     return self.label
 
 
@@ -461,9 +476,10 @@ def _SuggestDeps(repo, paths, trees, exclude=()):
     for f, _, _ in Imports(repo, path, trees[path]):
       if f in paths:
         continue
-      label = _Suggest(repo, f)
-      if label and label not in exclude:
-        deps.add(label)
+      for g in (f, RUNTIME_IMPORTS.get(f)):
+        label = g and g in repo.files and _Suggest(repo, g)
+        if label and label not in exclude:
+          deps.add(label)
   return sorted(deps)
 
 
@@ -562,7 +578,8 @@ def _CheckTests(repo, problems, trees):
             '%s has @pytest.mark.slow tests but no target tagged slow: set '
             'slow = "%s" in its gpipe_py_test.'
             % (f, 'all' if all_slow else 'some'))
-      unfiltered = [t for t in fast_targets if 'not slow' not in t.args]
+      unfiltered = [t for t in fast_targets
+                    if not any('not slow' in a for a in t.args)]
       if unfiltered:
         problems.append(
             '%s runs the slow tests of %s in the fast subset: set slow = '
@@ -583,7 +600,7 @@ def _CheckTests(repo, problems, trees):
           problems.append(
               '%s:%d names %s, which is not in the runfiles of %s: add %s to '
               'its data (or deps).'
-              % (f, line, g, t.label, '"%s"' % owner if owner else
+              % (f, line, g, t.macro_label, '"%s"' % owner if owner else
                  '"%s"' % ShortLabel(PathToLabel(g))))
 
 
@@ -613,17 +630,27 @@ def _CheckDeps(repo, problems, trees):
             continue
           owner_label = Normalise(owner, '')
           msg = ('%s:%d imports %s: add "%s" to the deps of %s (%s)%s.'
-                 % (src, line, module, owner, label, t.where,
+                 % (src, line, module, owner, t.macro_label, t.where,
                     '' if f in repo.owners else
                     ' once %s has its BUILD file' % os.path.dirname(f)))
           if repo.targets.get(owner_label) and repo.DependsOn(
               repo.targets[owner_label], label):
+            movers = _Importers(repo, t, src, trees)
             msg += (' %s already depends on %s, so that would be a cycle: '
                     'move %s to a target above both (for gpipe_lingvo/*.py, '
-                    'list it in _USES_SUBPACKAGES in gpipe_lingvo/BUILD).'
-                    % (owner, ShortLabel(label), src))
+                    'list %s in _USES_SUBPACKAGES in gpipe_lingvo/BUILD).'
+                    % (owner, ShortLabel(label),
+                       ', '.join([src] + movers) if movers else src,
+                       'them' if movers else 'it'))
           problems.append(msg)
           continue  # Adding that dep brings the __init__.py files too.
+        needed = RUNTIME_IMPORTS.get(f)
+        if needed and needed in repo.files and needed not in runfiles:
+          problems.append(
+              '%s:%d imports %s, which imports %s modules by name at run '
+              'time: add "%s" to the deps of %s (%s).'
+              % (src, line, module, os.path.dirname(needed),
+                 _Suggest(repo, needed), t.macro_label, t.where))
         # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
         parts = f.split('/')[:-1]
         for i in range(1, len(parts) + 1):
@@ -631,8 +658,24 @@ def _CheckDeps(repo, problems, trees):
           if init != f and init in repo.files and init not in runfiles:
             problems.append('%s: %s is not in the runfiles of %s (needed to '
                             'import %s); add "%s" to its deps.'
-                            % (src, init, label, module,
+                            % (src, init, t.macro_label, module,
                                _Suggest(repo, init) or init))
+
+
+def _Importers(repo, target, module, trees):
+  """Sources of `target` that import `module`, directly or not: they have
+  to move along with it."""
+  found = set()
+  todo = [module]
+  while todo:
+    m = todo.pop()
+    for src in target.srcs:
+      if src in found or src == module or not src.endswith('.py'):
+        continue
+      if any(f == m for f, _, _ in Imports(repo, src, trees[src])):
+        found.add(src)
+        todo.append(src)
+  return sorted(found)
 
 
 def _CheckCycles(repo, problems):

@@ -13,6 +13,11 @@ marked @pytest.mark.slow are split so that `--test_tag_filters=-slow` (or
 tools/check_build.py (run by tests/test_bazel_build.py) checks that the value
 matches the module, and that deps cover the module's project imports.
 
+ci = True adds the tag "ci": CI (tools/bazel_ci.sh) runs only targets tagged
+"ci" and not "slow", because `make test` has already run every test with
+pytest there. Keep that set to cheap modules; the rest run with
+`bazel test //...`.
+
 This file is also read by tools/check_build.py as Python: keep to the common
 subset of Starlark and Python.
 """
@@ -30,6 +35,7 @@ def gpipe_py_test(
         deps = [],
         data = [],
         slow = "none",
+        ci = False,
         size = "medium",
         slow_size = "large",
         tags = [],
@@ -37,6 +43,8 @@ def gpipe_py_test(
     """Declares the py_test target(s) for one pytest module (see above)."""
     if slow not in ("none", "some", "all"):
         fail("gpipe_py_test(name = \"%s\"): slow must be \"none\", \"some\" or \"all\", got %r" % (name, slow))
+    if ci:
+        tags = tags + ["ci"]
     if srcs == None:
         srcs = [name + ".py"]
     if len(srcs) != 1:
@@ -62,7 +70,8 @@ def gpipe_py_test(
         # The fast half may find nothing to run if every test became slow.
         native.py_test(
             name = name,
-            args = [path, "-m", "not slow", "--gpipe-allow-empty"],
+            # Bazel splits args like a shell: quote the marker expression.
+            args = [path, "-m", "'not slow'", "--gpipe-allow-empty"],
             size = size,
             tags = tags,
             **common

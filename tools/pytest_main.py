@@ -21,6 +21,9 @@ def main(argv):
   sys.dont_write_bytecode = True  # The runfiles tree is not ours to write.
   # Bazel runs tests without HOME; give libraries that keep caches there
   # (matplotlib, TFDS) the test's private scratch directory instead.
+  # Python subprocesses of a test (e.g. `python trainer.py`) import from the
+  # runfiles tree on PYTHONPATH too, not from the script's resolved directory.
+  os.environ.setdefault('PYTHONSAFEPATH', '1')
   scratch = os.environ.get('TEST_TMPDIR')
   if scratch:
     os.environ.setdefault('HOME', scratch)
