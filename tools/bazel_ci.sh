@@ -14,9 +14,9 @@ trap 'rm -f "$events"' EXIT
 
 flags="${BAZEL_TEST_FLAGS---config=ci}"
 # shellcheck disable=SC2086  # flags is a list of words.
-bazel test $flags --build_event_json_file="$events" //...
+tools/bazelw test $flags --build_event_json_file="$events" //...
 rc=$?
-bazel shutdown
+tools/bazelw shutdown
 
 "$PY" tools/bazel_summary.py "$events"
 count_rc=$?
