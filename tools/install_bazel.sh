@@ -4,7 +4,13 @@
 # @bazel/bazel 2.1.0. (bazelisk downloads Bazel itself and fails offline.)
 set -eu
 
-if command -v bazel >/dev/null 2>&1 && bazel --version >/dev/null 2>&1; then
+# `bazel --version` must print "bazel ...": the npm binary without its
+# execute bit prints nothing and exits 0.
+works() {
+  bazel --version 2>/dev/null | grep -q '^bazel '
+}
+
+if command -v bazel >/dev/null 2>&1 && works; then
   exit 0
 fi
 
@@ -34,8 +40,8 @@ else
   exit 1
 fi
 
-if ! bazel --version >/dev/null 2>&1; then
+if ! works; then
   echo "install_bazel: bazel still does not run after installing" >&2
   exit 1
 fi
-bazel --version >&2 || true
+bazel --version >&2
