@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo import base_layer
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import hyperparams
@@ -206,7 +207,15 @@ class Trainer:
   # -- summary -----------------------------------------------------------------
 
   def Summary(self):
-    """Per-cell table (cell, output shape, parameters) and the total."""
+    """Per-cell table (cell, output shape, parameters) and the total.
+
+    Variables are created zero-initialised (base_layer.ZeroInitForCounting)
+    unless the task was already built: nothing is trained, and random
+    initialisation of a 1.8B-parameter model would take minutes.
+    """
+    if self._task is None:
+      with base_layer.ZeroInitForCounting():
+        self._task = self.params.task.Instantiate()
     task = self.task
     net = task.network
     image_shape = self._Input('train').ImageShape()
