@@ -1,0 +1,168 @@
+"""CIFAR-10 models: small pipelineable AmoebaNet/ResNet variants that train
+on a 2-core CPU in minutes, He et al.'s ResNets, Real et al.'s
+AmoebaNet-A(18, 36) and GPipe's transfer setting (AmoebaNet-B(18, 512)
+fine-tuned at 480 px).
+
+Pipelined configs (NUM_STAGES > 1) run un-pipelined until
+gpipe_lingvo.pipeline lands (gpipe_lingvo/models/network.py).
+"""
+from gpipe_lingvo import base_model_params
+from gpipe_lingvo import base_task
+from gpipe_lingvo import model_registry
+from gpipe_lingvo.models import amoebanet
+from gpipe_lingvo.models import network
+from gpipe_lingvo.models import resnet
+from params import imagenet as imagenet_params
+from tasks import cifar
+
+DATASET = 'cifar10'
+
+
+def SmallTrainParams(p, max_steps, learning_rate, weight_decay):
+  """Momentum SGD with a cosine schedule over max_steps (short CPU runs)."""
+  p.weight_decay = weight_decay
+  tp = p.train
+  tp.max_steps = max_steps
+  tp.save_interval_steps = max(100, max_steps // 4)
+  tp.log_interval_steps = 50
+  tp.optimizer.Set(type='momentum', momentum=0.9, clip_gradient_norm=5.0)
+  tp.lr_schedule.Set(type='cosine', learning_rate=learning_rate,
+                     warmup_steps=min(100, max_steps // 10),
+                     total_steps=max_steps)
+  return p
+
+
+def SmallAmoebaNetTask(num_classes, genotype='D', num_normal_cells=6,
+                       filters=32, max_steps=300, num_stages=2,
+                       num_micro_batches=4, fprop_dtype=None):
+  """AmoebaNet with the CIFAR stem (3x3 conv, 3F filters) at 32 px."""
+  cells = amoebanet.AmoebaNetCells(
+      genotype=genotype, num_normal_cells=num_normal_cells, filters=filters,
+      image_size=32, num_classes=num_classes, stem='cifar',
+      use_aux_head=True, aux_scaling=0.4, dropout_keep_prob=0.8,
+      drop_path_keep_prob=0.9, drop_path_burn_in_steps=max_steps,
+      bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5),
+      fprop_dtype=fprop_dtype)
+  p = base_task.ClassificationTask.Params()
+  p.network = network.NetworkParams(cells, num_stages=num_stages,
+                                    num_micro_batches=num_micro_batches)
+  p.num_classes = num_classes
+  p.aux_loss_weight = 0.4
+  return SmallTrainParams(p, max_steps, learning_rate=0.05,
+                          weight_decay=3e-4)
+
+
+def CifarResNetTask(num_classes, depth, max_steps, num_stages=1,
+                    num_micro_batches=1, fprop_dtype=None):
+  """He et al.'s CIFAR ResNet (option-A shortcuts), cosine schedule."""
+  cells = resnet.CifarResNetCells(depth=depth, num_classes=num_classes,
+                                  fprop_dtype=fprop_dtype)
+  p = base_task.ClassificationTask.Params()
+  p.network = network.NetworkParams(cells, num_stages=num_stages,
+                                    num_micro_batches=num_micro_batches)
+  p.num_classes = num_classes
+  return SmallTrainParams(p, max_steps, learning_rate=0.1, weight_decay=1e-4)
+
+
+def FineTuneTask(num_classes):
+  """GPipe's transfer setting: ImageNet AmoebaNet-B(18, 512) at 480 px with
+  a new head for num_classes, "the same hyper-parameters as ImageNet".
+
+  TODO(tasks): initialise from the ImageNet AmoebaNetB_18_512 checkpoint
+  (every variable except head/fc and aux_head/fc) once the Tasks issue adds
+  the task's checkpoint-initialisation field; until then this trains from
+  scratch. Fine-tuning length is not published; 20k steps is our choice.
+  """
+  batch_size = 256
+  p = imagenet_params.AmoebaNetTask(
+      'B', 18, 512, image_size=480, batch_size=batch_size, num_stages=4,
+      num_micro_batches=16, num_classes=num_classes)
+  # The ImageNet recipe's schedule, over a fine-tuning run.
+  p.train.max_steps = 20000
+  for cell in (p.network.cells):
+    if 'drop_path' in dict(cell.IterParams()):
+      cell.drop_path.burn_in_steps = p.train.max_steps
+  return p
+
+
+class _Cifar(base_model_params.SingleTaskModelParams):
+  IMAGE_SIZE = 32
+  BATCH_SIZE = 64
+  FPROP_DTYPE = None
+
+  def Train(self):
+    # TODO(tasks): random flip / cutout flags once CifarInput defines them.
+    return cifar.InputParams(DATASET, 'train', self.BATCH_SIZE,
+                             self.IMAGE_SIZE)
+
+  def Test(self):
+    return cifar.InputParams(DATASET, 'test', 500 if self.IMAGE_SIZE <= 32
+                             else self.BATCH_SIZE, self.IMAGE_SIZE)
+
+
+@model_registry.RegisterSingleTaskModel
+class AmoebaNetD_6_32(_Cifar):  # pylint: disable=invalid-name
+  """AmoebaNet-D(6, 32), CIFAR stem, aux head; pipelined K=2, M=4."""
+
+  def Task(self):
+    return SmallAmoebaNetTask(cifar.NUM_CLASSES[DATASET],
+                              fprop_dtype=self.FPROP_DTYPE)
+
+
+@model_registry.RegisterSingleTaskModel
+class ResNet20(_Cifar):
+  """He et al.'s ResNet-20 (0.27M); pipelined K=2, M=4."""
+  BATCH_SIZE = 128
+
+  def Task(self):
+    return CifarResNetTask(cifar.NUM_CLASSES[DATASET], 20, max_steps=600,
+                           num_stages=2, num_micro_batches=4,
+                           fprop_dtype=self.FPROP_DTYPE)
+
+
+@model_registry.RegisterSingleTaskModel
+class ResNet56(_Cifar):
+  """ResNet-56 (0.85M), He et al.'s 64k-step length; K=4, M=8."""
+  BATCH_SIZE = 128
+
+  def Task(self):
+    return CifarResNetTask(cifar.NUM_CLASSES[DATASET], 56, max_steps=64000,
+                           num_stages=4, num_micro_batches=8,
+                           fprop_dtype=self.FPROP_DTYPE)
+
+
+@model_registry.RegisterSingleTaskModel
+class AmoebaNetA_18_36(_Cifar):  # pylint: disable=invalid-name
+  """Real et al.'s CIFAR AmoebaNet-A (N=6, F=36; 3.2M without aux head):
+  SGD momentum 0.9, lr 0.024 cosine, batch 128, 600 epochs, weight decay
+  5e-4, drop path to keep 0.7, aux weight 0.5 (NASNet's 128/768 head)."""
+  BATCH_SIZE = 128
+
+  def Task(self):
+    steps = 600 * 50000 // self.BATCH_SIZE
+    cells = amoebanet.AmoebaNetCells(
+        genotype='A', num_normal_cells=18, filters=36, image_size=32,
+        num_classes=cifar.NUM_CLASSES[DATASET], stem='cifar',
+        use_aux_head=True, aux_scaling=1.0, dropout_keep_prob=1.0,
+        drop_path_keep_prob=0.7, drop_path_burn_in_steps=steps,
+        bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5),
+        fprop_dtype=self.FPROP_DTYPE)
+    p = base_task.ClassificationTask.Params()
+    p.network = network.NetworkParams(cells)
+    p.num_classes = cifar.NUM_CLASSES[DATASET]
+    p.aux_loss_weight = 0.5
+    p = SmallTrainParams(p, steps, learning_rate=0.024, weight_decay=5e-4)
+    p.train.lr_schedule.warmup_steps = 0
+    p.train.save_interval_steps = 5000
+    return p
+
+
+@model_registry.RegisterSingleTaskModel
+class AmoebaNetB_18_512_FineTune(_Cifar):  # pylint: disable=invalid-name
+  """GPipe transfer: ImageNet AmoebaNet-B(18, 512) fine-tuned at 480 px
+  (99.0% in the paper). See FineTuneTask for the checkpoint TODO."""
+  IMAGE_SIZE = 480
+  BATCH_SIZE = 256
+
+  def Task(self):
+    return FineTuneTask(cifar.NUM_CLASSES[DATASET])
