@@ -55,35 +55,34 @@ def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
   if not physical:
     raise DeviceError(f'No {device_type.upper()} devices on this machine; '
                       "use topology.device_type = 'cpu'.")
-  have = len(tf.config.list_logical_devices(device_type.upper()))
-  if have >= count:
-    return
+  # list_logical_devices() would initialise TensorFlow's devices, after
+  # which they can no longer be split: configure first, count afterwards.
   try:
     if device_type == 'cpu':
-      tf.config.set_logical_device_configuration(
-          physical[0], [tf.config.LogicalDeviceConfiguration()] * count)
-    elif gpu_memory_limit_mb:
+      current = tf.config.get_logical_device_configuration(physical[0])
+      if not current or len(current) < count:
+        tf.config.set_logical_device_configuration(
+            physical[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    elif len(physical) < count:
+      if not gpu_memory_limit_mb:
+        raise DeviceError(
+            f'The pipeline needs {count} GPUs but {len(physical)} exist; add '
+            'GPUs, lower num_stages, or set topology.gpu_memory_limit_mb to '
+            'split each GPU into logical ones.')
       per = -(-count // len(physical))
       for dev in physical:
         tf.config.set_logical_device_configuration(
             dev, [tf.config.LogicalDeviceConfiguration(
                 memory_limit=gpu_memory_limit_mb)] * per)
-    else:
-      raise DeviceError(
-          f'The pipeline needs {count} GPUs but {len(physical)} exist; add '
-          'GPUs, lower num_stages, or set topology.gpu_memory_limit_mb to '
-          'split each GPU into logical ones.')
-  except RuntimeError as e:
+  except RuntimeError:
+    pass  # Already initialised: fine if there are enough devices (below).
+  have = len(tf.config.list_logical_devices(device_type.upper()))
+  if have < count:
     raise DeviceError(
         f'The pipeline needs {count} logical {device_type.upper()} devices '
         f'but TensorFlow is already initialised with {have}. Configure '
         'devices before any TensorFlow op runs (trainer.py does this; in '
-        'your own script call gpipe_lingvo.devices.EnsureDevices first).'
-    ) from e
-  have = len(tf.config.list_logical_devices(device_type.upper()))
-  if have < count:
-    raise DeviceError(f'Asked for {count} {device_type.upper()} devices, '
-                      f'only {have} exist.')
+        'your own script call gpipe_lingvo.devices.EnsureDevices first).')
 
 
 def StageDevices(topology, num_stages):
