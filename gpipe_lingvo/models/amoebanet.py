@@ -345,6 +345,10 @@ def AmoebaNetCells(genotype='D', num_normal_cells=18, filters=208,
     raise ValueError(f'filters (F) must be a positive multiple of 4 (the '
                      f'stem cells use F/4 and F/2 and reduce by factorized '
                      f'reduction), got {filters}.')
+  if stem == 'imagenet' and filters < 16:
+    raise ValueError(f'filters (F) must be >= 16 with the ImageNet stem: its '
+                     f'first stem cell runs at F/4 and bottlenecks to F/16 '
+                     f'channels; got {filters}.')
   if num_classes <= 1:
     raise ValueError(f'num_classes must be > 1, got {num_classes}.')
   bn = (bn or DefaultBatchNorm()).Copy()
