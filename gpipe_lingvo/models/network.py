@@ -11,17 +11,26 @@ from absl import logging
 from gpipe_lingvo import layers
 
 
-def PipelineAvailable():
+def _PipelineModule():
   try:
-    from gpipe_lingvo import pipeline  # pylint: disable=g-import-not-at-top,unused-import
+    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return False
-  return hasattr(pipeline, 'PipelinedNetwork')
+    return None
+  return pipelined_network
+
+
+def PipelineAvailable():
+  return _PipelineModule() is not None
 
 
 def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
-                  remat=True):
-  """Params of the network running `cells`, pipelined if num_stages > 1."""
+                  remat='always', batch_norm_mode=None):
+  """Params of the network running `cells`, pipelined if K or M > 1.
+
+  remat: the engine's re-materialization policy ('always', 'except_last',
+  'never'). batch_norm_mode: if set, the engine applies it to every
+  BatchNorm of the cells ('full_batch' equals un-pipelined batch norm).
+  """
   if num_stages < 1 or num_micro_batches < 1:
     raise ValueError(f'num_stages and num_micro_batches must be >= 1, got '
                      f'{num_stages}, {num_micro_batches}.')
@@ -29,11 +38,14 @@ def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
     raise ValueError(f'num_stages {num_stages} exceeds the {len(cells)} '
                      'cells of the network.')
   if num_stages > 1 or num_micro_batches > 1:
-    if PipelineAvailable():
-      from gpipe_lingvo import pipeline  # pylint: disable=g-import-not-at-top
-      return pipeline.PipelinedNetwork.Params().Set(
+    module = _PipelineModule()
+    if module is not None:
+      p = module.PipelinedNetwork.Params().Set(
           name=name, cells=cells, num_stages=num_stages,
           num_micro_batches=num_micro_batches, remat=remat)
+      if batch_norm_mode is not None:
+        p.batch_norm_mode = batch_norm_mode
+      return p
     logging.info('gpipe_lingvo.pipeline is not available: running the %d '
                  'cells un-pipelined (layers.Sequential) instead of %d stages '
                  'x %d micro-batches.', len(cells), num_stages,
