@@ -16,6 +16,7 @@ from params import imagenet as imagenet_params
 from tasks import cifar
 
 DATASET = 'cifar10'
+NUM_TRAIN_EXAMPLES = 50000
 
 
 def SmallTrainParams(p, max_steps, learning_rate, weight_decay):
@@ -64,24 +65,28 @@ def CifarResNetTask(num_classes, depth, max_steps, num_stages=1,
   return SmallTrainParams(p, max_steps, learning_rate=0.1, weight_decay=1e-4)
 
 
-def FineTuneTask(num_classes):
+def FineTuneTask(num_classes, batch_size=256, epochs=100):
   """GPipe's transfer setting: ImageNet AmoebaNet-B(18, 512) at 480 px with
-  a new head for num_classes, "the same hyper-parameters as ImageNet".
+  a new head for num_classes, "the same hyper-parameters as ImageNet"
+  (the ImageNet recipe, its epochs counted in CIFAR epochs).
 
   TODO(tasks): initialise from the ImageNet AmoebaNetB_18_512 checkpoint
   (every variable except head/fc and aux_head/fc) once the Tasks issue adds
   the task's checkpoint-initialisation field; until then this trains from
-  scratch. Fine-tuning length is not published; 20k steps is our choice.
+  scratch. Fine-tuning length is not published; 100 epochs is our choice.
   """
-  batch_size = 256
   p = imagenet_params.AmoebaNetTask(
       'B', 18, 512, image_size=480, batch_size=batch_size, num_stages=4,
       num_micro_batches=16, num_classes=num_classes)
-  # The ImageNet recipe's schedule, over a fine-tuning run.
-  p.train.max_steps = 20000
-  for cell in (p.network.cells):
+  steps_per_epoch = NUM_TRAIN_EXAMPLES // batch_size
+  tp = p.train
+  tp.max_steps = epochs * steps_per_epoch
+  tp.save_interval_steps = 2000
+  tp.lr_schedule.Set(warmup_steps=3 * steps_per_epoch,
+                     decay_steps=int(2.4 * steps_per_epoch))
+  for cell in p.network.cells:
     if 'drop_path' in dict(cell.IterParams()):
-      cell.drop_path.burn_in_steps = p.train.max_steps
+      cell.drop_path.burn_in_steps = tp.max_steps
   return p
 
 
@@ -139,7 +144,7 @@ class AmoebaNetA_18_36(_Cifar):  # pylint: disable=invalid-name
   BATCH_SIZE = 128
 
   def Task(self):
-    steps = 600 * 50000 // self.BATCH_SIZE
+    steps = 600 * NUM_TRAIN_EXAMPLES // self.BATCH_SIZE
     cells = amoebanet.AmoebaNetCells(
         genotype='A', num_normal_cells=18, filters=36, image_size=32,
         num_classes=cifar.NUM_CLASSES[DATASET], stem='cifar',
