@@ -6,6 +6,8 @@ fine-tuned at 480 px).
 Pipelined configs (NUM_STAGES > 1) run un-pipelined until
 gpipe_lingvo.pipeline lands (gpipe_lingvo/models/network.py).
 """
+import tensorflow as tf
+
 from gpipe_lingvo import base_model_params
 from gpipe_lingvo import base_task
 from gpipe_lingvo import model_registry
@@ -35,18 +37,18 @@ def SmallTrainParams(p, max_steps, learning_rate, weight_decay):
 
 def SmallAmoebaNetTask(num_classes, genotype='D', num_normal_cells=6,
                        filters=32, max_steps=300, num_stages=2,
-                       num_micro_batches=4, fprop_dtype=None):
+                       num_micro_batches=4, fprop_dtype=tf.float32):
   """AmoebaNet with the CIFAR stem (3x3 conv, 3F filters) at 32 px."""
   cells = amoebanet.AmoebaNetCells(
       genotype=genotype, num_normal_cells=num_normal_cells, filters=filters,
       image_size=32, num_classes=num_classes, stem='cifar',
       use_aux_head=True, aux_scaling=0.4, dropout_keep_prob=0.8,
       drop_path_keep_prob=0.9, drop_path_burn_in_steps=max_steps,
-      bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5),
-      fprop_dtype=fprop_dtype)
+      bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5))
   p = base_task.ClassificationTask.Params()
   p.network = network.NetworkParams(cells, num_stages=num_stages,
-                                    num_micro_batches=num_micro_batches)
+                                    num_micro_batches=num_micro_batches,
+                                    fprop_dtype=fprop_dtype)
   p.num_classes = num_classes
   p.aux_loss_weight = 0.4
   return SmallTrainParams(p, max_steps, learning_rate=0.05,
@@ -54,13 +56,13 @@ def SmallAmoebaNetTask(num_classes, genotype='D', num_normal_cells=6,
 
 
 def CifarResNetTask(num_classes, depth, max_steps, num_stages=1,
-                    num_micro_batches=1, fprop_dtype=None):
+                    num_micro_batches=1, fprop_dtype=tf.float32):
   """He et al.'s CIFAR ResNet (option-A shortcuts), cosine schedule."""
-  cells = resnet.CifarResNetCells(depth=depth, num_classes=num_classes,
-                                  fprop_dtype=fprop_dtype)
+  cells = resnet.CifarResNetCells(depth=depth, num_classes=num_classes)
   p = base_task.ClassificationTask.Params()
   p.network = network.NetworkParams(cells, num_stages=num_stages,
-                                    num_micro_batches=num_micro_batches)
+                                    num_micro_batches=num_micro_batches,
+                                    fprop_dtype=fprop_dtype)
   p.num_classes = num_classes
   return SmallTrainParams(p, max_steps, learning_rate=0.1, weight_decay=1e-4)
 
@@ -93,7 +95,7 @@ def FineTuneTask(num_classes, batch_size=256, epochs=100):
 class _Cifar(base_model_params.SingleTaskModelParams):
   IMAGE_SIZE = 32
   BATCH_SIZE = 64
-  FPROP_DTYPE = None
+  FPROP_DTYPE = tf.float32  # tf.bfloat16: mixed precision.
 
   def Train(self):
     # TODO(tasks): random flip / cutout flags once CifarInput defines them.
@@ -150,10 +152,9 @@ class AmoebaNetA_18_36(_Cifar):  # pylint: disable=invalid-name
         num_classes=cifar.NUM_CLASSES[DATASET], stem='cifar',
         use_aux_head=True, aux_scaling=1.0, dropout_keep_prob=1.0,
         drop_path_keep_prob=0.7, drop_path_burn_in_steps=steps,
-        bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5),
-        fprop_dtype=self.FPROP_DTYPE)
+        bn=amoebanet.DefaultBatchNorm().Set(decay=0.9, epsilon=1e-5))
     p = base_task.ClassificationTask.Params()
-    p.network = network.NetworkParams(cells)
+    p.network = network.NetworkParams(cells, fprop_dtype=self.FPROP_DTYPE)
     p.num_classes = cifar.NUM_CLASSES[DATASET]
     p.aux_loss_weight = 0.5
     p = SmallTrainParams(p, steps, learning_rate=0.024, weight_decay=5e-4)

@@ -14,9 +14,12 @@ Stage counts K are the paper's; micro-batch counts M are our choice where
 the paper does not state them. Pipelined configs run un-pipelined until
 gpipe_lingvo.pipeline lands (gpipe_lingvo/models/network.py).
 
-Mixed precision: set FPROP_DTYPE = tf.bfloat16 in a subclass (bfloat16
-activations, float32 variables and loss; the paper's TPU setting).
+Mixed precision (bfloat16 activations, float32 variables and loss; the
+paper's TPU setting): --model_params_override='task.network.fprop_dtype :
+bfloat16', or FPROP_DTYPE = tf.bfloat16 in a subclass.
 """
+import tensorflow as tf
+
 from gpipe_lingvo import base_model_params
 from gpipe_lingvo import base_task
 from gpipe_lingvo import model_registry
@@ -30,7 +33,7 @@ NUM_TRAIN_EXAMPLES = 1281167
 
 def AmoebaNetTask(genotype, num_normal_cells, filters, image_size,
                   batch_size, num_stages, num_micro_batches, epochs=100,
-                  fprop_dtype=None, num_classes=imagenet.NUM_CLASSES):
+                  fprop_dtype=tf.float32, num_classes=imagenet.NUM_CLASSES):
   """ClassificationTask params of AmoebaNet-<genotype>(L, F), TF recipe."""
   steps_per_epoch = NUM_TRAIN_EXAMPLES // batch_size
   total_steps = epochs * steps_per_epoch
@@ -39,10 +42,11 @@ def AmoebaNetTask(genotype, num_normal_cells, filters, image_size,
       image_size=image_size, num_classes=num_classes, stem='imagenet',
       use_aux_head=True, aux_scaling=0.4, dropout_keep_prob=0.5,
       drop_path_keep_prob=0.7, drop_path_burn_in_steps=total_steps,
-      bn=amoebanet.DefaultBatchNorm(), fprop_dtype=fprop_dtype)
+      bn=amoebanet.DefaultBatchNorm())
   p = base_task.ClassificationTask.Params()
   p.network = network.NetworkParams(
-      cells, num_stages=num_stages, num_micro_batches=num_micro_batches)
+      cells, num_stages=num_stages, num_micro_batches=num_micro_batches,
+      fprop_dtype=fprop_dtype)
   p.num_classes = num_classes
   p.label_smoothing = 0.1
   p.aux_loss_weight = 0.4
@@ -62,14 +66,14 @@ def AmoebaNetTask(genotype, num_normal_cells, filters, image_size,
 
 
 def ResNetTask(depth, batch_size, num_stages=1, num_micro_batches=1,
-               epochs=90, fprop_dtype=None):
+               epochs=90, fprop_dtype=tf.float32):
   """ResNet v1.5-<depth>: momentum SGD, lr 0.1 per 256, x0.1 at 30/60/80."""
   steps_per_epoch = NUM_TRAIN_EXAMPLES // batch_size
-  cells = resnet.ResNetCells(depth=depth, num_classes=imagenet.NUM_CLASSES,
-                             fprop_dtype=fprop_dtype)
+  cells = resnet.ResNetCells(depth=depth, num_classes=imagenet.NUM_CLASSES)
   p = base_task.ClassificationTask.Params()
   p.network = network.NetworkParams(
-      cells, num_stages=num_stages, num_micro_batches=num_micro_batches)
+      cells, num_stages=num_stages, num_micro_batches=num_micro_batches,
+      fprop_dtype=fprop_dtype)
   p.num_classes = imagenet.NUM_CLASSES
   p.label_smoothing = 0.1
   p.weight_decay = 1e-4
@@ -90,7 +94,7 @@ class _ImageNet(base_model_params.SingleTaskModelParams):
   """Common input: ImageNet at IMAGE_SIZE, BATCH_SIZE images per step."""
   IMAGE_SIZE = 224
   BATCH_SIZE = 128
-  FPROP_DTYPE = None
+  FPROP_DTYPE = tf.float32  # tf.bfloat16: mixed precision.
 
   def Train(self):
     return imagenet.InputParams('train', self.BATCH_SIZE, self.IMAGE_SIZE)
@@ -108,7 +112,8 @@ class _AmoebaNet(_ImageNet):
   def Task(self):
     return AmoebaNetTask(self.GENOTYPE, self.L, self.F, self.IMAGE_SIZE,
                          self.BATCH_SIZE, self.NUM_STAGES,
-                         self.NUM_MICRO_BATCHES, fprop_dtype=self.FPROP_DTYPE)
+                         self.NUM_MICRO_BATCHES,
+                         fprop_dtype=self.FPROP_DTYPE)
 
 
 @model_registry.RegisterSingleTaskModel

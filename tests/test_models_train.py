@@ -9,6 +9,8 @@ import tensorflow as tf
 from gpipe_lingvo import base_task
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import context
+from gpipe_lingvo import hyperparams
+from gpipe_lingvo import model_registry
 from gpipe_lingvo import layers
 from gpipe_lingvo.models import amoebanet
 from gpipe_lingvo.models import network
@@ -114,6 +116,17 @@ def test_mixed_precision_bfloat16(cells_fn):
   assert np.all(np.isfinite(l16))
   # Same initial weights; the first loss differs only by bfloat16 rounding.
   assert abs(l16[0] - l32[0]) < 0.05 * l32[0], (l16, l32)
+
+
+def test_registered_model_switches_to_bfloat16_by_override():
+  params = model_registry.GetParams('cifar10.ResNet20')
+  hyperparams.ApplyOverrides(params, 'task.network.fprop_dtype : bfloat16')
+  net = params.task.network.Copy().Instantiate()
+  assert all(c.fprop_dtype == tf.bfloat16 for c in net.cells)
+  with context.Scope(training=False):
+    logits = net.FProp(tf.zeros([2, 32, 32, 3]))
+  assert logits.dtype == tf.bfloat16 and logits.shape == [2, 10]
+  assert all(v.dtype == tf.float32 for v in net.AllVariables())
 
 
 def _PipelineMissing():

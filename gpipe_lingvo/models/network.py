@@ -7,6 +7,7 @@ layers.Sequential (identical variables and checkpoint keys: the cells get
 the same child names either way) and log that they do.
 """
 from absl import logging
+import tensorflow as tf
 
 from gpipe_lingvo import layers
 
@@ -24,12 +25,17 @@ def PipelineAvailable():
 
 
 def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
-                  remat='always', batch_norm_mode=None):
+                  remat='always', batch_norm_mode=None,
+                  fprop_dtype=tf.float32):
   """Params of the network running `cells`, pipelined if K or M > 1.
 
   remat: the engine's re-materialization policy ('always', 'except_last',
   'never'). batch_norm_mode: if set, the engine applies it to every
   BatchNorm of the cells ('full_batch' equals un-pipelined batch norm).
+  fprop_dtype: activation dtype, inherited by every cell that does not set
+  its own; set explicitly so that the override
+  `task.network.fprop_dtype : bfloat16` switches a registered model to
+  mixed precision (float32 variables and loss).
   """
   if num_stages < 1 or num_micro_batches < 1:
     raise ValueError(f'num_stages and num_micro_batches must be >= 1, got '
@@ -42,7 +48,8 @@ def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
     if module is not None:
       p = module.PipelinedNetwork.Params().Set(
           name=name, cells=cells, num_stages=num_stages,
-          num_micro_batches=num_micro_batches, remat=remat)
+          num_micro_batches=num_micro_batches, remat=remat,
+          fprop_dtype=fprop_dtype)
       if batch_norm_mode is not None:
         p.batch_norm_mode = batch_norm_mode
       return p
@@ -50,4 +57,5 @@ def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
                  'cells un-pipelined (layers.Sequential) instead of %d stages '
                  'x %d micro-batches.', len(cells), num_stages,
                  num_micro_batches)
-  return layers.Sequential.Params().Set(name=name, cells=cells)
+  return layers.Sequential.Params().Set(name=name, cells=cells,
+                                        fprop_dtype=fprop_dtype)
