@@ -209,14 +209,15 @@ class Trainer:
   def Summary(self):
     """Per-cell table (cell, output shape, parameters) and the total.
 
-    Variables are created zero-initialised (base_layer.ZeroInitForCounting)
-    unless the task was already built: nothing is trained, and random
-    initialisation of a 1.8B-parameter model would take minutes.
+    Unless the task was already built, a throw-away copy is built with
+    zero-initialised variables (base_layer.ZeroInitForCounting): nothing is
+    trained, and random initialisation of a 1.8B-parameter model would take
+    minutes. It is not kept, so a later Train() starts from real weights.
     """
-    if self._task is None:
+    task = self._task
+    if task is None:
       with base_layer.ZeroInitForCounting():
-        self._task = self.params.task.Instantiate()
-    task = self.task
+        task = self.params.task.Instantiate()
     net = task.network
     image_shape = self._Input('train').ImageShape()
     rows = []

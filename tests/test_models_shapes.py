@@ -2,6 +2,7 @@
 forwards): ImageNet at 224/331/480 px and CIFAR at 32 px."""
 import math
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -116,7 +117,10 @@ def test_cifar_resnet_shapes():
 
 def test_summary_of_registered_small_model(capsys):
   params = model_registry.GetParams('cifar10.AmoebaNetD_6_32')
-  total = trainer_lib.Trainer(params, '').Summary()
+  trainer = trainer_lib.Trainer(params, '')
+  total = trainer.Summary()
+  # The zero-initialised summary build is not the one training would use.
+  assert any(np.any(v.numpy()) for v in trainer.task.TrainableVariables())
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[-1] == f'total trainable parameters: {total}'
   cells = params.task.network.cells
