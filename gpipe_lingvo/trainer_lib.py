@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo import base_layer
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import hyperparams
@@ -215,8 +216,17 @@ class Trainer:
   # -- summary -----------------------------------------------------------------
 
   def Summary(self):
-    """Per-cell table (cell, output shape, parameters) and the total."""
-    task = self.task
+    """Per-cell table (cell, output shape, parameters) and the total.
+
+    Unless the task was already built, a throw-away copy is built with
+    zero-initialised variables (base_layer.ZeroInitForCounting): nothing is
+    trained, and random initialisation of a 1.8B-parameter model would take
+    minutes. It is not kept, so a later Train() starts from real weights.
+    """
+    task = self._task
+    if task is None:
+      with base_layer.ZeroInitForCounting():
+        task = self.params.task.Instantiate()
     net = task.network
     image_shape = self._Input('train').ImageShape()
     rows = []
