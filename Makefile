@@ -1,11 +1,13 @@
 # Two commands: `make demo` trains the embedded digits task, `make test` runs
 # the whole suite. Both create the virtual environment first if it is missing.
+# `make bazel-test` runs the same tests with Bazel (docs/bazel.md), installing
+# Bazel from a package registry first if needed.
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 LOGDIR ?= /tmp/gpipe_lingvo_demo
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv bench clean bazel-install bazel-test bazel-test-fast
 
 $(VENV)/.done: requirements.txt requirements-nodeps.txt
 	$(PY) -m venv $(VENV)
@@ -23,6 +25,15 @@ test: $(VENV)/.done
 
 test-fast: $(VENV)/.done
 	$(VPY) -m pytest -q -m "not slow" tests
+
+bazel-install:
+	@tools/install_bazel.sh
+
+bazel-test: $(VENV)/.done bazel-install
+	tools/bazelw test //...
+
+bazel-test-fast: $(VENV)/.done bazel-install
+	tools/bazelw test --config=fast //...
 
 clean:
 	rm -rf $(VENV)

@@ -13,6 +13,10 @@ from gpipe_lingvo import hyperparams
 class BaseInputGenerator:
   """Base class: subclasses implement _Examples() -> unbatched dataset."""
 
+  # True where _Examples() already yields only this host's shard (e.g. a TFDS
+  # sub-split), so that each host reads only its share of the files.
+  SHARDS_IN_EXAMPLES = False
+
   @classmethod
   def Params(cls):
     p = hyperparams.InstantiableParams(cls)
@@ -61,9 +65,21 @@ class BaseInputGenerator:
     """Unbatched dataset of (image, label) after decoding, before augmenting."""
     raise NotImplementedError
 
-  def _Preprocess(self, image, label):
-    """Per-example augmentation/normalisation; override per task."""
+  def _Preprocess(self, image, label, seed):
+    """Per-example augmentation/normalisation; override per task.
+
+    `seed` is a stateless seed (int64 [2]) for tf.image.stateless_random_*
+    ops, made of the input's `seed` and the example's position in the
+    (shuffled, repeated) stream of this shard: augmentation is reproducible,
+    differs per example and epoch, and is independent of map parallelism.
+    """
+    del seed
     return image, label
+
+  def CheckData(self):
+    """Raises a clear error if the data is missing; trainers call it at
+    start so that a missing evaluation split is not found only after
+    training. Cheap (no examples are read)."""
 
   def _Autotune(self, v):
     return tf.data.AUTOTUNE if v == -1 else v
@@ -71,19 +87,25 @@ class BaseInputGenerator:
   def GetDataset(self):
     p = self.params
     ds = self._Examples()
-    if p.num_shards > 1:
+    if p.num_shards > 1 and not self.SHARDS_IN_EXAMPLES:
       ds = ds.shard(p.num_shards, p.shard_index)
     if p.cache:
       ds = ds.cache()
     if p.is_training:
       ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
                       reshuffle_each_iteration=True).repeat()
-    ds = ds.map(self._Preprocess,
-                num_parallel_calls=self._Autotune(p.num_parallel_calls),
-                deterministic=True)
-    ds = ds.map(lambda img, lbl: {'image': tf.cast(img, p.dtype),
-                                  'label': tf.cast(lbl, tf.int32),
-                                  'weight': tf.ones([], tf.float32)})
+    # Stateless seed (input seed, position in the shuffled stream, made
+    # unique across shards) for each example; one fused map does
+    # augmentation and the output dict.
+    def Example(index, ex):
+      seed = tf.stack([tf.constant(p.seed, tf.int64),
+                       index * p.num_shards + p.shard_index])
+      img, lbl = self._Preprocess(ex[0], ex[1], seed)
+      return {'image': tf.cast(img, p.dtype), 'label': tf.cast(lbl, tf.int32),
+              'weight': tf.ones([], tf.float32)}
+    ds = ds.enumerate().map(
+        Example, num_parallel_calls=self._Autotune(p.num_parallel_calls),
+        deterministic=True)
     if p.is_training:
       ds = ds.batch(p.batch_size, drop_remainder=True)
     else:

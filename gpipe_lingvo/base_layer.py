@@ -5,8 +5,10 @@ their params' names, so tf.train.Checkpoint keys are layer paths
 (e.g. `task/network/cell_3/conv/w`) and never depend on how the network is
 cut into pipeline stages.
 """
+import contextlib
 import math
 import re
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -83,9 +85,31 @@ def _Fans(shape):
   return shape[-2] * receptive, shape[-1] * receptive
 
 
+_INIT_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def ZeroInitForCounting():
+  """Within this scope variables start at zero instead of their initialiser.
+
+  For building a model only to count parameters or trace shapes (the
+  trainer's summary mode, parameter-count tests): random initialisation of
+  a billion-parameter model takes minutes on a small CPU, zeros take
+  seconds. The variables (and so the counts) are the real ones.
+  """
+  old = getattr(_INIT_STATE, 'zero', False)
+  _INIT_STATE.zero = True
+  try:
+    yield
+  finally:
+    _INIT_STATE.zero = old
+
+
 def InitialValue(wp, seed):
   """Deterministic initial value from (seed, params): same path, same value."""
   shape = [int(d) for d in wp.shape]
+  if getattr(_INIT_STATE, 'zero', False):
+    return tf.zeros(shape, wp.dtype)
   method, scale = wp.init.method, float(wp.init.scale)
   fan_in, fan_out = _Fans(shape)
   fan_in = wp.fan_in or fan_in

@@ -10,6 +10,7 @@ import tensorflow as tf
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import context
 from gpipe_lingvo import hyperparams
+from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 from gpipe_lingvo import optimizers
 from gpipe_lingvo import schedules
@@ -55,6 +56,9 @@ class ClassificationTask(base_layer.BaseLayer):
              '"aux_logits").')
     p.Define('weight_decay', 0.0, 'L2 coefficient on regularised weights.')
     p.Define('train', TrainParams(), 'Training loop, optimizer, schedule.')
+    p.Define('init_from_checkpoint', init_from_checkpoint.Params(),
+             'Initialise variables from another checkpoint at the start of a '
+             'fresh run (transfer learning; by default all but the head).')
     return p
 
   def __init__(self, params, parent_path=''):
@@ -65,6 +69,7 @@ class ClassificationTask(base_layer.BaseLayer):
                        'the network that maps images to logits.')
     if p.num_classes <= 1:
       raise ValueError(f'task.num_classes must be > 1, got {p.num_classes}.')
+    init_from_checkpoint.CheckParams(p.init_from_checkpoint)
     self.CreateChild('network', p.network)
     self.CreateChild('loss', loss_lib.SoftmaxCrossEntropy.Params().Set(
         num_classes=p.num_classes, label_smoothing=p.label_smoothing))

@@ -4,6 +4,8 @@ Lingvo's other modules load compiled ops that do not load on glibc 2.36, so
 everything else (layers, engine, trainer) is our own; the Params system is
 Lingvo's real one, so params text files and overrides behave as in Lingvo.
 """
+import ast
+
 from lingvo.core import hyperparams as _hyperparams
 
 Params = _hyperparams.Params
@@ -18,6 +20,18 @@ def _KnownKeys(params):
   return sorted(k for k, _ in params.IterParams())
 
 
+def _TypeOfNoneOverride(value):
+  """Lingvo cannot parse a value for a param that is None (it silently keeps
+  None for e.g. a path); give it the type of the literal written, or str."""
+  try:
+    v = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return 'str'
+  if v is None:
+    return None
+  return type(v).__name__
+
+
 def ApplyOverrides(params, text):
   """Applies 'a.b = v' / 'a.b : v' lines (';' or newline separated) to params.
 
@@ -27,6 +41,7 @@ def ApplyOverrides(params, text):
   if not text:
     return params
   lines = []
+  type_overrides = {}
   for chunk in text.replace(';', '\n').split('\n'):
     chunk = chunk.strip()
     if not chunk or chunk.startswith('#'):
@@ -50,9 +65,11 @@ def ApplyOverrides(params, text):
             f'Known keys of {where!r}: {", ".join(known) or "(none)"}.')
       if i < len(parts) - 1:
         parent = parent.Get(part)
+    if parent.Get(parts[-1]) is None and _TypeOfNoneOverride(value):
+      type_overrides[key] = _TypeOfNoneOverride(value)
     lines.append(f'{key} : {value}')
   try:
-    params.FromText('\n'.join(lines))
+    params.FromText('\n'.join(lines), type_overrides=type_overrides)
   except Exception as e:  # Lingvo raises several types for bad values.
     raise OverrideError(f'Bad override value in {text!r}: {e}') from e
   return params

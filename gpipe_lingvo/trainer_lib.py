@@ -15,9 +15,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo import base_layer
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import hyperparams
+from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'summary')
@@ -104,6 +106,14 @@ class Trainer:
     self.WriteParams()
     task = self.task
     train_input = self._Input('train')
+    # Missing data fails here, before any step, for the evaluated splits too.
+    train_input.CheckData()
+    for split in evaluate_splits:
+      self._Input(split).CheckData()
+    init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
+    if not restored and init is not None and init.checkpoint_path:
+      # Fresh run only: a resumed run continues from its own checkpoint.
+      init_from_checkpoint.Apply(task, init, self._print)
     batch_size = train_input.params.batch_size
     it = iter(train_input.GetDataset())
 
@@ -206,8 +216,17 @@ class Trainer:
   # -- summary -----------------------------------------------------------------
 
   def Summary(self):
-    """Per-cell table (cell, output shape, parameters) and the total."""
-    task = self.task
+    """Per-cell table (cell, output shape, parameters) and the total.
+
+    Unless the task was already built, a throw-away copy is built with
+    zero-initialised variables (base_layer.ZeroInitForCounting): nothing is
+    trained, and random initialisation of a 1.8B-parameter model would take
+    minutes. It is not kept, so a later Train() starts from real weights.
+    """
+    task = self._task
+    if task is None:
+      with base_layer.ZeroInitForCounting():
+        task = self.params.task.Instantiate()
     net = task.network
     image_shape = self._Input('train').ImageShape()
     rows = []

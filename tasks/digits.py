@@ -59,7 +59,8 @@ class DigitsInput(base_input_generator.BaseInputGenerator):
   def _Examples(self):
     return tf.data.Dataset.from_tensor_slices((self._x, self._y))
 
-  def _Preprocess(self, image, label):
+  def _Preprocess(self, image, label, seed):
+    del seed  # no augmentation
     return (image - self._mean) / self._std, label
 
 

@@ -10,3 +10,10 @@ from gpipe_lingvo.layers.normalization import BatchNorm
 from gpipe_lingvo.layers.pooling import GlobalPool
 from gpipe_lingvo.layers.pooling import Pool2D
 from gpipe_lingvo.layers.sequential import Sequential
+from gpipe_lingvo.layers.conv_blocks import BottleneckConv
+from gpipe_lingvo.layers.conv_blocks import ConvBN
+from gpipe_lingvo.layers.conv_blocks import FactorizedReduction
+from gpipe_lingvo.layers.conv_blocks import SeparableConv2D
+from gpipe_lingvo.layers.conv_blocks import StackedSeparableConv
+from gpipe_lingvo.layers.drop_path import DropPath
+from gpipe_lingvo.layers.identity import Identity

@@ -1,0 +1,1 @@
+"""Networks built as flat lists of cells (the units the pipeline cuts)."""

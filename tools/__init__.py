@@ -1,0 +1,1 @@
+"""Build and test tooling of gpipe_lingvo (Bazel helpers and checks)."""
