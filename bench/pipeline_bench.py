@@ -124,7 +124,8 @@ def Worker(cfg):
     net = pipelined_network.PipelinedNetwork.Params().Set(
         name='net', cells=cells, num_stages=cfg['k'],
         num_micro_batches=cfg['m'], schedule=cfg.get('schedule', 'gpipe'),
-        remat=cfg.get('remat', 'never')).Instantiate()
+        remat=cfg.get('remat', 'never'),
+        parallel_iterations=cfg.get('parallel_iterations', 1)).Instantiate()
     variables = net.TrainableVariables()
 
     @tf.function
@@ -202,16 +203,19 @@ def Overlap(args):
         f'Un-pipelined step: {one*1e3:.0f} ms with one thread; '
         f'{inter2*1e3:.0f} ms with intra=1/inter=2; {default*1e3:.0f} ms '
         'with default threads.\n')
-  print('| M | step (ms) | speed-up vs 1 thread | ideal K*M/(M+K-1) | '
-        '% of ideal | vs best un-pipelined | cores busy |')
-  print('|---|---|---|---|---|---|---|')
+  print('| M | schedule | step (ms) | speed-up vs 1 thread | ideal '
+        'K*M/(M+K-1) | % of ideal | vs best un-pipelined | cores busy |')
+  print('|---|---|---|---|---|---|---|---|')
   for m in (1, 2, 4, 8, 16):
-    r = Run(dict(base, kind='pipe', k=2, m=m, intra=1))
-    s = r['step_s']
-    ideal = 2 * m / (m + 1)
-    sp = one / s
-    print(f'| {m} | {s*1e3:.0f} | {sp:.2f}x | {ideal:.2f}x | '
-          f'{100*sp/ideal:.0f}% | {best/s:.2f}x | {r["cores_busy"]:.2f} |')
+    for sched in ('gpipe', '1f1b'):
+      if m == 1 and sched == '1f1b':
+        continue  # the same ticks as gpipe
+      r = Run(dict(base, kind='pipe', k=2, m=m, intra=1, schedule=sched))
+      s = r['step_s']
+      ideal = 2 * m / (m + 1)
+      sp = one / s
+      print(f'| {m} | {sched} | {s*1e3:.0f} | {sp:.2f}x | {ideal:.2f}x | '
+            f'{100*sp/ideal:.0f}% | {best/s:.2f}x | {r["cores_busy"]:.2f} |')
 
 
 def Memory(args):
