@@ -82,10 +82,6 @@ class Plan:
       self.res_size.append(n)
 
 
-def _Gather(table, t, k):
-  return table[t, k]
-
-
 def _Lookup(slots, i):
   return tf.gather(tf.constant(slots, tf.int32), i)
 
@@ -99,8 +95,9 @@ def _MakeTAs(specs, size, device):
 class Executor:
   """Builds the training step of a pipeline for fixed shapes.
 
-  stages: list of objects with .device, .variables and .Body(...) (see
-  PipelinedNetwork), one per stage.
+  stage_bodies: one per stage, objects with MakeBody(...), out_struct and
+  UnpackAux(...) (pipelined_network._StageBody); devices: stage devices;
+  stage_variables: trainable variables of each stage.
   """
 
   def __init__(self, stage_bodies, devices, stage_variables, plan,
@@ -121,7 +118,6 @@ class Executor:
     (loss, metric_sums, {var ref: grad}, stats)."""
     plan = self.plan
     k_all = len(self.bodies)
-    m = plan.table.num_micro_batches
     t_all = plan.table.num_ticks
     step = tf.convert_to_tensor(step)
     step = tf.cast(step, tf.int64)
@@ -318,5 +314,4 @@ class Executor:
     for k in range(k_all):
       for path, tuples in aux[k][1].items():
         stats.setdefault(path, []).extend(tuples)
-    del m
     return loss_acc, metric_sums, grads, stats
