@@ -165,9 +165,11 @@ def testErrors():
     _Params(num_stages=2, partition=[3, 4]).Instantiate()
   with pytest.raises(partition.PartitionError, match='one cell count per'):
     _Params(num_stages=2, partition=[8]).Instantiate()
-  with pytest.raises(devices.DeviceError, match='needs 8 CPU devices but '
-                     'only 4 exist'):
-    _Params(num_stages=8).Instantiate()
+  too_many = _Params(num_stages=8)
+  too_many.topology.devices_per_stage = 2  # conftest made 8 logical CPUs.
+  with pytest.raises(devices.DeviceError, match='needs 16 CPU devices but '
+                     'only 8 exist'):
+    too_many.Instantiate()
   with pytest.raises(ValueError, match="unknown schedule 'zigzag'"):
     _Params(schedule='zigzag').Instantiate()
   with pytest.raises(ValueError, match="unknown remat policy 'sometimes'"):
