@@ -3,6 +3,7 @@ from gpipe_lingvo import base_model_params
 from gpipe_lingvo import base_task
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
+from gpipe_lingvo.pipeline import pipelined_network
 from tasks import digits
 
 
@@ -63,8 +64,6 @@ class ConvNetPipelined(ConvNet):
 
   def Task(self):
     p = super().Task()
-    # Imported here so that the plain demo does not load the engine.
-    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=g-import-not-at-top
     p.network = pipelined_network.PipelinedNetwork.Params().Set(
         name='network', cells=ConvNetCells(), num_stages=2,
         num_micro_batches=4, schedule='gpipe', remat='always')

@@ -1,27 +1,13 @@
 """Wraps a model's cell list in the network layer that runs it.
 
 num_stages == num_micro_batches == 1 gives layers.Sequential; otherwise the
-GPipe engine's PipelinedNetwork (gpipe_lingvo.pipeline, being merged) with the
-same cells; until the engine is importable, pipelined configs fall back to
-layers.Sequential (identical variables and checkpoint keys: the cells get
-the same child names either way) and log that they do.
+GPipe engine's PipelinedNetwork with the same cells (identical variables and
+checkpoint keys: the cells get the same child names either way).
 """
-from absl import logging
 import tensorflow as tf
 
 from gpipe_lingvo import layers
-
-
-def _PipelineModule():
-  try:
-    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return pipelined_network
-
-
-def PipelineAvailable():
-  return _PipelineModule() is not None
+from gpipe_lingvo.pipeline import pipelined_network
 
 
 def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
@@ -44,18 +30,12 @@ def NetworkParams(cells, name='network', num_stages=1, num_micro_batches=1,
     raise ValueError(f'num_stages {num_stages} exceeds the {len(cells)} '
                      'cells of the network.')
   if num_stages > 1 or num_micro_batches > 1:
-    module = _PipelineModule()
-    if module is not None:
-      p = module.PipelinedNetwork.Params().Set(
-          name=name, cells=cells, num_stages=num_stages,
-          num_micro_batches=num_micro_batches, remat=remat,
-          fprop_dtype=fprop_dtype)
-      if batch_norm_mode is not None:
-        p.batch_norm_mode = batch_norm_mode
-      return p
-    logging.info('gpipe_lingvo.pipeline is not available: running the %d '
-                 'cells un-pipelined (layers.Sequential) instead of %d stages '
-                 'x %d micro-batches.', len(cells), num_stages,
-                 num_micro_batches)
+    p = pipelined_network.PipelinedNetwork.Params().Set(
+        name=name, cells=cells, num_stages=num_stages,
+        num_micro_batches=num_micro_batches, remat=remat,
+        fprop_dtype=fprop_dtype)
+    if batch_norm_mode is not None:
+      p.batch_norm_mode = batch_norm_mode
+    return p
   return layers.Sequential.Params().Set(name=name, cells=cells,
                                         fprop_dtype=fprop_dtype)
