@@ -93,4 +93,11 @@ def test_amoebanet_b_18_512_at_480():
     ('imagenet.AmoebaNetD_72_512', 1_800_000_000, 50_000_000),
 ])
 def test_amoebanet_d_table1_large(name, published, half_unit):
-  _AssertMatchesPublished(_RegisteredNetworkCount(name), published, half_unit)
+  n = _RegisteredNetworkCount(name)
+  _AssertMatchesPublished(n, published, half_unit)
+  if name != 'imagenet.AmoebaNetD_72_512':
+    # Within 0.5% of the printed figure itself. D(72, 512) cannot be: the
+    # fact sheet's closed forms give 1.84B for this architecture (stack 3
+    # alone is 24 cells of 13.75 f^2 + 17 f at f=2048, 1.385B), 2.4% over
+    # "1.8B" but inside its rounding interval (checked above).
+    assert abs(n - published) <= 0.005 * published, n
