@@ -97,6 +97,7 @@ def FineTuneTask(num_classes, batch_size=256, epochs=100):
 
 
 class _Cifar(base_model_params.SingleTaskModelParams):
+  DATASET = DATASET
   IMAGE_SIZE = 32
   BATCH_SIZE = 64
   FPROP_DTYPE = tf.float32  # tf.bfloat16: mixed precision.
@@ -105,11 +106,11 @@ class _Cifar(base_model_params.SingleTaskModelParams):
 
   def Train(self):
     # Pad-and-crop and random flip are on by default.
-    return cifar.InputParams(DATASET, 'train', self.BATCH_SIZE,
+    return cifar.InputParams(self.DATASET, 'train', self.BATCH_SIZE,
                              self.IMAGE_SIZE, cutout_size=self.CUTOUT_SIZE)
 
   def Test(self):
-    return cifar.InputParams(DATASET, 'test', 500 if self.IMAGE_SIZE <= 32
+    return cifar.InputParams(self.DATASET, 'test', 500 if self.IMAGE_SIZE <= 32
                              else self.BATCH_SIZE, self.IMAGE_SIZE)
 
 

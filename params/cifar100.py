@@ -8,14 +8,7 @@ DATASET = 'cifar100'
 
 
 class _Cifar100(cifar10._Cifar):  # pylint: disable=protected-access
-
-  def Train(self):
-    return cifar.InputParams(DATASET, 'train', self.BATCH_SIZE,
-                             self.IMAGE_SIZE, cutout_size=self.CUTOUT_SIZE)
-
-  def Test(self):
-    return cifar.InputParams(DATASET, 'test', 500 if self.IMAGE_SIZE <= 32
-                             else self.BATCH_SIZE, self.IMAGE_SIZE)
+  DATASET = DATASET
 
 
 @model_registry.RegisterSingleTaskModel
