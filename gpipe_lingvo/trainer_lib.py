@@ -18,7 +18,6 @@ import tensorflow as tf
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
-from gpipe_lingvo import hyperparams
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 
@@ -260,8 +259,3 @@ def _TraceShape(layer, spec_structure):
 def _ShapeText(structure):
   shapes = [str(s.shape.as_list()) for s in tf.nest.flatten(structure)]
   return shapes[0] if len(shapes) == 1 else '(' + ', '.join(shapes) + ')'
-
-
-def ApplyOverrides(model_params, overrides):
-  """Applies --model_params_override text (raises OverrideError)."""
-  return hyperparams.ApplyOverrides(model_params, overrides)
