@@ -13,7 +13,7 @@ from gpipe_lingvo import hyperparams
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 from gpipe_lingvo import optimizers
-from gpipe_lingvo import schedules
+from gpipe_lingvo import lr_schedules
 from gpipe_lingvo.layers import loss as loss_lib
 
 
@@ -27,7 +27,7 @@ def TrainParams():
   p.Define('log_interval_steps', 50, 'Console/TensorBoard every N steps.')
   p.Define('keep_checkpoint_max', 5, 'Checkpoints kept.')
   p.Define('optimizer', optimizers.Optimizer.Params(), 'Optimizer.')
-  p.Define('lr_schedule', schedules.LearningRateSchedule.Params(),
+  p.Define('lr_schedule', lr_schedules.LearningRateSchedule.Params(),
            'Learning-rate schedule.')
   return p
 
