@@ -93,38 +93,20 @@ def Run(argv):
     return _Fail(str(e))
   if FLAGS.data_dir:
     _SetDataDir(params, FLAGS.data_dir)
-  replicas = None
+  replicas, done = None, False
   try:
-    world = world_lib.FromParams(params, os.environ.get('TF_CONFIG', ''),
-                                 FLAGS.tpu)
-    devices.ConfigureFromParams(params.task, verify=not world.is_multi_worker)
-    if world.tpu:
-      tpu_lib.Start(world, params)
-    for line in world.Describe():
-      print(line)
-    if FLAGS.mode in _CLUSTER_MODES:
-      replicas = strategy_lib.Start(world, FLAGS.collective_timeout_s)
-    elif world.is_multi_worker:
-      return _Fail(f'--mode={FLAGS.mode} runs in one process; unset '
-                   'TF_CONFIG (only training joins the workers).')
+    replicas = _StartWorld(params)
     trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
                                   replicas=replicas)
-    if FLAGS.mode == 'summary':
-      trainer.Summary()
-      return 0
-    if not FLAGS.logdir:
+    if FLAGS.mode != 'summary' and not FLAGS.logdir:
       return _Fail('--logdir is required for --mode=' + FLAGS.mode)
-    if FLAGS.mode == 'train':
-      trainer.Train(FLAGS.max_steps)
-    elif FLAGS.mode == 'eval':
-      trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
-    else:
-      trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
+    _RunMode(trainer)
+    done = True
   except (trainer_lib.TrainerError, ValueError, devices.DeviceError,
           tpu_lib.TpuNotReadyError) as e:
     return _Fail(str(e))
   except tf.errors.OpError as e:
-    if replicas is None or not world.is_multi_worker:
+    if replicas is None or not replicas.world.is_multi_worker:
       raise
     # A peer died or timed out: TensorFlow's message names the task.
     return _Fail(f'multi-worker training stopped ({type(e).__name__}): '
@@ -132,8 +114,37 @@ def Run(argv):
                  "resumes from the chief's last checkpoint.")
   finally:
     if replicas is not None:
-      replicas.Close()
+      replicas.Close(wait_for_peers=done)
   return 0
+
+
+def _StartWorld(params):
+  """Prints the world of this process, makes its devices and returns its
+  replica hooks (gpipe_lingvo.distribute)."""
+  world = world_lib.FromParams(params, os.environ.get('TF_CONFIG', ''),
+                               FLAGS.tpu)
+  # A multi-worker runtime must start as a cluster member: configure the
+  # devices now, count them once the strategy exists.
+  devices.ConfigureFromParams(params.task, verify=not world.is_multi_worker)
+  if world.tpu:
+    tpu_lib.Start(world, params)
+  for line in world.Describe():
+    print(line)
+  if FLAGS.mode not in _CLUSTER_MODES and world.is_multi_worker:
+    raise ValueError(f'--mode={FLAGS.mode} runs in one process; unset '
+                     'TF_CONFIG (only training joins the workers).')
+  return strategy_lib.Start(world, FLAGS.collective_timeout_s)
+
+
+def _RunMode(trainer):
+  if FLAGS.mode == 'summary':
+    trainer.Summary()
+  elif FLAGS.mode == 'train':
+    trainer.Train(FLAGS.max_steps)
+  elif FLAGS.mode == 'eval':
+    trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
+  else:
+    trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
 
 
 def main():

@@ -34,7 +34,7 @@ def _Launch(tmp_path, *worker_args, workers=2, grace_s=1):
   t0 = time.time()
   r = subprocess.run(
       [sys.executable, '-m', 'gpipe_lingvo.distribute.launch',
-       f'--workers={workers}', f'--grace_s={grace_s}',
+       f'--workers={workers}', f'--grace_s={grace_s}', '--kill_after_s=1',
        f'--program={program}', '--', *worker_args],
       cwd=ROOT, capture_output=True, text=True, timeout=60)
   pids = [int(l.split()[4]) for l in r.stdout.splitlines()
@@ -71,9 +71,11 @@ def test_failing_worker_ends_all_workers(tmp_path, extra):
   assert r.returncode == 3, r.stdout
   assert 'launch: worker 1 ended with status 3' in r.stdout
   assert 'launch: stopping the remaining workers' in r.stdout
-  # Worker 0 is stopped after the 1 s grace: by SIGTERM, or by SIGKILL 5 s
+  # Worker 0 is stopped after the 1 s grace: by SIGTERM, or by SIGKILL 1 s
   # later if it ignores SIGTERM.
-  assert seconds < 20
+  assert seconds < 15
+  signal_number = 9 if extra else 15
+  assert f'launch: worker 0 ended with status -{signal_number}' in r.stdout
   _AssertEnded(pids)
 
 

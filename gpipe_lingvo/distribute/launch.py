@@ -89,11 +89,12 @@ class Launcher:
   """Starts the workers, relays their output and ends all of them."""
 
   def __init__(self, num_workers, trainer_args, program=_TRAINER,
-               grace_s=60.0, out=sys.stdout):
+               grace_s=60.0, kill_after_s=5.0, out=sys.stdout):
     self.num_workers = num_workers
     self.args = list(trainer_args)
     self.program = program
     self.grace_s = grace_s
+    self.kill_after_s = kill_after_s
     self.out = out
     self.procs = []
     self._lock = threading.Lock()
@@ -152,8 +153,10 @@ class Launcher:
     return failed[1] if failed[1] > 0 else 128 - failed[1]
 
   def Stop(self):
-    """Ends every worker: SIGTERM, then SIGKILL after 5 s."""
-    _Stop(self.procs, signal.SIGTERM, 5.0)
+    """Ends every worker: SIGTERM, then SIGKILL after kill_after_s (a worker
+    blocked inside TensorFlow, e.g. waiting for its peers at start, may not
+    act on SIGTERM)."""
+    _Stop(self.procs, signal.SIGTERM, self.kill_after_s)
     _Stop(self.procs, signal.SIGKILL, 5.0)
 
 
@@ -173,12 +176,16 @@ def main(argv=None):
   parser.add_argument('--grace_s', type=float, default=60.0,
                       help='After a worker fails, how long the others may '
                       'take to fail on their own before they are stopped.')
+  parser.add_argument('--kill_after_s', type=float, default=5.0,
+                      help='Seconds between SIGTERM and SIGKILL when '
+                      'workers are stopped.')
   parser.add_argument('--program', default=_TRAINER,
                       help='Script each worker runs (default: trainer.py).')
   flags = parser.parse_args(own)
   if flags.workers < 1:
     parser.error(f'--workers must be >= 1, got {flags.workers}')
-  launcher = Launcher(flags.workers, rest, flags.program, flags.grace_s)
+  launcher = Launcher(flags.workers, rest, flags.program, flags.grace_s,
+                      flags.kill_after_s)
 
   def OnSignal(signum, frame):
     del frame

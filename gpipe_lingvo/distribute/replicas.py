@@ -58,8 +58,8 @@ class SingleProcess:
   def SyncState(self, params_text, variables, print_fn):
     del params_text, variables, print_fn
 
-  def Close(self):
-    pass
+  def Close(self, wait_for_peers=False):
+    del wait_for_peers
 
 
 def StateVariables(task, global_step):
@@ -158,7 +158,13 @@ class MultiWorker(SingleProcess):
       print_fn(f'Worker {self.world.worker_index}: state of the chief '
                f'received (step {step}).')
 
-  def Close(self):
+  def Close(self, wait_for_peers=False):
+    """Removes the temporary logdir. wait_for_peers (after a successful
+    run): first wait until every worker is done, so that none exits while
+    another still works (TensorFlow would report it as a lost task)."""
+    if wait_for_peers:
+      tf.function(lambda: collectives.AllReduceSum(
+          self.strategy, [tf.zeros([1])]), autograph=False)()
     if self._tmp is not None:
       shutil.rmtree(self._tmp, ignore_errors=True)
       self._tmp = None
