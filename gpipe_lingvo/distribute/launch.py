@@ -124,14 +124,9 @@ class Launcher:
 
   def Wait(self):
     """Waits for all workers; returns the first failing status or 0."""
-    failed = None
-    reported = set()
+    failed, reported = None, set()
     while True:
-      codes = [p.poll() for p in self.procs]
-      for i, c in enumerate(codes):
-        if c is not None and i not in reported:
-          reported.add(i)
-          self.Say(f'launch: worker {i} ended with status {c}')
+      codes = self._Report(reported)
       bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if bad and failed is None:
         failed = bad[0]
@@ -143,6 +138,7 @@ class Launcher:
       if failed is not None and time.time() > deadline:
         self.Say('launch: stopping the remaining workers')
         self.Stop()
+        self._Report(reported)
         break
       time.sleep(0.1)
     for t in self._pumps:
@@ -151,6 +147,15 @@ class Launcher:
       return 0
     # A worker ended by a signal reports it as a shell does: 128 + signal.
     return failed[1] if failed[1] > 0 else 128 - failed[1]
+
+  def _Report(self, reported):
+    """Exit codes (None: running); says once when each worker ended."""
+    codes = [p.poll() for p in self.procs]
+    for i, c in enumerate(codes):
+      if c is not None and i not in reported:
+        reported.add(i)
+        self.Say(f'launch: worker {i} ended with status {c}')
+    return codes
 
   def Stop(self):
     """Ends every worker: SIGTERM, then SIGKILL after kill_after_s (a worker
