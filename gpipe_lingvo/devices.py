@@ -13,6 +13,7 @@ ConfigureFromParams() first thing. On GPUs each stage takes
 come from the TPU system (gpipe_lingvo.distribute.tpu), not from here.
 """
 import math
+from typing import List
 
 import tensorflow as tf
 
@@ -25,7 +26,7 @@ class DeviceError(ValueError):
   """The topology asks for devices that do not exist or cannot be made."""
 
 
-def TopologyParams():
+def TopologyParams() -> hyperparams.Params:
   """Where a pipelined network runs; one field per line, as in Lingvo."""
   p = hyperparams.Params()
   p.Define('device_type', 'cpu', f'One of {DEVICE_TYPES}.')
@@ -77,7 +78,8 @@ def _Shape(topo, where, field):
   return list(v)
 
 
-def CheckTopology(topo, num_stages, where='topology'):
+def CheckTopology(topo: hyperparams.Params, num_stages: int,
+                  where: str = 'topology') -> None:
   """Raises DeviceError naming the field and the numbers if `topo` is bad.
 
   Pure Python (no device is touched): the counts of devices that exist are
@@ -108,8 +110,9 @@ def CheckTopology(topo, num_stages, where='topology'):
                    f'num_stages={num_stages} x devices_per_stage={dps}')
 
 
-def CheckTpuShapes(slice_shape, computation_shape, cores_per_replica,
-                   num_replicas, where='topology', cores_text=None):
+def CheckTpuShapes(slice_shape: List[int], computation_shape: List[int],
+                   cores_per_replica: int, num_replicas: int,
+                   where: str = 'topology', cores_text: str = None) -> None:
   """Checks a replica's block of cores against the stages and the slice."""
   comp = list(computation_shape) or [1, 1, 1, 1]
   cores_text = cores_text or f'{cores_per_replica} cores per replica'

@@ -7,6 +7,7 @@ replica context's all_reduce inside `strategy.run`, so a step costs one
 collective (not one per variable) whatever the number of variables.
 """
 import collections
+from typing import List, Sequence
 
 import tensorflow as tf
 
@@ -16,7 +17,7 @@ SUM = tf.distribute.ReduceOp.SUM
 class Packing:
   """How a list of tensors maps to one flat vector per dtype, and back."""
 
-  def __init__(self, tensors):
+  def __init__(self, tensors: Sequence[tf.Tensor]):
     self.shapes = [t.shape for t in tensors]
     self.dtypes = [t.dtype for t in tensors]
     groups = collections.OrderedDict()
@@ -24,12 +25,12 @@ class Packing:
       groups.setdefault(t.dtype, []).append(i)
     self.groups = list(groups.items())
 
-  def Pack(self, tensors):
+  def Pack(self, tensors: Sequence[tf.Tensor]) -> List[tf.Tensor]:
     """[flat vector per dtype group]."""
     return [tf.concat([tf.reshape(tensors[i], [-1]) for i in idx], 0)
             for _, idx in self.groups]
 
-  def Unpack(self, flats):
+  def Unpack(self, flats: Sequence[tf.Tensor]) -> List[tf.Tensor]:
     out = [None] * len(self.shapes)
     for (_, idx), flat in zip(self.groups, flats):
       sizes = [self.shapes[i].num_elements() for i in idx]
@@ -39,7 +40,8 @@ class Packing:
 
 
 @tf.autograph.experimental.do_not_convert
-def AllReduceSum(strategy, tensors):
+def AllReduceSum(strategy: tf.distribute.Strategy,
+                 tensors: Sequence[tf.Tensor]) -> List[tf.Tensor]:
   """Sums each tensor over all replicas; one collective per dtype.
 
   Call from the cross-replica context (a tf.function of the trainer, not
@@ -65,7 +67,8 @@ def AllReduceSum(strategy, tensors):
 
 
 @tf.autograph.experimental.do_not_convert
-def BroadcastFromChief(strategy, variables, is_chief):
+def BroadcastFromChief(strategy: tf.distribute.Strategy,
+                       variables: Sequence[tf.Variable], is_chief: bool):
   """Gives every worker the chief's values of `variables` (in place).
 
   A sum in which only the chief contributes: one all-reduce per dtype

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import List, Sequence
 
 _TRAINER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -39,7 +40,7 @@ SECURITY_NOTE = (
     'network.')
 
 
-def FreePorts(n):
+def FreePorts(n: int) -> List[int]:
   """n distinct ports that are free on every interface right now."""
   socks, ports = [], []
   try:
@@ -54,7 +55,7 @@ def FreePorts(n):
   return ports
 
 
-def TfConfig(ports, index, host='127.0.0.1'):
+def TfConfig(ports: Sequence[int], index: int, host: str = '127.0.0.1') -> str:
   """TF_CONFIG text of worker `index` of a cluster on host:ports."""
   return json.dumps({
       'cluster': {'worker': [f'{host}:{p}' for p in ports]},
@@ -88,8 +89,9 @@ def _Stop(procs, sig, wait_s):
 class Launcher:
   """Starts the workers, relays their output and ends all of them."""
 
-  def __init__(self, num_workers, trainer_args, program=_TRAINER,
-               grace_s=60.0, kill_after_s=5.0, out=sys.stdout):
+  def __init__(self, num_workers: int, trainer_args: Sequence[str],
+               program: str = _TRAINER, grace_s: float = 60.0,
+               kill_after_s: float = 5.0, out=sys.stdout):
     self.num_workers = num_workers
     self.args = list(trainer_args)
     self.program = program
@@ -122,7 +124,7 @@ class Launcher:
       t.start()
       self._pumps.append(t)
 
-  def Wait(self):
+  def Wait(self) -> int:
     """Waits for all workers; returns the first failing status or 0."""
     failed, reported = None, set()
     while True:
@@ -165,7 +167,7 @@ class Launcher:
     _Stop(self.procs, signal.SIGKILL, 5.0)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if '--' in argv:
     cut = argv.index('--')

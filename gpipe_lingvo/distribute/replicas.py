@@ -28,6 +28,7 @@ strategy is used for its collectives only.
 import hashlib
 import shutil
 import tempfile
+from typing import List
 
 import numpy as np
 import tensorflow as tf
@@ -62,7 +63,8 @@ class SingleProcess:
     del wait_for_peers
 
 
-def StateVariables(task, global_step):
+def StateVariables(task: tf.Module, global_step: tf.Variable
+                   ) -> List[tf.Variable]:
   """Everything a checkpoint holds, in an order every worker agrees on."""
   seen, out = set(), []
   for v in list(task.variables) + [global_step]:

@@ -13,6 +13,7 @@ variable exists: it restarts TensorFlow's runtime as a cluster member.
 import tensorflow as tf
 
 from gpipe_lingvo.distribute import replicas as replicas_lib
+from gpipe_lingvo.distribute import world as world_lib
 
 
 def _Resolver(cluster):
@@ -24,7 +25,8 @@ def _Resolver(cluster):
       task_id=cluster.task_index, rpc_layer='grpc', num_accelerators={})
 
 
-def MultiWorkerStrategy(world, timeout_s):
+def MultiWorkerStrategy(world: world_lib.World, timeout_s: float
+                        ) -> tf.distribute.MultiWorkerMirroredStrategy:
   """MultiWorkerMirroredStrategy for world.cluster; collectives time out."""
   options = tf.distribute.experimental.CommunicationOptions(
       timeout_seconds=float(timeout_s) if timeout_s else None)
@@ -38,7 +40,8 @@ def MultiWorkerStrategy(world, timeout_s):
   return strategy
 
 
-def Start(world, timeout_s=600):
+def Start(world: world_lib.World, timeout_s: float = 600
+          ) -> replicas_lib.SingleProcess:
   """The replica hooks of this process: multi-worker if TF_CONFIG names
   several workers, else a single process (no strategy, nothing changes)."""
   if not world.is_multi_worker:

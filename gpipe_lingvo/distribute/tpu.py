@@ -15,6 +15,7 @@ logical cores by the pipeline's placement (XLA sharding annotations), not by
 this module.
 """
 import dataclasses
+from typing import List
 
 import numpy as np
 import tensorflow as tf
@@ -23,13 +24,16 @@ from gpipe_lingvo import devices
 from gpipe_lingvo.distribute import world as world_lib
 
 
-def StageLogicalCores(num_stages, devices_per_stage):
+def StageLogicalCores(num_stages: int, devices_per_stage: int
+                      ) -> List[List[int]]:
   """[[logical core ids of stage k] for k in range(K)]."""
   n = devices_per_stage
   return [list(range(k * n, (k + 1) * n)) for k in range(num_stages)]
 
 
-def BuildDeviceAssignment(topology, topo, num_stages, num_replicas=0):
+def BuildDeviceAssignment(topology: tf.tpu.experimental.Topology, topo,
+                          num_stages: int, num_replicas: int = 0
+                          ) -> tf.tpu.experimental.DeviceAssignment:
   """DeviceAssignment of R replicas of K stages on `topology` (a slice).
 
   num_replicas: 0 = topo.num_replicas, or as many as the slice holds.
@@ -63,7 +67,9 @@ class CorePlace:
   coordinates: tuple
 
 
-def StagePlacement(device_assignment, num_stages, devices_per_stage):
+def StagePlacement(device_assignment: tf.tpu.experimental.DeviceAssignment,
+                   num_stages: int, devices_per_stage: int
+                   ) -> List['CorePlace']:
   """Every (replica, stage, logical core) with its host, ordinal and mesh
   coordinates: the table printed at start and checked by the tests."""
   if device_assignment.num_cores_per_replica != num_stages * devices_per_stage:
@@ -86,7 +92,7 @@ def StagePlacement(device_assignment, num_stages, devices_per_stage):
   return out
 
 
-def Connect(address):
+def Connect(address: str):
   """Resolves and initialises the TPU slice; returns (resolver, topology).
 
   Needs a TPU: not exercised by the tests.
@@ -110,7 +116,7 @@ class TpuNotReadyError(RuntimeError):
   """The TPU slice fits the params, but the step cannot run on it yet."""
 
 
-def Start(world, model_params, print_fn=print):
+def Start(world: world_lib.World, model_params, print_fn=print) -> None:
   """Connects to the slice, checks it against the params and prints where
   each stage's cores are; then stops with TpuNotReadyError, because the
   pipeline's stages are not yet pinned to logical cores inside an XLA step

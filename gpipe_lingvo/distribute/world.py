@@ -12,6 +12,7 @@ splits its share into M micro-batches.
 import dataclasses
 import json
 import math
+from typing import List, Optional
 
 from gpipe_lingvo import devices
 
@@ -42,7 +43,7 @@ class Cluster:
     return offset + self.task_index
 
 
-def ParseTfConfig(text):
+def ParseTfConfig(text: str) -> Optional[Cluster]:
   """Parses TF_CONFIG text; None if empty. Raises WorldError if invalid."""
   if not text or not text.strip():
     return None
@@ -97,7 +98,7 @@ class World:
   device_type: str = ''
   global_batch: int = 0
   num_micro_batches: int = 1
-  cluster: Cluster = None
+  cluster: Optional[Cluster] = None
   tpu: str = ''
 
   @property
@@ -122,7 +123,7 @@ class World:
       return 'local'
     return f'/job:{self.cluster.task_type}/task:{self.cluster.task_index}'
 
-  def Describe(self):
+  def Describe(self) -> List[str]:
     """The lines the trainer prints at start."""
     where = self.device_type or 'default device'
     role = 'chief' if self.is_chief else 'worker'
@@ -175,7 +176,7 @@ def _Replicas(topo, num_workers, tpu):
   return num_workers
 
 
-def CheckBatch(world):
+def CheckBatch(world: 'World') -> None:
   """The global batch must split into R replicas of M micro-batches."""
   if world.global_batch % world.num_replicas:
     raise WorldError(
@@ -191,7 +192,7 @@ def CheckBatch(world):
         f'{world.num_replicas * world.num_micro_batches}.')
 
 
-def FromParams(model_params, tf_config='', tpu=''):
+def FromParams(model_params, tf_config: str = '', tpu: str = '') -> World:
   """The world of a run of model_params; raises WorldError if they clash."""
   cluster = ParseTfConfig(tf_config)
   if cluster is not None and tpu:
