@@ -65,7 +65,8 @@ class SingleProcess:
 
 def StateVariables(task: tf.Module, global_step: tf.Variable
                    ) -> List[tf.Variable]:
-  """Everything a checkpoint holds, in an order every worker agrees on."""
+  """Everything a checkpoint holds, in an order every worker agrees on;
+  the global step last."""
   seen, out = set(), []
   for v in list(task.variables) + [global_step]:
     if v.ref() not in seen:
