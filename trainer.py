@@ -2,6 +2,14 @@
 
 Thin flag parsing over gpipe_lingvo.trainer_lib; user errors are printed
 without a traceback and exit with status 1.
+
+It prints the world it runs in first: workers, replicas R, stages K, devices
+per stage, and the global, per-replica and micro-batch sizes. With the
+standard TF_CONFIG naming several workers (python -m
+gpipe_lingvo.distribute.launch sets it for local runs), each worker process
+runs one replica of the whole pipeline and gradients are summed across
+workers every step (gpipe_lingvo.distribute); a TF_CONFIG that does not fit
+the params fails before the first step. --tpu addresses a TPU slice.
 """
 import os
 import sys
@@ -11,11 +19,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from gpipe_lingvo import devices
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
+from gpipe_lingvo.distribute import strategy as strategy_lib
+from gpipe_lingvo.distribute import tpu as tpu_lib
+from gpipe_lingvo.distribute import world as world_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'digits.ConvNet', 'Registered model name.')
@@ -31,11 +43,29 @@ flags.DEFINE_string('checkpoint', None,
                     'Specific checkpoint prefix to evaluate (--mode=eval).')
 flags.DEFINE_string('eval_split', 'test', 'Split evaluated: dev or test.')
 flags.DEFINE_bool('list_models', False, 'List registered models and exit.')
+flags.DEFINE_string('tpu', '',
+                    'TPU to train on: a name or grpc://host:port, as '
+                    'TPUClusterResolver takes it (needs topology.device_type '
+                    "= 'tpu').")
+flags.DEFINE_float('collective_timeout_s', 600,
+                   'Multi-worker: a cross-worker sum that waits longer than '
+                   'this for a peer fails the run (a dead worker is noticed '
+                   'sooner, by heartbeats).')
+
+# Modes that join the workers of TF_CONFIG; the others run in one process.
+_CLUSTER_MODES = ('train', 'train_and_eval')
 
 
 def _Fail(msg):
   print(f'ERROR: {msg}', file=sys.stderr)
   return 1
+
+
+def _CollectiveErrorText(error):
+  """TensorFlow's message without the traceback of the op's definition."""
+  skip = ('Graph execution error', 'Detected at node', 'File "', '[[')
+  lines = [l.strip() for l in error.message.splitlines()]
+  return ' '.join(l for l in lines if l and not l.startswith(skip))
 
 
 def _SetDataDir(params, data_dir):
@@ -63,23 +93,58 @@ def Run(argv):
     return _Fail(str(e))
   if FLAGS.data_dir:
     _SetDataDir(params, FLAGS.data_dir)
+  replicas, done = None, False
   try:
-    devices.ConfigureFromParams(params.task)
-    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '')
-    if FLAGS.mode == 'summary':
-      trainer.Summary()
-      return 0
-    if not FLAGS.logdir:
+    replicas = _StartWorld(params)
+    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
+                                  replicas=replicas)
+    if FLAGS.mode != 'summary' and not FLAGS.logdir:
       return _Fail('--logdir is required for --mode=' + FLAGS.mode)
-    if FLAGS.mode == 'train':
-      trainer.Train(FLAGS.max_steps)
-    elif FLAGS.mode == 'eval':
-      trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
-    else:
-      trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
-  except (trainer_lib.TrainerError, ValueError, devices.DeviceError) as e:
+    _RunMode(trainer)
+    done = True
+  except (trainer_lib.TrainerError, ValueError, devices.DeviceError,
+          tpu_lib.TpuNotReadyError) as e:
     return _Fail(str(e))
+  except tf.errors.OpError as e:
+    if replicas is None or not replicas.world.is_multi_worker:
+      raise
+    # A peer died or timed out: TensorFlow's message names the task.
+    return _Fail(f'multi-worker training stopped ({type(e).__name__}): '
+                 f'{_CollectiveErrorText(e)} Restart all workers: training '
+                 "resumes from the chief's last checkpoint.")
+  finally:
+    if replicas is not None:
+      replicas.Close(wait_for_peers=done)
   return 0
+
+
+def _StartWorld(params):
+  """Prints the world of this process, makes its devices and returns its
+  replica hooks (gpipe_lingvo.distribute)."""
+  world = world_lib.FromParams(params, os.environ.get('TF_CONFIG', ''),
+                               FLAGS.tpu)
+  # A multi-worker runtime must start as a cluster member: configure the
+  # devices now, count them once the strategy exists.
+  devices.ConfigureFromParams(params.task, verify=not world.is_multi_worker)
+  if world.tpu:
+    tpu_lib.Start(world, params)
+  for line in world.Describe():
+    print(line)
+  if FLAGS.mode not in _CLUSTER_MODES and world.is_multi_worker:
+    raise ValueError(f'--mode={FLAGS.mode} runs in one process; unset '
+                     'TF_CONFIG (only training joins the workers).')
+  return strategy_lib.Start(world, FLAGS.collective_timeout_s)
+
+
+def _RunMode(trainer):
+  if FLAGS.mode == 'summary':
+    trainer.Summary()
+  elif FLAGS.mode == 'train':
+    trainer.Train(FLAGS.max_steps)
+  elif FLAGS.mode == 'eval':
+    trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
+  else:
+    trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
 
 
 def main():

@@ -21,7 +21,8 @@ class BaseInputGenerator:
   def Params(cls):
     p = hyperparams.InstantiableParams(cls)
     p.Define('name', 'input', 'Name.')
-    p.Define('batch_size', 32, 'Global batch size.')
+    p.Define('batch_size', 32, 'Global batch size; each of the num_shards '
+             'shards yields batch_size / num_shards examples per batch.')
     p.Define('is_training', True,
              'Shuffle, augment and repeat forever (else one ordered pass).')
     p.Define('shuffle_buffer', 10000, 'Shuffle buffer size (training).')
@@ -43,10 +44,18 @@ class BaseInputGenerator:
     if not 0 <= p.shard_index < p.num_shards:
       raise ValueError(f'{p.name}: need 0 <= shard_index < num_shards, got '
                        f'{p.shard_index}, {p.num_shards}.')
+    if p.batch_size % p.num_shards:
+      raise ValueError(f'{p.name}: batch_size={p.batch_size} does not divide '
+                       f'into num_shards={p.num_shards} equal shard batches.')
 
   @property
   def params(self):
     return self._params
+
+  @property
+  def shard_batch_size(self):
+    """Examples per batch of this shard (the global batch / num_shards)."""
+    return self.params.batch_size // self.params.num_shards
 
   @property
   def num_classes(self):
@@ -107,16 +116,17 @@ class BaseInputGenerator:
         Example, num_parallel_calls=self._Autotune(p.num_parallel_calls),
         deterministic=True)
     if p.is_training:
-      ds = ds.batch(p.batch_size, drop_remainder=True)
+      ds = ds.batch(self.shard_batch_size, drop_remainder=True)
     else:
-      ds = ds.batch(p.batch_size).map(self._PadBatch)
+      ds = ds.batch(self.shard_batch_size).map(self._PadBatch)
     if p.prefetch:
       ds = ds.prefetch(self._Autotune(p.prefetch))
     return ds
 
   def _PadBatch(self, batch):
-    """Pads an evaluation batch to batch_size; padding has weight 0."""
-    n = self.params.batch_size
+    """Pads an evaluation batch to the shard's batch size; padding has
+    weight 0."""
+    n = self.shard_batch_size
     def Pad(t):
       pad = n - tf.shape(t)[0]
       paddings = [[0, pad]] + [[0, 0]] * (t.shape.rank - 1)

@@ -145,9 +145,15 @@ class ClassificationTask(base_layer.BaseLayer):
       if layer.path in stats:
         layer.UpdateStats(stats[layer.path])
 
-  def TrainStep(self, batch, step):
-    """One synchronous update. Returns (metric sums, lr, grad norm)."""
+  def TrainStep(self, batch, step, cross_replica=None):
+    """One synchronous update. Returns (metric sums, lr, grad norm).
+
+    cross_replica(loss, sums, grads, stats), if given, returns the same
+    four summed over the data-parallel replicas (distribute.replicas).
+    """
     loss, sums, grads, stats = self.ComputeLossAndGradients(batch, step)
+    if cross_replica is not None:
+      loss, sums, grads, stats = cross_replica(loss, sums, grads, stats)
     lr = self.lr_schedule.Value(step)
     norm = self.optimizer.Apply(grads, self.TrainableVariables(), lr)
     self.ApplyStats(stats)

@@ -18,7 +18,7 @@ class StepContext:
   """What a forward pass needs besides variables and inputs."""
 
   def __init__(self, training=False, step=0, micro_batch=0, stats=None,
-               global_seed=0, bn_moments=None):
+               global_seed=0, bn_moments=None, micro_batch_offset=0):
     self.training = training
     self.step = step
     self.micro_batch = micro_batch
@@ -29,10 +29,14 @@ class StepContext:
     # dict path -> (mean, variance) to normalise with instead of the local
     # batch's moments (batch norm in `full_batch` mode inside the pipeline).
     self.bn_moments = bn_moments
+    # Added to micro_batch in random seeds: replica r of R, each running M
+    # micro-batches, uses r * M, so that replicas draw different masks and
+    # R replicas draw exactly the masks of one process running R * M.
+    self.micro_batch_offset = micro_batch_offset
 
   def Replace(self, **kw):
     c = StepContext(self.training, self.step, self.micro_batch, self.stats,
-                    self.global_seed, self.bn_moments)
+                    self.global_seed, self.bn_moments, self.micro_batch_offset)
     for k, v in kw.items():
       if not hasattr(c, k):
         raise AttributeError(f'StepContext has no field {k!r}')
@@ -72,12 +76,12 @@ def LayerSeed(path, salt=0):
   """Stateless seed [2] for a random op in layer `path` in this context.
 
   The seed combines the global seed, the layer path, the step and the
-  micro-batch index, so every micro-batch draws an independent mask and a
-  recomputed forward draws the same one.
+  micro-batch index (plus the replica's offset), so every micro-batch draws
+  an independent mask and a recomputed forward draws the same one.
   """
   ctx = Current()
   step = tf.cast(ctx.step, tf.int64)
-  mb = tf.cast(ctx.micro_batch, tf.int64)
+  mb = tf.cast(ctx.micro_batch, tf.int64) + ctx.micro_batch_offset
   a = tf.constant((PathHash(path) + 7919 * salt + 104729 * ctx.global_seed)
                   & 0x7FFFFFFF, tf.int64)
   b = step * 1000003 + mb

@@ -20,6 +20,7 @@ from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
+from gpipe_lingvo.distribute import replicas as replicas_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'summary')
 
@@ -51,9 +52,12 @@ def _FormatDuration(seconds):
 class Trainer:
   """Builds a model from its params and runs it."""
 
-  def __init__(self, model_params, logdir, print_fn=print):
+  def __init__(self, model_params, logdir, print_fn=print, replicas=None):
     self.params = model_params
-    self.logdir = logdir
+    # Data-parallel hooks (gpipe_lingvo.distribute); workers other than the
+    # chief get a temporary logdir of their own.
+    self.replicas = replicas or replicas_lib.SingleProcess()
+    self.logdir = self.replicas.Logdir(logdir)
     self._print = print_fn
     self._task = None
     self._writers = {}
@@ -68,7 +72,7 @@ class Trainer:
 
   def _Input(self, split):
     p = self.params.Get(split).Copy()
-    return p.Instantiate()
+    return self.replicas.InputParams(p, split).Instantiate()
 
   def _Writer(self, name):
     if name not in self._writers:
@@ -110,15 +114,20 @@ class Trainer:
     for split in evaluate_splits:
       self._Input(split).CheckData()
     init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
-    if not restored and init is not None and init.checkpoint_path:
+    if (not restored and self.replicas.is_chief and init is not None and
+        init.checkpoint_path):
       # Fresh run only: a resumed run continues from its own checkpoint.
       init_from_checkpoint.Apply(task, init, self._print)
+    self.replicas.SyncState(
+        self.params.ToText(),
+        replicas_lib.StateVariables(task, self._global_step), self._print)
+    step = int(self._global_step.numpy())
     batch_size = train_input.params.batch_size
     it = iter(train_input.GetDataset())
 
     @tf.function
     def TrainStep(batch):
-      sums, lr, norm = task.TrainStep(batch, self._global_step)
+      sums, lr, norm = self.replicas.TrainStep(task, batch, self._global_step)
       self._global_step.assign_add(1)
       return sums, lr, norm
 
@@ -162,17 +171,22 @@ class Trainer:
         acc = metrics_lib.MetricAccumulator()
         t_window, ex_window = now, 0
       if step % max(1, tp.save_interval_steps) == 0 and step < max_steps:
-        self._print(f'Saved checkpoint {ckpt.Save(step)}')
+        self._Save(ckpt, step)
       if (evaluate_splits and tp.eval_interval_steps and
           step % tp.eval_interval_steps == 0 and step < max_steps):
         for split in evaluate_splits:
           self.Evaluate(split, step=step)
     if steps_done or not ckpt.manager.latest_checkpoint:
-      self._print(f'Saved checkpoint {ckpt.Save(step)}')
+      self._Save(ckpt, step)
     results = {'train': last}
     for split in evaluate_splits:
       results[split] = self.Evaluate(split, step=step)
     return results
+
+  def _Save(self, ckpt, step):
+    """The chief saves; other workers hold the same state and save none."""
+    if self.replicas.is_chief:
+      self._print(f'Saved checkpoint {ckpt.Save(step)}')
 
   # -- evaluation --------------------------------------------------------------
 

@@ -184,10 +184,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
   def _CheckDevices(self):
     p = self.params
     topo = p.topology
-    if topo.device_type not in devices.DEVICE_TYPES:
-      raise devices.DeviceError(
-          f'{self.path}: topology.device_type must be one of '
-          f'{devices.DEVICE_TYPES}, got {topo.device_type!r}.')
+    devices.CheckTopology(topo, p.num_stages, f'{self.path}.topology')
     need = p.num_stages * topo.devices_per_stage
     have = len(tf.config.list_logical_devices(topo.device_type.upper()))
     if need > have:
