@@ -16,6 +16,8 @@ from gpipe_lingvo import devices
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
+from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import model_plan
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'digits.ConvNet', 'Registered model name.')
@@ -31,6 +33,13 @@ flags.DEFINE_string('checkpoint', None,
                     'Specific checkpoint prefix to evaluate (--mode=eval).')
 flags.DEFINE_string('eval_split', 'test', 'Split evaluated: dev or test.')
 flags.DEFINE_bool('list_models', False, 'List registered models and exit.')
+flags.DEFINE_bool('plan_measure', False,
+                  '--mode=plan: run the traced cells once on this device for '
+                  'measured times and kernel workspace (allocates weights).')
+flags.DEFINE_integer('timeline_at_step', 0,
+                     'Training: profile this step and write '
+                     'step_timeline.png (measured beside planned) to the '
+                     'logdir (0: off).')
 
 
 def _Fail(msg):
@@ -63,9 +72,16 @@ def Run(argv):
     return _Fail(str(e))
   if FLAGS.data_dir:
     _SetDataDir(params, FLAGS.data_dir)
+  if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.
+    try:
+      model_plan.RunPlanMode(params, FLAGS.logdir, measure=FLAGS.plan_measure)
+    except (ValueError, plan_lib.PlanError) as e:
+      return _Fail(str(e))
+    return 0
   try:
     devices.ConfigureFromParams(params.task)
-    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '')
+    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
+                                  timeline_at_step=FLAGS.timeline_at_step)
     if FLAGS.mode == 'summary':
       trainer.Summary()
       return 0

@@ -20,8 +20,9 @@ from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
+from gpipe_lingvo.planning import model_plan
 
-MODES = ('train', 'eval', 'train_and_eval', 'summary')
+MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan')
 
 
 class TrainerError(RuntimeError):
@@ -51,10 +52,14 @@ def _FormatDuration(seconds):
 class Trainer:
   """Builds a model from its params and runs it."""
 
-  def __init__(self, model_params, logdir, print_fn=print):
+  def __init__(self, model_params, logdir, print_fn=print,
+               timeline_at_step=0):
     self.params = model_params
     self.logdir = logdir
     self._print = print_fn
+    # Step whose measured schedule timeline is drawn (0: none).
+    self.timeline_at_step = timeline_at_step
+    model_plan.PrepareNetworkParams(model_params, logdir)
     self._task = None
     self._writers = {}
 
@@ -129,7 +134,11 @@ class Trainer:
     t_window, ex_window = time.time(), 0
     while step < max_steps:
       batch = next(it)
-      sums, lr, norm = TrainStep(batch)
+      if step + 1 == self.timeline_at_step:
+        sums, lr, norm = model_plan.ProfiledStep(
+            self.params, self.logdir, lambda: TrainStep(batch), self._print)
+      else:
+        sums, lr, norm = TrainStep(batch)
       step += 1
       steps_done += 1
       ex_window += batch_size

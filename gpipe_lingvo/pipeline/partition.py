@@ -2,9 +2,15 @@
 
 A partition is a list of (start, end) cell ranges, one per stage. `uniform`
 balances cell counts; an explicit list gives the cell count of each stage.
-Cost-based balancing (the Planner) only has to produce such a list.
+`Balance` cuts by cost: it minimises the most expensive stage exactly
+(dynamic programming over contiguous cuts), optionally subject to a memory
+budget per stage. Everything here is pure Python on cost vectors.
 """
 import ast
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+COST_MODES = ('params', 'flops', 'memory', 'time')
 
 
 class PartitionError(ValueError):
@@ -52,3 +58,107 @@ def Partition(num_cells, num_stages, spec='uniform'):
     out.append((start, start + c))
     start += c
   return out
+
+
+Ranges = List[Tuple[int, int]]
+# stage_bytes(k, start, end) -> estimated bytes of stage k holding cells
+# [start, end); budget(k) -> bytes stage k's device may use.
+StageBytesFn = Callable[[int, int, int], float]
+
+
+class BudgetError(PartitionError):
+  """No contiguous cut fits the memory budget."""
+
+
+def Balance(costs: Sequence[float], num_stages: int,
+            stage_bytes: Optional[StageBytesFn] = None,
+            budgets: Optional[Sequence[float]] = None) -> Ranges:
+  """Contiguous cut of `costs` into num_stages non-empty stages that
+  minimises the largest stage sum; ties go to the cut whose later stages
+  are lighter (the last stage also runs the loss).
+
+  With stage_bytes and budgets, only cuts where every stage k satisfies
+  stage_bytes(k, a, b) <= budgets[k] are allowed; if none is, BudgetError
+  names the tightest stage. Exact: O(K n^2) evaluations.
+  """
+  n = len(costs)
+  Partition(n, num_stages, 'uniform')  # Same argument checks and errors.
+  prefix = [0.0]
+  for c in costs:
+    if c < 0 or math.isnan(c):
+      raise PartitionError(f'costs must be finite and >= 0, got {c!r}.')
+    prefix.append(prefix[-1] + c)
+
+  def Fits(k, a, b):
+    return stage_bytes is None or stage_bytes(k, a, b) <= budgets[k]
+
+  inf = math.inf
+  # best[k][j]: (bottleneck, sum of squares) of cells [0, j) in k+1 stages.
+  best = [[(inf, inf)] * (n + 1) for _ in range(num_stages)]
+  back = [[-1] * (n + 1) for _ in range(num_stages)]
+  for j in range(1, n - num_stages + 2):
+    if Fits(0, 0, j):
+      s = prefix[j]
+      best[0][j] = (s, s * s)
+  for k in range(1, num_stages):
+    for j in range(k + 1, n - num_stages + k + 2):
+      for i in range(k, j):
+        prev = best[k - 1][i]
+        if prev[0] == inf or not Fits(k, i, j):
+          continue
+        s = prefix[j] - prefix[i]
+        cand = (max(prev[0], s), prev[1] + s * s)
+        if cand < best[k][j]:
+          best[k][j], back[k][j] = cand, i
+  if best[-1][n][0] == inf:
+    raise BudgetError(_NoFitMessage(n, num_stages, stage_bytes, budgets))
+  out, j = [], n
+  for k in range(num_stages - 1, -1, -1):
+    i = back[k][j] if k else 0
+    out.append((i, j))
+    j = i
+  return out[::-1]
+
+
+def _NoFitMessage(n, num_stages, stage_bytes, budgets):
+  """Names the stage that cannot fit even when given the fewest cells."""
+  worst = None
+  for k in range(num_stages):
+    # The smallest stage k can get: a single cell (the lightest one for k).
+    lo = min(stage_bytes(k, a, a + 1) for a in range(k, n - num_stages + k + 1))
+    gap = lo / budgets[k]
+    if worst is None or gap > worst[0]:
+      worst = (gap, k, lo)
+  gap, k, lo = worst
+  if gap > 1:
+    return (f'stage {k} needs at least {FormatBytes(lo)} even with a single '
+            f'cell, over its budget of {FormatBytes(budgets[k])}')
+  return (f'no contiguous cut of {n} cells into {num_stages} stages keeps '
+          f'every stage within its budget (stage {k} alone can fit '
+          f'{FormatBytes(lo)} of {FormatBytes(budgets[k])})')
+
+
+def BruteForce(costs: Sequence[float], num_stages: int,
+               fits: Optional[Callable[[Ranges], bool]] = None):
+  """Smallest bottleneck over all contiguous cuts (tests; exponential)."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  n = len(costs)
+  best = math.inf
+  for cuts in itertools.combinations(range(1, n), num_stages - 1):
+    bounds = [0, *cuts, n]
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    if fits is not None and not fits(ranges):
+      continue
+    best = min(best, max(sum(costs[a:b]) for a, b in ranges))
+  return best
+
+
+def FormatBytes(n: float) -> str:
+  for unit, size in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if abs(n) >= size:
+      return f'{n / size:.1f} {unit}'
+  return f'{int(n)} B'
+
+
+def Counts(ranges: Ranges) -> List[int]:
+  return [b - a for a, b in ranges]
