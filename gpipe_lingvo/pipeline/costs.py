@@ -123,6 +123,15 @@ _EXTERNAL = ('ReadVariableOp', 'Const', 'VarHandleOp', 'Placeholder',
              'Shape', 'NoOp', 'VarIsInitializedOp')
 
 
+# Ops that read only their inputs' static shapes (constant-folded by the
+# graph optimiser): they keep no buffer alive.
+_SHAPE_ONLY = ('Shape', 'ShapeN', 'Size', 'Rank', 'BroadcastGradientArgs')
+
+
+def _Reads(op):
+  return [] if op.type in _SHAPE_ONLY else list(op.inputs)
+
+
 class _Buffers:
   """Maps tensors to the buffers they live in (views share a buffer)."""
 
@@ -130,8 +139,22 @@ class _Buffers:
     self.root = {}   # tensor name -> buffer name
     self.size = {}   # buffer name -> bytes
     self.grad = set()  # buffers made by gradient ops
+    self.seen = {}     # (type, input buffers, attrs) -> first op
 
   def Add(self, op):
+    # Identical pure ops on the same buffers compute the same values once
+    # (TensorFlow's graph optimiser merges them): their outputs share the
+    # first one's buffers.
+    key = None
+    if not op._is_stateful and op.type not in _EXTERNAL:  # pylint: disable=protected-access
+      key = (op.type, tuple(self.Root(t) for t in op.inputs),
+             op.node_def.attr.__str__())
+      first = self.seen.get(key)
+      if first is not None:
+        for t, u in zip(op.outputs, first.outputs):
+          self.root[t.name] = self.Root(u)
+        return
+      self.seen[key] = op
     for t in op.outputs:
       if op.type in _ALIAS and op.inputs:
         self.root[t.name] = self.Root(op.inputs[0])
@@ -154,7 +177,7 @@ def _Replay(ops, bufs, owned, kept=()):
   """
   last = {}
   for j, op in enumerate(ops):
-    for t in op.inputs:
+    for t in _Reads(op):
       last[bufs.Root(t)] = j
   cur = peak = 0
   for j, op in enumerate(ops):
@@ -165,7 +188,7 @@ def _Replay(ops, bufs, owned, kept=()):
     for b in made:
       if b not in last and b not in kept:
         cur -= bufs.size[b]
-    for b in {bufs.Root(t) for t in op.inputs}:
+    for b in {bufs.Root(t) for t in _Reads(op)}:
       if b in owned and last.get(b) == j and b not in kept:
         cur -= bufs.size[b]
   return peak
@@ -181,7 +204,7 @@ def _CellMemory(fwd_ops, bwd_ops, bufs):
                if bufs.Root(t) == t.name}
   bwd_owned = {bufs.Root(t) for op in bwd_ops for t in op.outputs
                if bufs.Root(t) == t.name}
-  read_by_bwd = {bufs.Root(t) for op in bwd_ops for t in op.inputs}
+  read_by_bwd = {bufs.Root(t) for op in bwd_ops for t in _Reads(op)}
   residual = fwd_owned & read_by_bwd
   outside = read_by_bwd - fwd_owned - bwd_owned - bufs.grad
   fwd_peak = _Replay(fwd_ops, bufs, fwd_owned, kept=residual)

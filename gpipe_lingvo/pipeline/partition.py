@@ -138,21 +138,6 @@ def _NoFitMessage(n, num_stages, stage_bytes, budgets):
           f'{FormatBytes(lo)} of {FormatBytes(budgets[k])})')
 
 
-def BruteForce(costs: Sequence[float], num_stages: int,
-               fits: Optional[Callable[[Ranges], bool]] = None):
-  """Smallest bottleneck over all contiguous cuts (tests; exponential)."""
-  import itertools  # pylint: disable=import-outside-toplevel
-  n = len(costs)
-  best = math.inf
-  for cuts in itertools.combinations(range(1, n), num_stages - 1):
-    bounds = [0, *cuts, n]
-    ranges = list(zip(bounds[:-1], bounds[1:]))
-    if fits is not None and not fits(ranges):
-      continue
-    best = min(best, max(sum(costs[a:b]) for a, b in ranges))
-  return best
-
-
 def FormatBytes(n: float) -> str:
   for unit, size in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
     if abs(n) >= size:
