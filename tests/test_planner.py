@@ -243,11 +243,12 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
 
 
 def _Measure(configs):
-  """A process of its own: allocator statistics and one inter-op thread
-  must be set before TensorFlow starts."""
+  """A process of its own (bench/planner_bench.py's worker): allocator
+  statistics and one inter-op thread must be set before TensorFlow
+  starts."""
+  cfg = {'model': 'cifar10.ResNet20', 'configs': configs, 'reps': 3}
   return subprocess.Popen(
-      [sys.executable, '-m', 'gpipe_lingvo.planning.measure',
-       '--model=cifar10.ResNet20', f'--configs={configs}', '--reps=3'],
+      [sys.executable, 'bench/planner_bench.py', '--worker', json.dumps(cfg)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -255,7 +256,8 @@ def _Measure(configs):
 def testPredictedPeakMemoryWithin15PercentOfMeasured():
   # ResNet-20 as registered (batch 128, gpipe, remat always) at K in
   # {1, 2, 4} and M in {2, 4}; two processes run side by side.
-  procs = [_Measure('1:2,2:2,4:2'), _Measure('1:4,2:4,4:4')]
+  procs = [_Measure([[1, 2], [2, 2], [4, 2]]),
+           _Measure([[1, 4], [2, 4], [4, 4]])]
   rows = []
   for proc in procs:
     out, err = proc.communicate(timeout=400)

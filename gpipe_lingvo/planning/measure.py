@@ -6,22 +6,19 @@ before it (`tf.config.experimental.get_memory_info`), the median of several
 steps. Inter-op scheduling changes the order of independent ops and so the
 peak; one inter-op thread makes it repeatable, and the CPU allocator only
 keeps statistics when it is the BFC allocator (TF_CPU_ALLOCATOR_USE_BFC)
-or oneDNN's; both must be set before TensorFlow starts, so
-`python -m gpipe_lingvo.planning.measure` does it and runs each
-configuration in this fresh process.
+or oneDNN's; both must be set before TensorFlow starts
+(ConfigureTensorFlow), so bench/planner_bench.py measures in processes of
+its own.
 
 Timeline: the profiled step's op events are grouped by clock tick (the
 executor loop's iteration number) and by the branch (`cond_N/then`) each
 stage action runs in; in each tick the branches that ran, in their order
 in the graph, are the tick table's forwards then backwards in stage order.
 """
-import argparse
 import glob
-import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 
@@ -128,64 +125,6 @@ def ProfileStep(step_fn, view):
   return result, TimelineFromTrace(xspace, view)
 
 
-def _StepFn(model_params, batch_size):
-  """A compiled training step of the model on random data (no input
-  pipeline), and the task."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  task = model_params.task.Instantiate()
-  task.BuildOptimizer()
-  step = tf.Variable(0, dtype=tf.int64, trainable=False)
-  gen = model_params.train.Instantiate()
-  shape = [batch_size] + list(gen.ImageShape())
-  num_classes = model_params.task.num_classes
-  batch = {'image': tf.random.stateless_normal(shape, [1, 2]),
-           'label': tf.random.stateless_uniform(
-               [batch_size], [3, 4], 0, num_classes, tf.int32),
-           'weight': tf.ones([batch_size])}
-
-  @tf.function
-  def Step():
-    return task.TrainStep(batch, step)[0]['total_loss']
-
-  return lambda: Step().numpy(), task
-
-
-def CheckConfigs(model, configs, batch_size=None, reps=3, timeline_dir=''):
-  """Plans and measures `model` at each (K, M): a list of dicts. Runs in a
-  process whose TensorFlow is configured by main()."""
-  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  out = []
-  costs_cache = {}
-  for k, m in configs:
-    p = model_registry.GetParams(model)
-    text = f'task.network.num_stages = {k}\ntask.network.num_micro_batches = {m}'
-    if batch_size:
-      text += f'\ntrain.batch_size = {batch_size}'
-    hyperparams.ApplyOverrides(p, text)
-    b = p.train.batch_size
-    if b // m not in costs_cache:
-      costs_cache[b // m] = model_plan.ModelCosts(p, b // m, measure=True)
-    plan = model_plan.PlanModel(p, costs=costs_cache[b // m])
-    step_fn, _ = _StepFn(p, b)
-    peak, secs = MeasureStep(step_fn, reps)
-    row = {'model': model, 'k': k, 'm': m, 'batch': b,
-           'predicted_bytes': plan['step_activation_peak_bytes'],
-           'measured_bytes': peak, 'predicted_s': plan['step_s'],
-           'measured_s': secs}
-    if timeline_dir:
-      view = schedule_view.ScheduleView(plan['schedule'], k, m)
-      _, boxes = ProfileStep(step_fn, view)
-      row['timeline'] = plot.Timeline(
-          plan, os.path.join(timeline_dir, f'timeline_k{k}_m{m}.png'), boxes)
-    out.append(row)
-    print('RESULT ' + json.dumps(row), flush=True)
-  return out
-
-
 def ConfigureTensorFlow(num_devices):
   """Allocator statistics, one inter-op thread, logical CPU devices; call
   before TensorFlow initialises."""
@@ -195,24 +134,3 @@ def ConfigureTensorFlow(num_devices):
   tf.config.threading.set_inter_op_parallelism_threads(1)
   from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
   devices.EnsureDevices('cpu', num_devices)
-
-
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument('--model', required=True)
-  ap.add_argument('--configs', required=True, help='K:M,K:M,...')
-  ap.add_argument('--batch_size', type=int, default=0)
-  ap.add_argument('--reps', type=int, default=3)
-  ap.add_argument('--timeline_dir', default='')
-  args = ap.parse_args(argv)
-  configs = [tuple(int(x) for x in c.split(':'))
-             for c in args.configs.split(',')]
-  ConfigureTensorFlow(max(k for k, _ in configs))
-  CheckConfigs(args.model, configs, args.batch_size or None, args.reps,
-               args.timeline_dir)
-
-
-if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))))
-  main()
