@@ -83,7 +83,7 @@ def testBalanceErrors():
   with pytest.raises(partition.PartitionError, match='finite and >= 0'):
     partition.Balance([1, -2, 3], 2)
   with pytest.raises(partition.BudgetError,
-                     match=r'stage 1 needs at least 2\.0 KiB.*1\.0 KiB'):
+                     match=r'stage 1 needs 2\.0 KiB, over its budget of 1\.0 KiB'):
     partition.Balance([1, 1, 1], 2, lambda k, a, b: 1024 * (b - a) * (k + 1),
                       [4096, 1024])
 
@@ -218,7 +218,7 @@ def testPipelinedNetworkCostPartition(tmp_path):
     p.Copy().Set(input_shape=None).Instantiate()
   q = p.Copy()
   q.topology.memory_budget_bytes = 1000
-  with pytest.raises(partition.PartitionError, match='budget of 1000 B'):
+  with pytest.raises(partition.PartitionError, match='over its budget of 1000 B'):
     q.Instantiate()
 
 

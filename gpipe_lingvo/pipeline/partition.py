@@ -108,10 +108,10 @@ def Balance(costs: Sequence[float], num_stages: int,
           continue
         s = prefix[j] - prefix[i]
         cand = (max(prev[0], s), prev[1] + s * s)
-        if cand < best[k][j]:
+        if cand <= best[k][j]:  # Ties: the later cut (lighter last stages).
           best[k][j], back[k][j] = cand, i
   if best[-1][n][0] == inf:
-    raise BudgetError(_NoFitMessage(n, num_stages, stage_bytes, budgets))
+    raise BudgetError(_NoFitMessage(costs, num_stages, stage_bytes, budgets))
   out, j = [], n
   for k in range(num_stages - 1, -1, -1):
     i = back[k][j] if k else 0
@@ -120,22 +120,16 @@ def Balance(costs: Sequence[float], num_stages: int,
   return out[::-1]
 
 
-def _NoFitMessage(n, num_stages, stage_bytes, budgets):
-  """Names the stage that cannot fit even when given the fewest cells."""
-  worst = None
-  for k in range(num_stages):
-    # The smallest stage k can get: a single cell (the lightest one for k).
-    lo = min(stage_bytes(k, a, a + 1) for a in range(k, n - num_stages + k + 1))
-    gap = lo / budgets[k]
-    if worst is None or gap > worst[0]:
-      worst = (gap, k, lo)
-  gap, k, lo = worst
-  if gap > 1:
-    return (f'stage {k} needs at least {FormatBytes(lo)} even with a single '
-            f'cell, over its budget of {FormatBytes(budgets[k])}')
-  return (f'no contiguous cut of {n} cells into {num_stages} stages keeps '
-          f'every stage within its budget (stage {k} alone can fit '
-          f'{FormatBytes(lo)} of {FormatBytes(budgets[k])})')
+def _NoFitMessage(costs, num_stages, stage_bytes, budgets):
+  """Names the stage most over its budget in the cut balanced without a
+  budget, with its estimated bytes."""
+  ranges = Balance(costs, num_stages)
+  need = [stage_bytes(k, a, b) for k, (a, b) in enumerate(ranges)]
+  k = max(range(num_stages), key=lambda j: need[j] / budgets[j])
+  return (f'no cut of {len(costs)} cells into {num_stages} stages fits the '
+          f'memory budget: balanced as {Counts(ranges)}, stage {k} needs '
+          f'{FormatBytes(need[k])}, over its budget of '
+          f'{FormatBytes(budgets[k])}')
 
 
 def FormatBytes(n: float) -> str:
