@@ -9,12 +9,10 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
 
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.pipeline import costs as costs_lib
-from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.pipeline import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import plan as plan_lib
@@ -88,11 +86,8 @@ def testBalanceErrors():
                       [4096, 1024])
 
 
-class _View:
-  """Costs of a toy network without TensorFlow: cell i has residuals r."""
-
-
 def _ToyCosts(n=6, batch=4, res=1000, out=100, params=50):
+  """Costs of a toy network, no TensorFlow: every cell keeps `res` bytes."""
   cells = [costs_lib.CellCost(
       name=f'c{i}', params=params, param_bytes=4 * params, out_bytes=out,
       fwd_flops=10 * (i + 1), bwd_flops=20 * (i + 1), fwd_peak=res + out,

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf

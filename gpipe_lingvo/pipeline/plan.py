@@ -20,7 +20,6 @@ Memory model of one stage and one micro-batch (bytes from the trace):
 Logical devices that share a host (CPU) share one allocator: the host's
 peak adds the stages tick by tick.
 """
-import math
 from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo.pipeline import partition as partition_lib
