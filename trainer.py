@@ -28,6 +28,8 @@ from gpipe_lingvo import trainer_lib
 from gpipe_lingvo.distribute import strategy as strategy_lib
 from gpipe_lingvo.distribute import tpu as tpu_lib
 from gpipe_lingvo.distribute import world as world_lib
+from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import model_plan
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'digits.ConvNet', 'Registered model name.')
@@ -51,6 +53,13 @@ flags.DEFINE_float('collective_timeout_s', 600,
                    'Multi-worker: a cross-worker sum that waits longer than '
                    'this for a peer fails the run (a dead worker is noticed '
                    'sooner, by heartbeats).')
+flags.DEFINE_bool('plan_measure', False,
+                  '--mode=plan: run the traced cells once on this device for '
+                  'measured times and kernel workspace (allocates weights).')
+flags.DEFINE_integer('timeline_at_step', 0,
+                     'Training: profile this step and write '
+                     'step_timeline.png (measured beside planned) to the '
+                     'logdir (0: off).')
 
 # Modes that join the workers of TF_CONFIG; the others run in one process.
 _CLUSTER_MODES = ('train', 'train_and_eval')
@@ -93,11 +102,18 @@ def Run(argv):
     return _Fail(str(e))
   if FLAGS.data_dir:
     _SetDataDir(params, FLAGS.data_dir)
+  if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.
+    try:
+      model_plan.RunPlanMode(params, FLAGS.logdir, measure=FLAGS.plan_measure)
+    except (ValueError, plan_lib.PlanError) as e:
+      return _Fail(str(e))
+    return 0
   replicas, done = None, False
   try:
     replicas = _StartWorld(params)
     trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
-                                  replicas=replicas)
+                                  replicas=replicas,
+                                  timeline_at_step=FLAGS.timeline_at_step)
     if FLAGS.mode != 'summary' and not FLAGS.logdir:
       return _Fail('--logdir is required for --mode=' + FLAGS.mode)
     _RunMode(trainer)

@@ -43,6 +43,10 @@ def TopologyParams() -> hyperparams.Params:
   p.Define('gpu_memory_limit_mb', 0,
            'GPU: if > 0, split each physical GPU into logical GPUs of this '
            'size (emulates several small devices on one card).')
+  p.Define('memory_budget_bytes', 0,
+           'Bytes each stage may use on its device (0: no limit), or a '
+           'list with one budget per stage; cost partitions respect it and '
+           '--mode=plan reports the fit.')
   p.Define('intra_op_threads', 0,
            'Threads per op (0: TensorFlow default). 1 lets stages overlap on '
            'a small CPU.')

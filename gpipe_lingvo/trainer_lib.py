@@ -21,8 +21,9 @@ from gpipe_lingvo import context
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
 from gpipe_lingvo.distribute import replicas as replicas_lib
+from gpipe_lingvo.planning import model_plan
 
-MODES = ('train', 'eval', 'train_and_eval', 'summary')
+MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan')
 
 
 class TrainerError(RuntimeError):
@@ -52,13 +53,17 @@ def _FormatDuration(seconds):
 class Trainer:
   """Builds a model from its params and runs it."""
 
-  def __init__(self, model_params, logdir, print_fn=print, replicas=None):
+  def __init__(self, model_params, logdir, print_fn=print, replicas=None,
+               timeline_at_step=0):
     self.params = model_params
     # Data-parallel hooks (gpipe_lingvo.distribute); workers other than the
     # chief get a temporary logdir of their own.
     self.replicas = replicas or replicas_lib.SingleProcess()
     self.logdir = self.replicas.Logdir(logdir)
     self._print = print_fn
+    # Step whose measured schedule timeline is drawn (0: none).
+    self.timeline_at_step = timeline_at_step
+    model_plan.PrepareNetworkParams(model_params, logdir)
     self._task = None
     self._writers = {}
 
@@ -138,7 +143,11 @@ class Trainer:
     t_window, ex_window = time.time(), 0
     while step < max_steps:
       batch = next(it)
-      sums, lr, norm = TrainStep(batch)
+      if step + 1 == self.timeline_at_step:
+        sums, lr, norm = model_plan.ProfiledStep(
+            self.params, self.logdir, lambda: TrainStep(batch), self._print)
+      else:
+        sums, lr, norm = TrainStep(batch)
       step += 1
       steps_done += 1
       ex_window += batch_size

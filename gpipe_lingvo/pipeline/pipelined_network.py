@@ -13,6 +13,7 @@ from gpipe_lingvo import devices
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo.layers import normalization
 from gpipe_lingvo.layers import sequential
+from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
 from gpipe_lingvo.pipeline import partition as partition_lib
@@ -123,7 +124,17 @@ class PipelinedNetwork(base_layer.BaseLayer):
              f'Re-materialization policy, one of '
              f'{executor_lib.REMAT_POLICIES}.')
     p.Define('partition', 'uniform',
-             "'uniform' (by cell count) or a list of cell counts per stage.")
+             "'uniform' (by cell count), a list of cell counts per stage, or "
+             "a cost to balance exactly: 'params', 'flops', 'memory' or "
+             "'time' (pipeline/balance.py; within topology."
+             'memory_budget_bytes if set).')
+    p.Define('input_shape', None,
+             'Shape [batch, ...] of the network input; cost partitions '
+             'trace the cells at its micro-batch shape (the trainer fills '
+             'it from the training input).')
+    p.Define('cell_costs_path', '',
+             'JSON file caching the traced (and, for time, measured) cell '
+             'costs; the trainer sets <logdir>/cell_costs.json.')
     p.Define('batch_norm_mode', '',
              f'If set, one of {normalization.MODES}, applied to every '
              "BatchNorm inside the cells ('' keeps each layer's own mode; a "
@@ -150,8 +161,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
       raise ValueError(f'{self.path}: unknown batch_norm_mode '
                        f'{p.batch_norm_mode!r}; use one of '
                        f"{normalization.MODES} or '' (no override).")
-    self._ranges = partition_lib.Partition(len(p.cells), p.num_stages,
-                                           p.partition)
+    self._ranges = balance.Resolve(
+        p, len(p.cells),
+        1 if p.batch_norm_mode == 'full_batch' else p.num_micro_batches)
     self._devices = self._CheckDevices()
     cells = list(p.cells)
     if p.batch_norm_mode:

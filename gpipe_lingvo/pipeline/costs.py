@@ -1,0 +1,374 @@
+"""Per-cell costs of a network from one shape-only trace.
+
+The cells are instantiated inside a fresh `tf.Graph` (graph variables
+allocate nothing until initialised, so a model larger than this machine's
+memory can be traced) and run once, forward and backward
+(`tf.gradients`), at micro-batch shapes. Everything below is read off that
+graph, with no per-layer formulas:
+
+- parameters and variable bytes of each cell;
+- forward and backward FLOPs, counted by TensorFlow's own profiler;
+- boundary activation bytes (each cell's output);
+- a liveness replay of each cell's ops in creation order, forward then
+  backward: the peak bytes of its forward, the bytes its backward needs
+  from the forward (TensorFlow's residuals of this cell), and the peak
+  bytes of its backward.
+
+Forward and backward ops belong to a cell by name scope: the forward of
+cell i runs under `cell<i>/` and tf.gradients names the gradient of op X
+`gradients/X_grad/...`. Measured per-cell times (partition `time`) are
+optional and cached as JSON in the logdir.
+"""
+import dataclasses
+import json
+import os
+import re
+import time
+from typing import Callable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from gpipe_lingvo import context
+
+_CELL_RE = re.compile(r'^(?:gradients(?:_\d+)?/)?cell(\d+)/')
+
+
+@dataclasses.dataclass
+class CellCost:
+  """Costs of one cell for one micro-batch (bytes, FLOPs); JSON-able."""
+  name: str
+  params: int = 0            # trainable parameters
+  param_bytes: int = 0       # trainable variable bytes
+  state_bytes: int = 0       # non-trainable variable bytes (BN averages)
+  out_bytes: int = 0         # activation bytes leaving the cell
+  fwd_flops: int = 0
+  bwd_flops: int = 0
+  fwd_peak: int = 0          # peak bytes during the forward (own tensors)
+  residual_bytes: int = 0    # own forward tensors the backward reads
+  input_residual_bytes: int = 0  # input bytes the backward reads
+  bwd_peak: int = 0          # peak during the backward, residuals included
+  # Measured on the device (MeasureCells), None until then:
+  fwd_s: Optional[float] = None  # forward time (seconds)
+  bwd_s: Optional[float] = None  # backward time (seconds)
+  workspace_bytes: Optional[int] = None  # largest temporary of one op
+
+
+@dataclasses.dataclass
+class NetworkCosts:
+  """Costs of every cell at one micro-batch size; JSON-able data."""
+  batch: int
+  input_bytes: int
+  cells: List[CellCost]
+
+  def ToJson(self):
+    return {'batch': self.batch, 'input_bytes': self.input_bytes,
+            'cells': [dataclasses.asdict(c) for c in self.cells]}
+
+  @classmethod
+  def FromJson(cls, d):
+    return cls(d['batch'], d['input_bytes'],
+               [CellCost(**c) for c in d['cells']])
+
+  def Vector(self, key):
+    return [getattr(c, key) for c in self.cells]
+
+  def Scaled(self, batch):
+    """Costs at another micro-batch size: activation bytes and FLOPs
+    scale linearly with the batch (weights do not)."""
+    r = batch / self.batch
+    cells = []
+    for c in self.cells:
+      d = dataclasses.asdict(c)
+      for key in ('out_bytes', 'fwd_flops', 'bwd_flops', 'fwd_peak',
+                  'residual_bytes', 'input_residual_bytes', 'bwd_peak'):
+        d[key] = int(round(d[key] * r))
+      for key in ('fwd_s', 'bwd_s'):
+        d[key] = None if d[key] is None else d[key] * r
+      # Kernel workspaces are capped by the kernels: kept as measured.
+      cells.append(CellCost(**d))
+    return NetworkCosts(batch, int(round(self.input_bytes * r)), cells)
+
+
+def _Bytes(t):
+  if t.dtype in (tf.resource, tf.variant) or not t.shape.is_fully_defined():
+    return 0
+  return int(np.prod(t.shape.as_list(), dtype=np.int64)) * t.dtype.size
+
+
+def _CellOf(op):
+  m = _CELL_RE.match(op.name)
+  return int(m.group(1)) if m else None
+
+
+def _Flops(graph):
+  """FLOPs per op name, from TensorFlow's own statistics."""
+  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  opts['output'] = 'none'
+  out = {}
+  node = tf.compat.v1.profiler.profile(graph, cmd='scope', options=opts)
+  stack = list(node.children)
+  while stack:
+    n = stack.pop()
+    out[n.name] = n.float_ops
+    stack.extend(n.children)
+  return out
+
+
+# Ops whose output is a view of their first input's buffer.
+_ALIAS = ('Identity', 'Reshape', 'Squeeze', 'ExpandDims', 'StopGradient',
+          'Snapshot', 'EnsureShape')
+# Ops whose outputs are buffers that exist before the step (no allocation).
+_EXTERNAL = ('ReadVariableOp', 'Const', 'VarHandleOp', 'Placeholder',
+             'Shape', 'NoOp', 'VarIsInitializedOp')
+
+
+# Ops that read only their inputs' static shapes (constant-folded by the
+# graph optimiser): they keep no buffer alive.
+_SHAPE_ONLY = ('Shape', 'ShapeN', 'Size', 'Rank', 'BroadcastGradientArgs')
+
+
+def _Reads(op):
+  return [] if op.type in _SHAPE_ONLY else list(op.inputs)
+
+
+class _Buffers:
+  """Maps tensors to the buffers they live in (views share a buffer)."""
+
+  def __init__(self):
+    self.root = {}   # tensor name -> buffer name
+    self.size = {}   # buffer name -> bytes
+    self.grad = set()  # buffers made by gradient ops
+    self.seen = {}     # (type, input buffers, attrs) -> first op
+
+  def Add(self, op):
+    # Identical pure ops on the same buffers compute the same values once
+    # (TensorFlow's graph optimiser merges them): their outputs share the
+    # first one's buffers.
+    key = None
+    if not op._is_stateful and op.type not in _EXTERNAL:  # pylint: disable=protected-access
+      key = (op.type, tuple(self.Root(t) for t in op.inputs),
+             op.node_def.attr.__str__())
+      first = self.seen.get(key)
+      if first is not None:
+        for t, u in zip(op.outputs, first.outputs):
+          self.root[t.name] = self.Root(u)
+        return
+      self.seen[key] = op
+    for t in op.outputs:
+      if op.type in _ALIAS and op.inputs:
+        self.root[t.name] = self.Root(op.inputs[0])
+      else:
+        self.root[t.name] = t.name
+        self.size[t.name] = 0 if op.type in _EXTERNAL else _Bytes(t)
+        if op.name.startswith('gradients'):
+          self.grad.add(t.name)
+
+  def Root(self, t):
+    return self.root.get(t.name, t.name)
+
+
+def _Replay(ops, bufs, owned, kept=()):
+  """Liveness replay of `ops` in order over the buffers in `owned`.
+
+  A buffer is allocated by the op that makes it and freed after the last
+  op in `ops` that reads it (through any view), unless it is in `kept`
+  (alive to the end). Returns the peak of the sum of live owned bytes.
+  """
+  last = {}
+  for j, op in enumerate(ops):
+    for t in _Reads(op):
+      last[bufs.Root(t)] = j
+  cur = peak = 0
+  for j, op in enumerate(ops):
+    made = [b for b in {bufs.Root(t) for t in op.outputs} if b in owned]
+    for b in made:
+      cur += bufs.size[b]
+    peak = max(peak, cur)
+    for b in made:
+      if b not in last and b not in kept:
+        cur -= bufs.size[b]
+    for b in {bufs.Root(t) for t in _Reads(op)}:
+      if b in owned and last.get(b) == j and b not in kept:
+        cur -= bufs.size[b]
+  return peak
+
+
+def _CellMemory(fwd_ops, bwd_ops, bufs):
+  """(fwd_peak, residuals, inputs read, bwd_peak) of a cell.
+
+  Residuals: buffers the cell's forward makes and its backward reads;
+  inputs read: buffers of earlier cells' forwards that its backward reads.
+  """
+  fwd_owned = {bufs.Root(t) for op in fwd_ops for t in op.outputs
+               if bufs.Root(t) == t.name}
+  bwd_owned = {bufs.Root(t) for op in bwd_ops for t in op.outputs
+               if bufs.Root(t) == t.name}
+  read_by_bwd = {bufs.Root(t) for op in bwd_ops for t in _Reads(op)}
+  residual = fwd_owned & read_by_bwd
+  outside = read_by_bwd - fwd_owned - bwd_owned - bufs.grad
+  fwd_peak = _Replay(fwd_ops, bufs, fwd_owned, kept=residual)
+  res = sum(bufs.size[b] for b in residual)
+  bwd_peak = res + _Replay(bwd_ops, bufs, bwd_owned | residual)
+  return fwd_peak, residual, outside, bwd_peak
+
+
+def _AssignCells(ops):
+  """Cell index of every forward and gradient op (None: not in a cell).
+
+  Gradient sums of tensors read by several ops (AddN) carry no cell in
+  their name: they go to the earliest cell among their inputs, the cell
+  whose tensor's gradient they complete."""
+  cell = {}
+  for op in ops:
+    i = _CellOf(op)
+    if i is None and op.name.startswith('gradients'):
+      known = [cell[t.op.name] for t in op.inputs
+               if cell.get(t.op.name) is not None]
+      i = min(known) if known else None
+    cell[op.name] = i
+  return cell
+
+
+def TraceNetwork(build: Callable, input_specs, label_specs=None,
+                 measure: bool = False, reps: int = 3) -> NetworkCosts:
+  """Traces `build()` -> (cells, loss_fn or None) in a fresh graph.
+
+  input_specs / label_specs: nests of tf.TensorSpec at micro-batch shapes.
+  loss_fn(outputs, labels) -> scalar loss of the micro-batch (run after the
+  last cell; its ops count towards the last cell). With measure=True the
+  traced step also runs on the default device (this allocates the weights):
+  per-cell forward and backward times and the largest temporary memory of
+  any one op (kernel workspace), from TensorFlow's own step statistics.
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    cells, loss_fn = build()
+    xs = _Placeholders(input_specs)
+    labels = _Placeholders(label_specs) if loss_fn is not None else None
+    batch = tf.nest.flatten(input_specs)[0].shape[0]
+    outs = []
+    with context.Scope(training=True, step=tf.constant(0, tf.int64),
+                       micro_batch=tf.constant(0), stats={}):
+      h = xs
+      for i, cell in enumerate(cells):
+        with tf.name_scope(f'cell{i}'):
+          h = cell.FProp(h)
+          if loss_fn is not None and i == len(cells) - 1:
+            with tf.name_scope('loss'):
+              loss = loss_fn(h, labels)
+        outs.append(h)
+    if loss_fn is None:
+      with tf.name_scope(f'cell{len(cells) - 1}/loss'):
+        loss = tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32))
+                         for t in tf.nest.flatten(h)])
+    variables = [v for c in cells for v in c.TrainableVariables()]
+    grads = tf.gradients(loss, variables + [
+        t for t in tf.nest.flatten(xs) if t.dtype.is_floating])
+    costs = _Analyse(graph, cells, outs)
+    in_bytes = sum(_Bytes(t) for t in tf.nest.flatten(xs))
+    if measure:
+      _Measure(graph, costs, [g for g in grads if g is not None], reps)
+  return NetworkCosts(int(batch), in_bytes, costs)
+
+
+def _Placeholders(specs):
+  return tf.nest.map_structure(
+      lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), specs)
+
+
+def _Analyse(graph, cells, outs):
+  flops = _Flops(graph)
+  fwd_ops = [[] for _ in cells]
+  bwd_ops = [[] for _ in cells]
+  all_ops = graph.get_operations()
+  bufs = _Buffers()
+  for op in all_ops:
+    bufs.Add(op)
+  for op, i in zip(all_ops, _AssignCells(all_ops).values()):
+    if i is not None:
+      (bwd_ops if op.name.startswith('gradients') else fwd_ops)[i].append(op)
+  mem = [_CellMemory(f, b, bufs) for f, b in zip(fwd_ops, bwd_ops)]
+  all_residuals = set().union(*[m[1] for m in mem])
+  costs = []
+  for i, cell in enumerate(cells):
+    trainable = cell.TrainableVariables()
+    others = [v for v in cell.AllVariables() if not v.trainable]
+    fp, res, outside, bp = mem[i]
+    # Inputs read by the backward that no earlier cell keeps anyway.
+    in_res = sum(bufs.size.get(b, 0) for b in outside - all_residuals)
+    costs.append(CellCost(
+        name=cell.params.name,
+        params=int(sum(np.prod(v.shape) for v in trainable)),
+        param_bytes=sum(_Bytes(v) for v in trainable),
+        state_bytes=sum(_Bytes(v) for v in others),
+        out_bytes=sum(_Bytes(t) for t in tf.nest.flatten(outs[i])),
+        fwd_flops=sum(flops.get(op.name, 0) for op in fwd_ops[i]),
+        bwd_flops=sum(flops.get(op.name, 0) for op in bwd_ops[i]),
+        fwd_peak=fp, residual_bytes=sum(bufs.size[b] for b in res),
+        input_residual_bytes=in_res, bwd_peak=bp))
+  return costs
+
+
+def _Feed(graph):
+  """Zeros for every placeholder (labels 0 are valid class ids)."""
+  return {op.outputs[0]: np.zeros(op.outputs[0].shape.as_list(),
+                                  op.outputs[0].dtype.as_numpy_dtype)
+          for op in graph.get_operations() if op.type == 'Placeholder'}
+
+
+def _Measure(graph, costs, fetches, reps):
+  """Per-cell op time and largest op workspace from step statistics (one
+  inter-op thread, so op times add up to the step's time)."""
+  cell_of = _AssignCells(graph.get_operations())
+  config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+  with tf.compat.v1.Session(graph=graph, config=config) as sess:
+    sess.run(tf.compat.v1.global_variables_initializer())
+    feed = _Feed(graph)
+    sess.run(fetches, feed)
+    fwd = np.zeros([reps, len(costs)])
+    bwd = np.zeros([reps, len(costs)])
+    work = [0] * len(costs)
+    for r in range(reps):
+      meta = tf.compat.v1.RunMetadata()
+      sess.run(fetches, feed, run_metadata=meta, options=tf.compat.v1.RunOptions(
+          trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
+      for dev in meta.step_stats.dev_stats:
+        for ns in dev.node_stats:
+          i = cell_of.get(ns.node_name)
+          if i is None:
+            continue
+          secs = ns.op_end_rel_micros * 1e-6
+          (bwd if ns.node_name.startswith('gradients') else fwd)[r, i] += secs
+          outb = sum(o.tensor_description.allocation_description
+                     .allocated_bytes for o in ns.output)
+          for m in ns.memory:
+            work[i] = max(work[i], m.peak_bytes - outb)
+    # Tracing slows every op down: scale the op times so that they add up
+    # to the untraced step's time.
+    walls = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      sess.run(fetches, feed)
+      walls.append(time.perf_counter() - t0)
+  traced = float(np.median(fwd.sum(1) + bwd.sum(1)))
+  scale = float(np.median(walls)) / traced if traced > 0 else 1.0
+  for i, c in enumerate(costs):
+    c.fwd_s = float(np.median(fwd[:, i])) * scale
+    c.bwd_s = float(np.median(bwd[:, i])) * scale
+    c.workspace_bytes = int(work[i])
+
+
+def CachedCosts(path: str, key: str, make: Callable[[], NetworkCosts]):
+  """Costs from the JSON cache at `path` when its key matches, else
+  make() (written to the cache)."""
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      d = json.load(f)
+    if d.get('key') == key:
+      return NetworkCosts.FromJson(d['costs'])
+  costs = make()
+  tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump({'key': key, 'costs': costs.ToJson()}, f)
+  return costs

@@ -1,0 +1,220 @@
+"""The plan of a registered model's training step, before launch.
+
+`PlanModel` traces the model's cells once at micro-batch shapes inside a
+fresh tf.Graph (no weights are allocated and no devices are needed, so a
+K=8 plan runs on a laptop and a model larger than the machine still
+plans), cuts them as the network's `partition` says, and returns the plan
+(pipeline/plan.py) with the step's fit verdict. `trainer.py --mode=plan`
+prints it and writes plan.json and the pictures to the logdir.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from gpipe_lingvo import base_layer
+from gpipe_lingvo.layers import sequential
+from gpipe_lingvo.pipeline import balance
+from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.pipeline import executor as executor_lib
+from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.pipeline import plan as plan_lib
+
+COSTS_FILE = 'cell_costs.json'
+
+
+def PrepareNetworkParams(model_params, logdir=''):
+  """Fills the network's input_shape (from the training input) and its
+  cost cache path (in the logdir) when a cost partition needs them."""
+  net = model_params.task.network
+  keys = dict(net.IterParams())
+  if 'input_shape' not in keys or net.partition not in \
+      partition_lib.COST_MODES:
+    return
+  if not net.input_shape:
+    gen = model_params.train.Instantiate()
+    net.input_shape = [gen.params.batch_size] + list(gen.ImageShape())
+  if logdir and not net.cell_costs_path:
+    net.cell_costs_path = os.path.join(logdir, COSTS_FILE)
+
+
+def _Pipeline(net):
+  """(K, M, schedule, remat policy, partition, topology) of network params;
+  a plain network is one stage and one micro-batch without remat."""
+  keys = dict(net.IterParams())
+  if 'num_stages' not in keys:
+    return 1, 1, 'gpipe', 'never', 'uniform', None
+  m = 1 if net.batch_norm_mode == 'full_batch' else net.num_micro_batches
+  return (net.num_stages, m, net.schedule, net.remat, net.partition,
+          net.topology)
+
+
+def ModelCosts(model_params, micro_batch, measure=False):
+  """Traces the task's network and loss at `micro_batch` examples."""
+  task_p = model_params.task
+  net = task_p.network
+  gen = model_params.train.Instantiate()
+  image = list(gen.ImageShape())
+
+  def Build():
+    tp = task_p.Copy()
+    tp.network = sequential.Sequential.Params().Set(
+        name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
+    with base_layer.ZeroInitForCounting():
+      task = tp.Instantiate()
+    return task.network.cells, lambda out, lab: task.LossSums(
+        out, lab[0], lab[1], micro_batch)[0]
+
+  return costs_lib.TraceNetwork(
+      Build, tf.TensorSpec([micro_batch] + image, gen.params.dtype),
+      (tf.TensorSpec([micro_batch], tf.int32),
+       tf.TensorSpec([micro_batch], tf.float32)), measure=measure)
+
+
+def MatmulFlopsPerSecond(size=512, reps=5):
+  """Rough FLOP rate of the default device (a square matmul); used for time
+  estimates when cell times were not measured."""
+  a = tf.random.stateless_normal([size, size], [1, 2])
+  f = tf.function(lambda x: tf.matmul(x, x))
+  f(a).numpy()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a).numpy()
+    times.append(time.perf_counter() - t0)
+  return 2 * size ** 3 / float(np.median(times))
+
+
+def PlanModel(model_params, measure=False, costs=None):
+  """The plan dict of a model's training step (see pipeline/plan.py)."""
+  net = model_params.task.network
+  k, m, schedule, remat_policy, spec, topo = _Pipeline(net)
+  batch = model_params.train.batch_size
+  if batch % m:
+    raise plan_lib.PlanError(f'batch size {batch} is not divisible by '
+                             f'num_micro_batches={m}.')
+  slots = plan_lib.SLOTS_PER_WEIGHT[model_params.task.train.optimizer.type]
+  remat = executor_lib.RematFlags(remat_policy, m)
+  budgets = balance.Budgets(topo, k) if topo is not None else None
+  if costs is None:
+    costs = ModelCosts(model_params, batch // m,
+                       measure=measure or spec == 'time')
+  cells = len(costs.cells)
+  if isinstance(spec, str) and spec in partition_lib.COST_MODES:
+    ranges = plan_lib.BalancedPartition(costs, spec, k, schedule, m, remat,
+                                        slots, budgets)
+  else:
+    ranges = partition_lib.Partition(cells, k, spec)
+  cpu = topo is None or topo.device_type == 'cpu'
+  threads = topo.intra_op_threads if topo is not None else 0
+  host_parallelism = min(k, os.cpu_count() or 1) if threads == 1 else 1
+  rate = None if costs.cells[0].fwd_s is not None else MatmulFlopsPerSecond()
+  plan = plan_lib.MakePlan(costs, ranges, schedule, m, remat, slots, budgets,
+                           shared_host=cpu, host_parallelism=host_parallelism,
+                           flops_per_s=rate)
+  plan['model'] = model_params.model
+  plan['partition_spec'] = spec if isinstance(spec, str) else list(spec)
+  plan['time_source'] = ('measured cell times' if rate is None else
+                         f'FLOPs at a measured matmul rate of '
+                         f'{rate / 1e9:.1f} GFLOP/s')
+  if plan['step_s']:
+    plan['examples_per_s'] = batch / plan['step_s']
+  if budgets is not None:
+    plan.update(_Largest(costs, ranges, schedule, m, remat_policy, slots,
+                         budgets, batch))
+  return plan
+
+
+def _Largest(costs, ranges, schedule, m, remat_policy, slots, budgets,
+             batch):
+  """Largest batch that fits at this M, and smallest M that fits at this
+  batch (activation bytes scale with the micro-batch)."""
+  remat = executor_lib.RematFlags(remat_policy, m)
+
+  def Fits(micro, mm, flags):
+    p = plan_lib.MakePlan(costs.Scaled(micro), ranges, schedule, mm, flags,
+                          slots, budgets)
+    return p['fits']
+
+  lo, hi = 0, 1
+  while Fits(hi, m, remat) and hi < 2 ** 20:
+    lo, hi = hi, hi * 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if Fits(mid, m, remat) else (lo, mid)
+  smallest_m = None
+  for mm in range(1, batch + 1):
+    if batch % mm == 0 and Fits(batch // mm, mm,
+                                executor_lib.RematFlags(remat_policy, mm)):
+      smallest_m = mm
+      break
+  return {'largest_batch_that_fits': lo * m,
+          'smallest_micro_batches_that_fit': smallest_m}
+
+
+def Summary(plan):
+  """The step lines printed under the stage table."""
+  mib = lambda n: f'{n / 2**20:.1f} MiB'
+  out = [f"{plan['model']}: K={plan['num_stages']}, M="
+         f"{plan['num_micro_batches']} ({plan['schedule']}, micro-batch "
+         f"{plan['micro_batch_size']}), partition {plan['partition']} "
+         f"({plan['partition_spec']})"]
+  if plan['step_s'] is not None:
+    out.append(f"bubble {plan['bubble']:.3f}; estimated step "
+               f"{plan['step_s'] * 1e3:.1f} ms, "
+               f"{plan['examples_per_s']:.1f} examples/s "
+               f"({plan['time_source']})")
+  if plan['host_peak_bytes'] is not None:
+    out.append(f"host peak (stages sharing one allocator): "
+               f"{mib(plan['host_peak_bytes'])}, of which step activations "
+               f"{mib(plan['step_activation_peak_bytes'])}")
+  if 'largest_batch_that_fits' in plan:
+    verdict = 'fits' if plan['fits'] else 'DOES NOT FIT'
+    out.append(f"budget: {verdict}; largest batch that fits at M="
+               f"{plan['num_micro_batches']}: "
+               f"{plan['largest_batch_that_fits']}; smallest M that fits at "
+               f"batch {plan['batch_size']}: "
+               f"{plan['smallest_micro_batches_that_fit']}")
+  return '\n'.join(out)
+
+
+def WritePlan(plan, logdir):
+  tf.io.gfile.makedirs(logdir)
+  path = os.path.join(logdir, 'plan.json')
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump(plan, f, indent=1)
+  return path
+
+
+def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
+  """--mode=plan: prints the plan, writes plan.json and the pictures."""
+  from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
+  plan = PlanModel(model_params, measure=measure)
+  print_fn(plan_lib.FormatTable(plan))
+  print_fn(Summary(plan))
+  if logdir:
+    print_fn(f'wrote {WritePlan(plan, logdir)}')
+    if plan['timeline']:
+      print_fn('wrote ' + plot.Timeline(
+          plan, os.path.join(logdir, 'plan_timeline.png')))
+    print_fn('wrote ' + plot.MemoryAndTime(
+        plan, os.path.join(logdir, 'plan_memory.png')))
+  return plan
+
+
+def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
+  """Runs one training step under the profiler and draws its measured
+  timeline beside the plan's (training with --timeline_at_step)."""
+  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
+  k, m, schedule, _, _, _ = _Pipeline(model_params.task.network)
+  result, boxes = measure_lib.ProfileStep(
+      step_fn, schedule_view.ScheduleView(schedule, k, m))
+  plan = PlanModel(model_params)
+  path = plot.Timeline(plan, os.path.join(logdir, 'step_timeline.png'),
+                       boxes or None)
+  print_fn(f'wrote {path}')
+  return result
