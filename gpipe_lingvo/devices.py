@@ -7,12 +7,13 @@ ConfigureFromParams() first thing. On GPUs each stage takes
 """
 import tensorflow as tf
 
+from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 
 DEVICE_TYPES = ('cpu', 'gpu')
 
 
-class DeviceError(ValueError):
+class DeviceError(errors.UserError, ValueError):
   """The topology asks for devices that do not exist or cannot be made."""
 
 
