@@ -1,7 +1,8 @@
 """Generic trainer entry point: python trainer.py --model=NAME --logdir=DIR.
 
-Thin flag parsing over gpipe_lingvo.trainer_lib; user errors are printed
-without a traceback and exit with status 1.
+Thin flag parsing over gpipe_lingvo.trainer_lib. A user error is one line on
+stderr without a traceback (--debug shows it) and exit status 1; a run
+stopped by SIGINT or SIGTERM saves first and exits with 130 or 143.
 """
 import os
 import sys
@@ -13,9 +14,11 @@ from absl import flags
 from absl import logging
 
 from gpipe_lingvo import devices
+from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
+from gpipe_lingvo import validation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'digits.ConvNet', 'Registered model name.')
@@ -29,13 +32,15 @@ flags.DEFINE_string('data_dir', None,
                     'Dataset directory for TFDS-backed inputs.')
 flags.DEFINE_string('checkpoint', None,
                     'Specific checkpoint prefix to evaluate (--mode=eval).')
-flags.DEFINE_string('eval_split', 'test', 'Split evaluated: dev or test.')
+flags.DEFINE_enum('eval_split', 'test', list(trainer_lib.EVAL_SPLITS),
+                  'Split evaluated.')
 flags.DEFINE_bool('list_models', False, 'List registered models and exit.')
+flags.DEFINE_bool('debug', False,
+                  'Show the Python traceback of user errors (for developers).')
 
 
-def _Fail(msg):
-  print(f'ERROR: {msg}', file=sys.stderr)
-  return 1
+class UsageError(errors.UserError):
+  """Flags that do not go together."""
 
 
 def _SetDataDir(params, data_dir):
@@ -45,41 +50,63 @@ def _SetDataDir(params, data_dir):
       sp.data_dir = data_dir
 
 
-def Run(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
+def _CheckFlags():
+  if FLAGS.mode != 'summary' and not FLAGS.logdir:
+    raise UsageError(f'--logdir is required for --mode={FLAGS.mode}.')
+  if FLAGS.checkpoint and FLAGS.mode != 'eval':
+    raise UsageError(
+        f'--checkpoint is for --mode=eval; --mode={FLAGS.mode} resumes from '
+        'the newest checkpoint in --logdir. To start training from another '
+        "run's weights set task.init_from_checkpoint.checkpoint_path.")
+
+
+def _Run():
   if FLAGS.list_models:
     for name in model_registry.GetAllRegisteredClasses():
       print(name)
     return 0
-  try:
-    params = model_registry.GetParams(FLAGS.model)
-  except model_registry.ModelNotFoundError as e:
-    return _Fail(str(e))
-  try:
-    for text in FLAGS.model_params_override:
-      hyperparams.ApplyOverrides(params, text)
-  except hyperparams.OverrideError as e:
-    return _Fail(str(e))
+  params = model_registry.GetParams(FLAGS.model)
+  for text in FLAGS.model_params_override:
+    hyperparams.ApplyOverrides(params, text)
   if FLAGS.data_dir:
     _SetDataDir(params, FLAGS.data_dir)
-  try:
-    devices.ConfigureFromParams(params.task)
-    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '')
-    if FLAGS.mode == 'summary':
-      trainer.Summary()
-      return 0
-    if not FLAGS.logdir:
-      return _Fail('--logdir is required for --mode=' + FLAGS.mode)
-    if FLAGS.mode == 'train':
-      trainer.Train(FLAGS.max_steps)
-    elif FLAGS.mode == 'eval':
-      trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
-    else:
-      trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
-  except (trainer_lib.TrainerError, ValueError, devices.DeviceError) as e:
-    return _Fail(str(e))
+  _CheckFlags()
+  training = FLAGS.mode in ('train', 'train_and_eval')
+  max_steps = FLAGS.max_steps
+  if training and max_steps is None:
+    max_steps = params.task.train.max_steps
+  # Before devices: a bad stage count must not reach TensorFlow.
+  validation.CheckRun(params, max_steps if training else None)
+  devices.ConfigureFromParams(params.task)
+  trainer = trainer_lib.Trainer(params, FLAGS.logdir or '')
+  if FLAGS.mode == 'summary':
+    trainer.Summary()
+  elif FLAGS.mode == 'eval':
+    trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
+  else:
+    trainer.Train(max_steps, evaluate_splits=(
+        (FLAGS.eval_split,) if FLAGS.mode == 'train_and_eval' else ()))
   return 0
+
+
+def Run(argv):
+  """Runs the trainer; user errors (errors.UserError) are one line on
+  stderr and their exit code, unless --debug asks for the traceback."""
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return _Run()
+  except errors.UserError as e:
+    if FLAGS.debug:
+      raise
+    print(f'{e.prefix}{e}', file=sys.stderr, flush=True)
+    return e.exit_code
+  except KeyboardInterrupt:
+    if FLAGS.debug:
+      raise
+    print('Interrupted (Ctrl-C); checkpoints already written are intact.',
+          file=sys.stderr, flush=True)
+    return 130
 
 
 def main():

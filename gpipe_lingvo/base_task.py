@@ -137,14 +137,6 @@ class ClassificationTask(base_layer.BaseLayer):
     grads = tape.gradient(loss, variables, unconnected_gradients='zero')
     return loss, sums, grads, stats
 
-  def ApplyStats(self, stats):
-    """Applies statistics collected in one step (batch norm moving averages)."""
-    if not stats:
-      return
-    for layer in self.Layers():
-      if layer.path in stats:
-        layer.UpdateStats(stats[layer.path])
-
   def StatsUpdates(self, stats):
     """{layer path: [(variable, new value)]} for one step's statistics."""
     return {layer.path: layer.StatsUpdates(stats[layer.path])
