@@ -102,5 +102,6 @@ class BatchNorm(base_layer.BaseLayer):
          (1 - d) * tf.cast(var, self.params.dtype))]
 
   def UpdateStats(self, stats):
+    """Assigns the moving averages of StatsUpdates(stats) at once."""
     for var, value in self.StatsUpdates(stats):
       var.assign(value)
