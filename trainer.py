@@ -1,7 +1,8 @@
 """Generic trainer entry point: python trainer.py --model=NAME --logdir=DIR.
 
-Thin flag parsing over gpipe_lingvo.trainer_lib; user errors are printed
-without a traceback and exit with status 1.
+Thin flag parsing over gpipe_lingvo.trainer_lib. A user error is one line on
+stderr without a traceback (--debug shows it) and exit status 1; a run
+stopped by SIGINT or SIGTERM saves first and exits with 130 or 143.
 
 It prints the world it runs in first: workers, replicas R, stages K, devices
 per stage, and the global, per-replica and micro-batch sizes. With the
@@ -22,13 +23,14 @@ from absl import logging
 import tensorflow as tf
 
 from gpipe_lingvo import devices
+from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
+from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import strategy as strategy_lib
 from gpipe_lingvo.distribute import tpu as tpu_lib
 from gpipe_lingvo.distribute import world as world_lib
-from gpipe_lingvo.pipeline import plan as plan_lib
 from gpipe_lingvo.planning import model_plan
 
 FLAGS = flags.FLAGS
@@ -43,8 +45,11 @@ flags.DEFINE_string('data_dir', None,
                     'Dataset directory for TFDS-backed inputs.')
 flags.DEFINE_string('checkpoint', None,
                     'Specific checkpoint prefix to evaluate (--mode=eval).')
-flags.DEFINE_string('eval_split', 'test', 'Split evaluated: dev or test.')
+flags.DEFINE_enum('eval_split', 'test', list(trainer_lib.EVAL_SPLITS),
+                  'Split evaluated.')
 flags.DEFINE_bool('list_models', False, 'List registered models and exit.')
+flags.DEFINE_bool('debug', False,
+                  'Show the Python traceback of user errors (for developers).')
 flags.DEFINE_string('tpu', '',
                     'TPU to train on: a name or grpc://host:port, as '
                     'TPUClusterResolver takes it (needs topology.device_type '
@@ -65,16 +70,12 @@ flags.DEFINE_integer('timeline_at_step', 0,
 _CLUSTER_MODES = ('train', 'train_and_eval')
 
 
-def _Fail(msg):
-  print(f'ERROR: {msg}', file=sys.stderr)
-  return 1
+class UsageError(errors.UserError):
+  """Flags that do not go together."""
 
 
-def _CollectiveErrorText(error):
-  """TensorFlow's message without the traceback of the op's definition."""
-  skip = ('Graph execution error', 'Detected at node', 'File "', '[[')
-  lines = [l.strip() for l in error.message.splitlines()]
-  return ' '.join(l for l in lines if l and not l.startswith(skip))
+class PeerLostError(errors.UserError):
+  """A multi-worker run lost a peer (it died or timed out)."""
 
 
 def _SetDataDir(params, data_dir):
@@ -84,54 +85,21 @@ def _SetDataDir(params, data_dir):
       sp.data_dir = data_dir
 
 
-def Run(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  if FLAGS.list_models:
-    for name in model_registry.GetAllRegisteredClasses():
-      print(name)
-    return 0
-  try:
-    params = model_registry.GetParams(FLAGS.model)
-  except model_registry.ModelNotFoundError as e:
-    return _Fail(str(e))
-  try:
-    for text in FLAGS.model_params_override:
-      hyperparams.ApplyOverrides(params, text)
-  except hyperparams.OverrideError as e:
-    return _Fail(str(e))
-  if FLAGS.data_dir:
-    _SetDataDir(params, FLAGS.data_dir)
-  if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.
-    try:
-      model_plan.RunPlanMode(params, FLAGS.logdir, measure=FLAGS.plan_measure)
-    except (ValueError, plan_lib.PlanError) as e:
-      return _Fail(str(e))
-    return 0
-  replicas, done = None, False
-  try:
-    replicas = _StartWorld(params)
-    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
-                                  replicas=replicas,
-                                  timeline_at_step=FLAGS.timeline_at_step)
-    if FLAGS.mode != 'summary' and not FLAGS.logdir:
-      return _Fail('--logdir is required for --mode=' + FLAGS.mode)
-    _RunMode(trainer)
-    done = True
-  except (trainer_lib.TrainerError, ValueError, devices.DeviceError,
-          tpu_lib.TpuNotReadyError) as e:
-    return _Fail(str(e))
-  except tf.errors.OpError as e:
-    if replicas is None or not replicas.world.is_multi_worker:
-      raise
-    # A peer died or timed out: TensorFlow's message names the task.
-    return _Fail(f'multi-worker training stopped ({type(e).__name__}): '
-                 f'{_CollectiveErrorText(e)} Restart all workers: training '
-                 "resumes from the chief's last checkpoint.")
-  finally:
-    if replicas is not None:
-      replicas.Close(wait_for_peers=done)
-  return 0
+def _CheckFlags():
+  if FLAGS.mode not in ('summary', 'plan') and not FLAGS.logdir:
+    raise UsageError(f'--logdir is required for --mode={FLAGS.mode}.')
+  if FLAGS.checkpoint and FLAGS.mode != 'eval':
+    raise UsageError(
+        f'--checkpoint is for --mode=eval; --mode={FLAGS.mode} resumes from '
+        'the newest checkpoint in --logdir. To start training from another '
+        "run's weights set task.init_from_checkpoint.checkpoint_path.")
+
+
+def _CollectiveErrorText(error):
+  """TensorFlow's message without the traceback of the op's definition."""
+  skip = ('Graph execution error', 'Detected at node', 'File "', '[[')
+  lines = [l.strip() for l in error.message.splitlines()]
+  return ' '.join(l for l in lines if l and not l.startswith(skip))
 
 
 def _StartWorld(params):
@@ -147,20 +115,81 @@ def _StartWorld(params):
   for line in world.Describe():
     print(line)
   if FLAGS.mode not in _CLUSTER_MODES and world.is_multi_worker:
-    raise ValueError(f'--mode={FLAGS.mode} runs in one process; unset '
+    raise UsageError(f'--mode={FLAGS.mode} runs in one process; unset '
                      'TF_CONFIG (only training joins the workers).')
   return strategy_lib.Start(world, FLAGS.collective_timeout_s)
 
 
-def _RunMode(trainer):
+def _RunMode(trainer, max_steps):
   if FLAGS.mode == 'summary':
     trainer.Summary()
-  elif FLAGS.mode == 'train':
-    trainer.Train(FLAGS.max_steps)
   elif FLAGS.mode == 'eval':
     trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
   else:
-    trainer.Train(FLAGS.max_steps, evaluate_splits=(FLAGS.eval_split,))
+    trainer.Train(max_steps, evaluate_splits=(
+        (FLAGS.eval_split,) if FLAGS.mode == 'train_and_eval' else ()))
+
+
+def _Run():
+  if FLAGS.list_models:
+    for name in model_registry.GetAllRegisteredClasses():
+      print(name)
+    return 0
+  params = model_registry.GetParams(FLAGS.model)
+  for text in FLAGS.model_params_override:
+    hyperparams.ApplyOverrides(params, text)
+  if FLAGS.data_dir:
+    _SetDataDir(params, FLAGS.data_dir)
+  _CheckFlags()
+  training = FLAGS.mode in _CLUSTER_MODES
+  max_steps = FLAGS.max_steps
+  if training and max_steps is None:
+    max_steps = params.task.train.max_steps
+  # Before devices: a bad stage count must not reach TensorFlow.
+  validation.CheckRun(params, max_steps if training else None)
+  if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.
+    model_plan.RunPlanMode(params, FLAGS.logdir, measure=FLAGS.plan_measure)
+    return 0
+  replicas, done = None, False
+  try:
+    replicas = _StartWorld(params)
+    trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
+                                  replicas=replicas,
+                                  timeline_at_step=FLAGS.timeline_at_step)
+    _RunMode(trainer, max_steps)
+    done = True
+  except tf.errors.OpError as e:
+    if replicas is None or not replicas.world.is_multi_worker:
+      raise
+    # A peer died or timed out: TensorFlow's message names the task.
+    raise PeerLostError(
+        f'multi-worker training stopped ({type(e).__name__}): '
+        f'{_CollectiveErrorText(e)} Restart all workers: training resumes '
+        "from the chief's last checkpoint.") from e
+  finally:
+    if replicas is not None:
+      replicas.Close(wait_for_peers=done)
+  return 0
+
+
+def Run(argv):
+  """Runs the trainer; user errors (errors.UserError) are one line on
+  stderr and their exit code, unless --debug asks for the traceback."""
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return _Run()
+  except errors.UserError as e:
+    if FLAGS.debug:
+      raise
+    print(f'{e.prefix}{e}', file=sys.stderr, flush=True)
+    return e.exit_code
+  except KeyboardInterrupt:
+    if FLAGS.debug:
+      raise
+    print('Interrupted (Ctrl-C); checkpoints already written are intact.',
+          file=sys.stderr, flush=True)
+    return 130
 
 
 def main():

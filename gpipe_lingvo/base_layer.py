@@ -290,3 +290,8 @@ class BaseLayer(tf.Module):
   def UpdateStats(self, stats):
     """Applies statistics collected during a step (batch norm); no-op here."""
     del stats
+
+  def StatsUpdates(self, stats):
+    """[(variable, new value)] that UpdateStats would assign; none here."""
+    del stats
+    return []

@@ -137,29 +137,57 @@ class ClassificationTask(base_layer.BaseLayer):
     grads = tape.gradient(loss, variables, unconnected_gradients='zero')
     return loss, sums, grads, stats
 
-  def ApplyStats(self, stats):
-    """Applies statistics collected in one step (batch norm moving averages)."""
-    if not stats:
-      return
-    for layer in self.Layers():
-      if layer.path in stats:
-        layer.UpdateStats(stats[layer.path])
+  def StatsUpdates(self, stats):
+    """{layer path: [(variable, new value)]} for one step's statistics."""
+    return {layer.path: layer.StatsUpdates(stats[layer.path])
+            for layer in self.Layers() if layer.path in (stats or {})}
 
   def TrainStep(self, batch, step, cross_replica=None):
-    """One synchronous update. Returns (metric sums, lr, grad norm).
+    """One synchronous update if finite (CheckedTrainStep). Returns
+    (metric sums, lr, grad norm)."""
+    sums, lr, norm, _ = self.CheckedTrainStep(batch, step, cross_replica)
+    return sums, lr, norm
+
+  def CheckedTrainStep(self, batch, step, cross_replica=None):
+    """One synchronous update, applied only if it is finite.
+
+    The loss, the gradient norm and each new batch-norm statistic are
+    checked before anything is assigned, so a diverging step leaves every
+    variable as it was. The cost is small: the gradient norm is the one the
+    optimizer needs anyway (computed once), plus one is_finite reduction
+    over the new statistics (per-channel vectors) and a tf.cond around the
+    update. Returns (metric sums, lr, grad norm, finite), finite mapping
+    'loss', 'grad_norm' and each batch-norm layer path to a scalar bool;
+    the update was applied iff all are True.
 
     cross_replica(loss, sums, grads, stats), if given, returns the same
-    four summed over the data-parallel replicas (distribute.replicas).
+    four summed over the data-parallel replicas (distribute.replicas), so
+    every replica checks the same values and takes the same branch.
     """
     loss, sums, grads, stats = self.ComputeLossAndGradients(batch, step)
     if cross_replica is not None:
       loss, sums, grads, stats = cross_replica(loss, sums, grads, stats)
     lr = self.lr_schedule.Value(step)
-    norm = self.optimizer.Apply(grads, self.TrainableVariables(), lr)
-    self.ApplyStats(stats)
+    norm = tf.linalg.global_norm(grads)
+    updates = self.StatsUpdates(stats)
+    finite = {'loss': tf.math.is_finite(loss),
+              'grad_norm': tf.math.is_finite(norm)}
+    for path, pairs in updates.items():
+      finite[path] = tf.reduce_all(tf.math.is_finite(
+          tf.concat([tf.reshape(v, [-1]) for _, v in pairs], 0)))
+    ok = tf.reduce_all(tf.stack(list(finite.values())))
+
+    def Apply():
+      self.optimizer.Apply(grads, self.TrainableVariables(), lr, norm=norm)
+      for pairs in updates.values():
+        for var, value in pairs:
+          var.assign(value)
+      return tf.constant(True)
+
+    tf.cond(ok, Apply, lambda: tf.constant(False))
     sums = dict(sums)
     sums['total_loss'] = loss
-    return sums, lr, norm
+    return sums, lr, norm, finite
 
   def EvalStep(self, batch):
     """Metric sums of one evaluation batch (inference mode)."""

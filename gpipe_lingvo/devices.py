@@ -17,12 +17,13 @@ from typing import List
 
 import tensorflow as tf
 
+from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 
 DEVICE_TYPES = ('cpu', 'gpu', 'tpu')
 
 
-class DeviceError(ValueError):
+class DeviceError(errors.UserError, ValueError):
   """The topology asks for devices that do not exist or cannot be made."""
 
 

@@ -8,11 +8,13 @@ import ast
 
 from lingvo.core import hyperparams as _hyperparams
 
+from gpipe_lingvo import errors
+
 Params = _hyperparams.Params
 InstantiableParams = _hyperparams.InstantiableParams
 
 
-class OverrideError(ValueError):
+class OverrideError(errors.UserError, ValueError):
   """A params override names a key that does not exist or has a bad value."""
 
 

@@ -16,13 +16,14 @@ import re
 
 import tensorflow as tf
 
+from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 
 _SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _ROOT = 'task'  # the task's attribute name in the trainer's tf.train.Checkpoint
 
 
-class InitFromCheckpointError(ValueError):
+class InitFromCheckpointError(errors.UserError, ValueError):
   """The checkpoint does not provide what the rules select."""
 
 

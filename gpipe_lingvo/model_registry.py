@@ -7,11 +7,13 @@ import difflib
 import importlib
 import pkgutil
 
+from gpipe_lingvo import errors
+
 _REGISTRY = {}
 _PARAMS_PACKAGE = 'params'
 
 
-class ModelNotFoundError(KeyError):
+class ModelNotFoundError(errors.UserError, KeyError):
   """Unknown model name; the message lists the closest registered names."""
 
   def __str__(self):

@@ -61,10 +61,12 @@ class Optimizer(tf.Module):
             s: tf.Variable(init.get(s, tf.zeros_like)(var), trainable=False,
                            name=f'{key}/{s}') for s in self._SlotNames()}
 
-  def Apply(self, grads, variables, learning_rate):
-    """Applies one update; returns the pre-clip global gradient norm."""
+  def Apply(self, grads, variables, learning_rate, norm=None):
+    """Applies one update; returns the pre-clip global gradient norm
+    (`norm`, if the caller has computed it already)."""
     p = self.params
-    norm = tf.linalg.global_norm(grads)
+    if norm is None:
+      norm = tf.linalg.global_norm(grads)
     if p.clip_gradient_norm > 0:
       grads, _ = tf.clip_by_global_norm(grads, p.clip_gradient_norm,
                                         use_norm=norm)

@@ -2,31 +2,41 @@
 
 Used by trainer.py (flags) and by tests directly. Writes to the logdir:
   params.txt          the exact params of the run (Params.ToText)
-  ckpt/ckpt-N.*       checkpoints (tf.train.CheckpointManager)
+  ckpt/ckpt-N.*       checkpoints (checkpoints.Checkpointer)
   train/, eval_*/     TensorBoard scalars
   metrics.jsonl       one JSON line per evaluation: step, split, metrics
+  trainer.lock        who holds the logdir (logdir_lock)
+
+Checkpoint, lock and signal logic live in checkpoints, logdir_lock and
+stop_signals; this module orchestrates and prints. Every error a user can
+fix is an errors.UserError, raised before anything is written where the
+cause is known at start.
 """
 import json
 import os
 import tempfile
 import time
 
-from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
+from gpipe_lingvo import errors
 from gpipe_lingvo import init_from_checkpoint
+from gpipe_lingvo import logdir_lock
 from gpipe_lingvo import metrics as metrics_lib
+from gpipe_lingvo import stop_signals
+from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import replicas as replicas_lib
 from gpipe_lingvo.planning import model_plan
 
 MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan')
+SPLITS = ('train', 'dev', 'test')
+EVAL_SPLITS = ('dev', 'test')  # The train split repeats forever.
 
 
-class TrainerError(RuntimeError):
+class TrainerError(errors.UserError, RuntimeError):
   """A user-facing error: printed without a traceback by trainer.py."""
 
 
@@ -48,6 +58,45 @@ def _FormatDuration(seconds):
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class _Progress:
+  """Console and TensorBoard lines every log interval: loss, accuracy,
+  learning rate, examples/s over the window, ETA from the run's rate."""
+
+  def __init__(self, writer, print_fn, batch_size, max_steps):
+    self._writer, self._print = writer, print_fn
+    self._batch_size, self._max_steps = batch_size, max_steps
+    self._acc = metrics_lib.MetricAccumulator()
+    self._t_start = self._t_window = time.time()
+    self._steps, self._examples = 0, 0
+    self.last = {}
+
+  def Add(self, step, sums, lr, norm, log):
+    self._acc.Add(sums)
+    self._steps += 1
+    self._examples += self._batch_size
+    if not log:
+      return
+    res = self._acc.Result()
+    now = time.time()
+    eps = self._examples / max(now - self._t_window, 1e-9)
+    eta = (now - self._t_start) / self._steps * (self._max_steps - step)
+    self._print(f'step {step:6d}  loss {res["loss"]:.4f}  '
+                f'accuracy {res.get("accuracy", float("nan")):.4f}  '
+                f'lr {float(lr):.4g}  {eps:8.1f} examples/s  '
+                f'ETA {_FormatDuration(eta)}')
+    with self._writer.as_default(step=step):
+      for k, v in res.items():
+        if k != 'num_examples':
+          tf.summary.scalar(k, v)
+      tf.summary.scalar('learning_rate', float(lr))
+      tf.summary.scalar('grad_norm', float(norm))
+      tf.summary.scalar('examples_per_second', eps)
+    self._writer.flush()
+    self.last = res
+    self._acc = metrics_lib.MetricAccumulator()
+    self._t_window, self._examples = now, 0
 
 
 class Trainer:
@@ -72,12 +121,27 @@ class Trainer:
   @property
   def task(self):
     if self._task is None:
-      self._task = self.params.task.Instantiate()
+      with errors.ParamsErrors():
+        self._task = self.params.task.Instantiate()
     return self._task
 
   def _Input(self, split):
-    p = self.params.Get(split).Copy()
-    return self.replicas.InputParams(p, split).Instantiate()
+    if split not in SPLITS:
+      raise TrainerError(f'Unknown split {split!r}; use one of {SPLITS}.')
+    with errors.ParamsErrors():
+      p = self.params.Get(split).Copy()
+      return self.replicas.InputParams(p, split).Instantiate()
+
+  def _CheckInputs(self, splits):
+    """Builds the task and the train input, and checks that the data of
+    every split is there (cheap: no example is read); returns the input."""
+    _ = self.task  # Built now: bad params fail before anything is written.
+    train_input = self._Input('train')
+    with errors.ParamsErrors():
+      train_input.CheckData()
+      for split in splits:
+        self._Input(split).CheckData()
+    return train_input
 
   def _Writer(self, name):
     if name not in self._writers:
@@ -102,95 +166,95 @@ class Trainer:
   # -- training ----------------------------------------------------------------
 
   def Train(self, max_steps=None, evaluate_splits=()):
-    """Trains to max_steps (resuming from the logdir); returns last metrics."""
-    CheckLogdirWritable(self.logdir)
+    """Trains to max_steps (resuming from the logdir); returns last metrics.
+
+    Bad params, missing data and an unusable or foreign checkpoint fail
+    before anything is written; the logdir is locked against a second
+    trainer; SIGTERM or Ctrl-C saves at the current step and raises
+    stop_signals.Stopped; a non-finite step is not applied and raises
+    checkpoints.NonFiniteError.
+    """
     tp = self.params.task.train
-    max_steps = int(max_steps if max_steps is not None else tp.max_steps)
-    ckpt = self._Checkpointer()
-    restored = ckpt.RestoreLatest()
-    step = int(self._global_step.numpy())
-    if restored:
-      self._print(f'Resumed from {restored} at step {step}.')
-    self.WriteParams()
+    max_steps = tp.max_steps if max_steps is None else max_steps
+    validation.CheckRun(self.params, max_steps)
+    train_input = self._CheckInputs(evaluate_splits)
+    CheckLogdirWritable(self.logdir)
+    with logdir_lock.LogdirLock(self.logdir):
+      ckpt = self._Checkpointer()
+      restored = ckpt.RestoreLatest()
+      step = int(self._global_step.numpy())
+      if restored:
+        self._print(f'Resumed from {restored} at step {step}.')
+      init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
+      if (not restored and self.replicas.is_chief and init is not None and
+          init.checkpoint_path):
+        # Fresh run only: a resumed run continues from its own checkpoint.
+        init_from_checkpoint.Apply(self.task, init, self._print)
+      # Every worker starts from the chief's state (restored or initial).
+      self.replicas.SyncState(
+          self.params.ToText(),
+          replicas_lib.StateVariables(self.task, self._global_step),
+          self._print)
+      step = int(self._global_step.numpy())
+      self.WriteParams()
+      with stop_signals.StopSignals() as stop:
+        self._print(_StartLine(restored, step, max_steps,
+                               tp.save_interval_steps, ckpt.directory))
+        step, last = self._TrainLoop(ckpt, train_input, step, max_steps,
+                                     evaluate_splits, stop)
+        if checkpoints.CheckpointNumber(ckpt.latest_finite or '') != step:
+          self._Save(ckpt, step)
+      if stop.signum:
+        raise stop.Stopped(step, ckpt.latest_finite)
+      results = {'train': last}
+      for split in evaluate_splits:
+        results[split] = self._EvaluateNow(split, step)
+    return results
+
+  def _CompiledTrainStep(self):
     task = self.task
-    train_input = self._Input('train')
-    # Missing data fails here, before any step, for the evaluated splits too.
-    train_input.CheckData()
-    for split in evaluate_splits:
-      self._Input(split).CheckData()
-    init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
-    if (not restored and self.replicas.is_chief and init is not None and
-        init.checkpoint_path):
-      # Fresh run only: a resumed run continues from its own checkpoint.
-      init_from_checkpoint.Apply(task, init, self._print)
-    self.replicas.SyncState(
-        self.params.ToText(),
-        replicas_lib.StateVariables(task, self._global_step), self._print)
-    step = int(self._global_step.numpy())
-    batch_size = train_input.params.batch_size
-    it = iter(train_input.GetDataset())
 
     @tf.function
     def TrainStep(batch):
-      sums, lr, norm = self.replicas.TrainStep(task, batch, self._global_step)
-      self._global_step.assign_add(1)
-      return sums, lr, norm
+      sums, lr, norm, finite = self.replicas.TrainStep(task, batch,
+                                                       self._global_step)
+      applied = tf.reduce_all(tf.stack(list(finite.values())))
+      self._global_step.assign_add(tf.cast(applied, tf.int64))
+      return sums, lr, norm, finite
 
-    writer = self._Writer('train')
-    acc = metrics_lib.MetricAccumulator()
-    last = {}
-    t_start, steps_done = time.time(), 0
-    t_window, ex_window = time.time(), 0
-    while step < max_steps:
+    return TrainStep
+
+  def _TrainLoop(self, ckpt, train_input, step, max_steps, evaluate_splits,
+                 stop):
+    """Steps until max_steps or a stop signal; returns (step, metrics of
+    the last logged window). Saves and evaluates at their intervals."""
+    tp = self.params.task.train
+    train_step = self._CompiledTrainStep()
+    it = iter(train_input.GetDataset())
+    progress = _Progress(self._Writer('train'), self._print,
+                         train_input.params.batch_size, max_steps)
+    while step < max_steps and not stop.signum:
       batch = next(it)
       if step + 1 == self.timeline_at_step:
-        sums, lr, norm = model_plan.ProfiledStep(
-            self.params, self.logdir, lambda: TrainStep(batch), self._print)
+        sums, lr, norm, finite = model_plan.ProfiledStep(
+            self.params, self.logdir, lambda: train_step(batch), self._print)
       else:
-        sums, lr, norm = TrainStep(batch)
-      step += 1
-      steps_done += 1
-      ex_window += batch_size
+        sums, lr, norm, finite = train_step(batch)
       sums = {k: v.numpy() for k, v in sums.items()}
-      if not np.isfinite(sums['total_loss']):
-        raise TrainerError(
-            f'Loss became {sums["total_loss"]} at step {step}; lower the '
-            'learning rate (task.train.lr_schedule.learning_rate). The last '
-            f'good checkpoint is in {ckpt.directory}.')
-      acc.Add(sums)
-      if step % max(1, tp.log_interval_steps) == 0 or step == max_steps:
-        res = acc.Result()
-        now = time.time()
-        eps = ex_window / max(now - t_window, 1e-9)
-        per_step = (now - t_start) / steps_done
-        eta = per_step * (max_steps - step)
-        self._print(f'step {step:6d}  loss {res["loss"]:.4f}  '
-                    f'accuracy {res.get("accuracy", float("nan")):.4f}  '
-                    f'lr {float(lr):.4g}  {eps:8.1f} examples/s  '
-                    f'ETA {_FormatDuration(eta)}')
-        with writer.as_default(step=step):
-          for k, v in res.items():
-            if k != 'num_examples':
-              tf.summary.scalar(k, v)
-          tf.summary.scalar('learning_rate', float(lr))
-          tf.summary.scalar('grad_norm', float(norm))
-          tf.summary.scalar('examples_per_second', eps)
-        writer.flush()
-        last = res
-        acc = metrics_lib.MetricAccumulator()
-        t_window, ex_window = now, 0
-      if step % max(1, tp.save_interval_steps) == 0 and step < max_steps:
+      finite = {k: bool(v) for k, v in finite.items()}
+      if not all(finite.values()):
+        raise ckpt.NonFiniteStep(step + 1, finite, float(sums['total_loss']),
+                                 float(norm))
+      step += 1
+      progress.Add(step, sums, lr, norm,
+                   log=step % tp.log_interval_steps == 0 or step == max_steps)
+      if step % tp.save_interval_steps == 0 and step < max_steps:
         self._Save(ckpt, step)
       if (evaluate_splits and tp.eval_interval_steps and
           step % tp.eval_interval_steps == 0 and step < max_steps):
         for split in evaluate_splits:
-          self.Evaluate(split, step=step)
-    if steps_done or not ckpt.manager.latest_checkpoint:
-      self._Save(ckpt, step)
-    results = {'train': last}
-    for split in evaluate_splits:
-      results[split] = self.Evaluate(split, step=step)
-    return results
+          self._EvaluateNow(split, step)
+    return step, progress.last
 
   def _Save(self, ckpt, step):
     """The chief saves; other workers hold the same state and save none."""
@@ -200,18 +264,33 @@ class Trainer:
   # -- evaluation --------------------------------------------------------------
 
   def Evaluate(self, split='test', step=None, checkpoint_path=None):
-    """Evaluates over the whole split; appends a line to metrics.jsonl."""
+    """Evaluates over the whole split; appends a line to metrics.jsonl.
+
+    With step=None, restores checkpoint_path or the newest usable
+    checkpoint of the logdir first; with a step, evaluates the current
+    variables under that step number.
+    """
+    if split not in EVAL_SPLITS:
+      raise TrainerError(f'Cannot evaluate split {split!r}; use one of '
+                         f'{EVAL_SPLITS}.')
+    self._CheckInputs((split,))
     CheckLogdirWritable(self.logdir)
+    with logdir_lock.LogdirLock(self.logdir, hint=(
+        'To evaluate while it trains, pass another --logdir and '
+        '--checkpoint=PREFIX.')):
+      if step is None:
+        ckpt = self._Checkpointer()
+        path = (ckpt.Restore(checkpoint_path) if checkpoint_path
+                else ckpt.RestoreLatest(for_training=False))
+        if path is None:
+          raise TrainerError(f'No checkpoint in {ckpt.directory} to '
+                             'evaluate; train first or pass --checkpoint.')
+        step = int(self._global_step.numpy())
+        self._print(f'Evaluating {path} (step {step}) on {split}.')
+      return self._EvaluateNow(split, step)
+
+  def _EvaluateNow(self, split, step):
     task = self.task
-    if step is None:
-      ckpt = self._Checkpointer()
-      path = (ckpt.Restore(checkpoint_path) if checkpoint_path
-              else ckpt.RestoreLatest())
-      if path is None:
-        raise TrainerError(f'No checkpoint in {ckpt.directory} to evaluate; '
-                           'train first or pass --checkpoint.')
-      step = int(self._global_step.numpy())
-      self._print(f'Evaluating {path} (step {step}) on {split}.')
     gen = self._Input(split)
 
     @tf.function
@@ -247,7 +326,7 @@ class Trainer:
     """
     task = self._task
     if task is None:
-      with base_layer.ZeroInitForCounting():
+      with base_layer.ZeroInitForCounting(), errors.ParamsErrors():
         task = self.params.task.Instantiate()
     net = task.network
     image_shape = self._Input('train').ImageShape()
@@ -269,6 +348,17 @@ class Trainer:
       self._print(f'{name:<{width}}  {shp:<40}  {n:,}')
     self._print(f'total trainable parameters: {total}')
     return total
+
+
+def _StartLine(restored, step, max_steps, save_interval, directory):
+  if restored and step >= max_steps:
+    return (f'Already at step {step} >= max_steps={max_steps}: nothing to '
+            'train.')
+  if step >= max_steps:
+    return ('max_steps=0: nothing to train; saving the initial variables as '
+            'ckpt-0.')
+  return (f'Training from step {step} to {max_steps} (a checkpoint every '
+          f'{save_interval} steps in {directory}).')
 
 
 def _TraceShape(layer, spec_structure):

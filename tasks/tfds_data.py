@@ -16,6 +16,8 @@ import shutil
 import socket
 import urllib.parse
 
+from gpipe_lingvo import errors
+
 # Our preparation command (tasks/prepare_data.py): it drives the same TFDS
 # builders. TFDS 4.9.10's own CLI (`tfds build`, and the
 # tensorflow_datasets.scripts.download_and_prepare wrapper) fails to import
@@ -30,7 +32,7 @@ _IMAGENET_HELP = (
     '--manual_dir={manual_dir}`).')
 
 
-class MissingDataError(ValueError):
+class MissingDataError(errors.UserError, ValueError):
   """A dataset (or split) is not prepared in the data_dir searched."""
 
 

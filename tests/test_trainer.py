@@ -132,6 +132,8 @@ def test_sigkill_during_training_resumes_from_last_checkpoint(tmp_path):
   assert len(saved) >= 3, 'trainer did not save checkpoints in time'
   latest = tf.train.latest_checkpoint(str(tmp_path / 'ckpt'))
   last_step = int(latest.rsplit('-', 1)[1])
+  # The killed trainer's lock file names it; its lock died with it.
+  assert (tmp_path / 'trainer.lock').read_text().startswith(f'pid {proc.pid} ')
   assert last_step >= int(saved[-1].rsplit('-', 1)[1])
   r = _RunTrainer('--model=digits.ConvNet', f'--logdir={tmp_path}',
                   '--mode=train', f'--max_steps={last_step + 5}')

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from gpipe_lingvo import context
 from gpipe_lingvo.distribute import collectives
+from gpipe_lingvo.distribute import world as world_lib
 
 
 class SingleProcess:
@@ -54,7 +55,8 @@ class SingleProcess:
     return params
 
   def TrainStep(self, task, batch, global_step):
-    return task.TrainStep(batch, global_step)
+    """task.CheckedTrainStep: (sums, lr, grad norm, finite flags)."""
+    return task.CheckedTrainStep(batch, global_step)
 
   def SyncState(self, params_text, variables, print_fn):
     del params_text, variables, print_fn
@@ -114,8 +116,8 @@ class MultiWorker(SingleProcess):
   def TrainStep(self, task, batch, global_step):
     offset = self.world.worker_index * self.world.num_micro_batches
     with context.Scope(micro_batch_offset=offset):
-      return task.TrainStep(batch, global_step,
-                            cross_replica=self.CrossReplica)
+      return task.CheckedTrainStep(batch, global_step,
+                                   cross_replica=self.CrossReplica)
 
   def CrossReplica(self, loss, sums, grads, stats):
     """Sums a step's results over the workers (one collective per dtype).
@@ -150,7 +152,7 @@ class MultiWorker(SingleProcess):
         self.strategy, [x])[0], autograph=False)(tf.constant(mine)).numpy()
     odd = [i for i in range(n) if not np.array_equal(every[i], every[0])]
     if odd:
-      raise ValueError(
+      raise world_lib.WorldError(
           f'Worker(s) {odd} run different params or variables than the '
           'chief (worker 0); start every worker with the same --model and '
           '--model_params_override.')

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import devices
+from gpipe_lingvo import errors
 from gpipe_lingvo.distribute import world as world_lib
 
 
@@ -112,7 +113,7 @@ def MakeStrategy(resolver, device_assignment):
       resolver, experimental_device_assignment=device_assignment)
 
 
-class TpuNotReadyError(RuntimeError):
+class TpuNotReadyError(errors.UserError, RuntimeError):
   """The TPU slice fits the params, but the step cannot run on it yet."""
 
 

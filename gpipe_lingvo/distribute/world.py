@@ -15,13 +15,14 @@ import math
 from typing import List, Optional
 
 from gpipe_lingvo import devices
+from gpipe_lingvo import errors
 
 # Jobs of TF_CONFIG a training run can be part of; the chief (if any) is
 # worker 0, as in tf.distribute.
 _TRAINING_JOBS = ('chief', 'worker')
 
 
-class WorldError(ValueError):
+class WorldError(errors.UserError, ValueError):
   """The cluster, the flags and the params do not fit together."""
 
 

@@ -81,17 +81,27 @@ class BatchNorm(base_layer.BaseLayer):
     beta = self.Var('beta') if p.use_offset else None
     return tf.nn.batch_normalization(x, mean, var, beta, gamma, p.epsilon)
 
-  def UpdateStats(self, stats):
-    """stats: list of (count, sum, sum_sq) tuples from one step's forwards."""
+  def StatsUpdates(self, stats):
+    """[(variable, new value)] of the moving averages, not yet assigned
+    (the task assigns them only if every value is finite).
+
+    stats: list of (count, sum, sum_sq) tuples from one step's forwards.
+    """
     if not stats:
-      return
+      return []
     count = tf.add_n([s[0] for s in stats])
     s1 = tf.add_n([s[1] for s in stats])
     s2 = tf.add_n([s[2] for s in stats])
     mean = s1 / count
     var = tf.maximum(s2 / count - tf.square(mean), 0.0)
     d = self.params.decay
-    self.vars.moving_mean.assign(
-        d * self.vars.moving_mean + (1 - d) * tf.cast(mean, self.params.dtype))
-    self.vars.moving_variance.assign(
-        d * self.vars.moving_variance + (1 - d) * tf.cast(var, self.params.dtype))
+    return [
+        (self.vars.moving_mean, d * self.vars.moving_mean +
+         (1 - d) * tf.cast(mean, self.params.dtype)),
+        (self.vars.moving_variance, d * self.vars.moving_variance +
+         (1 - d) * tf.cast(var, self.params.dtype))]
+
+  def UpdateStats(self, stats):
+    """Assigns the moving averages of StatsUpdates(stats) at once."""
+    for var, value in self.StatsUpdates(stats):
+      var.assign(value)

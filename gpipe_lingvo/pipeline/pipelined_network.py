@@ -16,6 +16,7 @@ from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
+from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
@@ -148,6 +149,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
     p = self.params
     if not p.cells:
       raise ValueError(f'{self.path}: cells is empty.')
+    params_check.CheckPipelineParams(p, self.path)
     if not isinstance(p.num_micro_batches, int) or p.num_micro_batches < 1:
       raise ValueError(f'{self.path}: num_micro_batches must be a positive '
                        f'int, got {p.num_micro_batches!r}.')

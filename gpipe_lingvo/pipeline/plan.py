@@ -22,13 +22,14 @@ peak adds the stages tick by tick.
 """
 from typing import Dict, List, Optional, Sequence
 
+from gpipe_lingvo import errors
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import schedule_view
 
 SLOTS_PER_WEIGHT = {'sgd': 0, 'momentum': 1, 'rmsprop': 2, 'adam': 2}
 
 
-class PlanError(ValueError):
+class PlanError(errors.UserError, ValueError):
   """The requested pipeline does not fit; the message says what would."""
 
 

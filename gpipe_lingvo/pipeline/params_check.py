@@ -1,0 +1,115 @@
+"""Type and range checks of the engine's params, before anything is built.
+
+A wrong type or range would otherwise surface far from its cause: a
+negative num_stages asks TensorFlow for zero devices, parallel_iterations=0
+fails inside tf.while_loop at the first step, and booleans pass as ints in
+Python (`num_micro_batches = True` is M=1). Each check names the field and
+the accepted values. Pure Python: no TensorFlow, no devices.
+
+Fields are looked up by name and skipped when absent, so params that gain
+or lose a field (topology variants) need only an entry in the tables.
+"""
+import ast
+
+from gpipe_lingvo import errors
+
+
+def _IsInt(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def PositiveInt(v):
+  return _IsInt(v) and v >= 1
+
+
+def NonNegativeInt(v):
+  return _IsInt(v) and v >= 0
+
+
+def NonNegativeNumber(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def Text(v):
+  return isinstance(v, str)
+
+
+# field -> (predicate, what the field accepts)
+PIPELINE_FIELDS = {
+    'num_stages': (PositiveInt, 'an int >= 1'),
+    'num_micro_batches': (PositiveInt, 'an int >= 1'),
+    'parallel_iterations': (PositiveInt, 'an int >= 1'),
+    'schedule': (Text, 'a schedule name (str)'),
+    'remat': (Text, 'a remat policy name (str)'),
+    'batch_norm_mode': (Text, "a batch-norm mode name or '' (str)"),
+}
+TOPOLOGY_FIELDS = {
+    'device_type': (Text, 'a device type name (str)'),
+    'devices_per_stage': (PositiveInt, 'an int >= 1'),
+    'num_logical_devices': (NonNegativeInt, 'an int >= 0'),
+    'gpu_memory_limit_mb': (NonNegativeNumber, 'a number >= 0'),
+    'intra_op_threads': (NonNegativeInt, 'an int >= 0'),
+}
+
+
+def _CheckTable(params, table, where):
+  values = dict(params.IterParams())
+  for name, (ok, accepts) in table.items():
+    if name in values and not ok(values[name]):
+      raise errors.ParamsError(
+          f'{where}.{name} must be {accepts}, got {values[name]!r}.')
+
+
+def _CheckPartition(spec, where):
+  """'uniform', or a list (or its text) of positive int cell counts."""
+  if isinstance(spec, str) and spec.strip().startswith(('[', '(')):
+    try:
+      spec = ast.literal_eval(spec)
+    except (ValueError, SyntaxError):
+      raise errors.ParamsError(
+          f'{where}.partition {spec!r} is not a list of ints.') from None
+  if isinstance(spec, str):
+    return  # The name is checked where partitions are cut.
+  if (not isinstance(spec, (list, tuple)) or
+      not all(PositiveInt(c) for c in spec)):
+    raise errors.ParamsError(
+        f"{where}.partition must be 'uniform' or a list of ints >= 1 (cells "
+        f'per stage), got {spec!r}.')
+
+
+def CheckPipelineParams(p, where='network'):
+  """Raises ParamsError naming the first engine field of `p` (the params of
+  a PipelinedNetwork) whose type or range is wrong."""
+  cells = p.cells
+  if not isinstance(cells, (list, tuple)) or not all(
+      hasattr(c, 'Instantiate') for c in cells):
+    raise errors.ParamsError(
+        f'{where}.cells must be a list of layer params, got {cells!r}.')
+  _CheckTable(p, PIPELINE_FIELDS, where)
+  _CheckPartition(p.partition, where)
+  topology = dict(p.IterParams()).get('topology')
+  if topology is not None:
+    _CheckTable(topology, TOPOLOGY_FIELDS, f'{where}.topology')
+
+
+def CheckBatchSplits(batch_size, num_micro_batches, num_replicas=1,
+                     where='network'):
+  """The global batch must split into replicas, and each replica's batch
+  into num_micro_batches micro-batches. Returns the micro-batch size."""
+  if not PositiveInt(batch_size):
+    raise errors.ParamsError(
+        f'The training batch size must be an int >= 1, got {batch_size!r}.')
+  if batch_size % num_replicas:
+    raise errors.ParamsError(
+        f'The training batch size {batch_size} does not split into '
+        f'{num_replicas} replicas; use a multiple of {num_replicas}.')
+  per_replica = batch_size // num_replicas
+  if per_replica % num_micro_batches:
+    of = (f'the per-replica batch size {per_replica}' if num_replicas > 1
+          else f'the training batch size {batch_size}')
+    raise errors.ParamsError(
+        f'{where}.num_micro_batches={num_micro_batches} does not divide '
+        f'{of}; use a num_micro_batches that divides {per_replica}, or a '
+        f'batch size that is a multiple of {num_micro_batches * num_replicas} '
+        '(train.batch_size).')
+  return per_replica // num_micro_batches

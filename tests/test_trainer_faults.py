@@ -1,0 +1,166 @@
+"""Faults that belong to the trainer process, through the real trainer.py:
+SIGTERM and Ctrl-C save and exit with 143 and 130, a second Ctrl-C exits at
+once, a second trainer on a logdir refuses, a full disk keeps earlier
+checkpoints and leaves no partial one."""
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import tensorflow as tf
+
+from gpipe_lingvo import logdir_lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINER = os.path.join(ROOT, 'trainer.py')
+# Saves only when stopped (or at the end of a run that never ends here).
+LONG_RUN = ['--model=digits.ConvNet', '--mode=train', '--max_steps=100000',
+            '--model_params_override=task.train.save_interval_steps = 100000;'
+            ' task.train.log_interval_steps = 5']
+
+
+class _Trainer:
+  """trainer.py in a subprocess whose output (stdout and stderr) is read
+  line by line with a deadline."""
+
+  def __init__(self, *args, prefix=()):
+    self.proc = subprocess.Popen(
+        [*prefix, sys.executable, TRAINER, *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    self.lines = []
+    self._queue = queue.Queue()
+    threading.Thread(target=self._Read, daemon=True).start()
+
+  def _Read(self):
+    for line in self.proc.stdout:
+      self._queue.put(line.rstrip('\n'))
+    self._queue.put(None)
+
+  def WaitFor(self, predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      try:
+        line = self._queue.get(timeout=max(0.0, deadline - time.time()))
+      except queue.Empty:
+        break
+      if line is None:
+        break
+      self.lines.append(line)
+      if predicate(line):
+        return line
+    self.proc.kill()
+    raise AssertionError('trainer did not print the expected line:\n'
+                         + '\n'.join(self.lines[-20:]))
+
+  def Finish(self, timeout=120):
+    rc = self.proc.wait(timeout=timeout)
+    while True:
+      line = self._queue.get(timeout=timeout)
+      if line is None:
+        return rc
+      self.lines.append(line)
+
+
+def _Steps(logdir):
+  """Steps of the checkpoints on disk."""
+  return sorted(int(p[:-len('.index')].rsplit('-', 1)[1]) for p in
+                tf.io.gfile.glob(os.path.join(logdir, 'ckpt', 'ckpt-*.index')))
+
+
+def test_sigterm_and_ctrl_c_save_the_current_step(tmp_path):
+  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
+  t.WaitFor(lambda l: l.startswith('step'))
+  t.proc.send_signal(signal.SIGTERM)
+  assert t.Finish() == 143
+  n = _Steps(tmp_path)[-1]
+  assert n >= 5 and _Steps(tmp_path) == [n]
+  assert t.lines[-1] == (f'Stopped by SIGTERM at step {n}; saved '
+                         f'{tmp_path}/ckpt/ckpt-{n}. Rerun the same command '
+                         'to resume.')
+  assert not any('Traceback' in l for l in t.lines)
+
+  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
+  t.WaitFor(lambda l: l == f'Resumed from {tmp_path}/ckpt/ckpt-{n} at step '
+            f'{n}.')
+  t.WaitFor(lambda l: l.startswith('step'))
+  t.proc.send_signal(signal.SIGINT)
+  assert t.Finish() == 130
+  m = _Steps(tmp_path)[-1]
+  assert m > n and _Steps(tmp_path) == [n, m]
+  assert t.lines[-1].startswith(f'Stopped by SIGINT at step {m}; saved ')
+  assert not any('Traceback' in l for l in t.lines)
+
+
+def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
+  # The first step is being traced (Python) when the signal arrives, so the
+  # handler runs at once; the second signal meets the default action.
+  t.WaitFor(lambda l: l.startswith('Training from step 0'))
+  t.proc.send_signal(signal.SIGINT)
+  t.WaitFor(lambda l: l.startswith('Ctrl-C: stopping after this step'))
+  t.proc.send_signal(signal.SIGINT)
+  assert t.Finish() == -signal.SIGINT
+  assert _Steps(tmp_path) == []
+
+
+def test_second_trainer_on_a_logdir_refuses(tmp_path):
+  with logdir_lock.LogdirLock(str(tmp_path)):
+    t = _Trainer(f'--logdir={tmp_path}', '--mode=train', '--max_steps=2')
+    assert t.Finish() == 1
+  assert t.lines[-1].startswith(
+      f'ERROR: Another trainer is using logdir {tmp_path} (pid {os.getpid()} '
+      'on ')
+  assert sorted(os.listdir(tmp_path)) == ['trainer.lock']
+
+
+def _CanMountTmpfs(where):
+  try:
+    return subprocess.run(
+        ['unshare', '-Urm', 'mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs',
+         str(where)], capture_output=True, timeout=30).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
+  """A real ENOSPC: a 3 MB tmpfs (mounted in a user and mount namespace, no
+  root needed) holds two checkpoints of 1.2 MB and not a third."""
+  mnt = tmp_path / 'mnt'
+  mnt.mkdir()
+  if not shutil.which('unshare') or not _CanMountTmpfs(mnt):
+    pytest.skip('cannot mount a tmpfs in a user namespace here')
+  logdir = mnt / 'log'
+  left = tmp_path / 'left'
+  # Train until the disk is full, then copy out what is left (the tmpfs
+  # goes with the namespace).
+  script = (f'mount -t tmpfs -o size=3000k tmpfs {mnt} && "$@"; rc=$?; '
+            f'cp -r {logdir}/ckpt {left}; exit $rc')
+  t = _Trainer(f'--logdir={logdir}', '--model=digits.ConvNet', '--mode=train',
+               '--max_steps=100', '--model_params_override='
+               'task.train.save_interval_steps = 5',
+               prefix=('unshare', '-Urm', 'sh', '-c', script, 'sh'))
+  assert t.Finish() == 1
+  error = [l for l in t.lines if l.startswith('ERROR: ')]
+  assert len(error) == 1 and error[0].startswith(
+      'ERROR: Disk full: checkpoint ckpt-'), t.lines
+  assert 'No space left on device' in error[0]
+  assert ' MB is free' in error[0] and 'needs about ' in error[0]
+  assert not any('Traceback' in l for l in t.lines)
+  saved = [l.rsplit('/', 1)[1] for l in t.lines
+           if l.startswith('Saved checkpoint')]
+  assert saved and f'checkpoint is {logdir}/ckpt/{saved[-1]} ' in error[0]
+  failed = error[0].split()[4]
+  assert not list(left.glob(failed + '*'))  # Neither ckpt-N_temp nor files.
+  # The earlier checkpoints are whole: every tensor reads back.
+  assert tf.train.get_checkpoint_state(str(left)).model_checkpoint_path == (
+      f'{left}/{saved[-1]}')
+  for name in saved[-2:]:
+    reader = tf.train.load_checkpoint(str(left / name))
+    for key in reader.get_variable_to_shape_map():
+      reader.get_tensor(key)
