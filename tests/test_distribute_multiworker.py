@@ -219,7 +219,8 @@ def test_restarted_workers_resume_from_the_chief_checkpoint(scenario):
   assert f'[w0] Saved checkpoint {logdir}/ckpt/ckpt-{last + 2}' in out
   # Only the chief writes into the logdir.
   assert '[w1] Saved checkpoint' not in out
-  assert sorted(os.listdir(logdir)) == ['ckpt', 'params.txt', 'train']
+  assert sorted(os.listdir(logdir)) == ['ckpt', 'params.txt', 'train',
+                                      'trainer.lock']
   # The other worker's temporary logdir is deleted at its end; only the one
   # of the worker killed with SIGKILL in the first run remains.
   left = [d for d in os.listdir(scenario['tmp']) if d.startswith('gpipe_')]

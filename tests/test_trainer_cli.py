@@ -95,7 +95,10 @@ def test_max_steps_zero_saves_the_initial_variables_negative_is_refused(
   rc, out, _ = _Cli(capsys, f'--logdir={tmp_path}', '--mode=train_and_eval',
                     '--max_steps=0')
   assert rc == 0
+  # The world lines come first; then the run's own lines.
   lines = out.splitlines()
+  assert lines[0].startswith('world: 1 worker(s)')
+  lines = lines[3:]
   assert lines[0] == ('max_steps=0: nothing to train; saving the initial '
                       'variables as ckpt-0.')
   assert lines[1] == f'Saved checkpoint {tmp_path}/ckpt/ckpt-0'
