@@ -140,8 +140,9 @@ class Executor:
           self.bodies[k].MakeBody(in_struct=out_struct, num_in=len(in_specs),
                                   first=(k == 0), last=last,
                                   label_struct=labels_mb),
-          specs + [step_spec, mb_spec], self.devices[k],
-          self.stage_variables[k])
+          specs + [step_spec, mb_spec], self.stage_variables[k],
+          scope=lambda d=self.devices[k]: tf.device(d),
+          num_inputs=len(in_specs))
       fns.append(fn)
       if not last:
         out_struct = self.bodies[k].out_struct
@@ -230,10 +231,9 @@ class Executor:
           # Statistics of the recompute are aux outputs we drop: batch norm
           # counts each micro-batch once, in its forward.
           _, res = fn.Forward(Args(k, i_dep, xs))
-        in_grads, var_grads = fn.Backward(res, dys)
-        for a, v in zip(accs[k], fn.variables):
-          if v.ref() in var_grads:
-            a.assign_add(var_grads[v.ref()], read_value=False)
+        in_grads, var_grads = fn.Backward(res, dys, input_grads=k > 0)
+        for a, (_, g) in zip(accs[k], var_grads):
+          a.assign_add(g, read_value=False)
         if k > 0:
           slot = _Lookup(plan.grad_slots[k - 1], i)
           trainable = [tr for tr in fns[k - 1].diff_trainable]
