@@ -31,8 +31,8 @@ def testScheduleAnalytics(k, m):
   g = schedule.Build('gpipe', k, m)
   assert g.PeakStash() == [m] * k
   # Unit-cost forward and backward: the paper's bubble (K-1)/(M+K-1).
-  assert g.BubbleFraction(1, 1) == pytest.approx((k - 1) / (m + k - 1),
-                                                 abs=0.02)
+  assert g.BubbleFraction({'F': 1, 'B': 1, 'W': 0}) == pytest.approx(
+      (k - 1) / (m + k - 1), abs=0.02)
   c = schedule.Build('1f1b_classic', k, m)
   assert max(c.PeakStash()) <= k
   o = schedule.Build('1f1b', k, m)
@@ -44,9 +44,10 @@ def testScheduleAnalytics(k, m):
 def testUnknownScheduleAndDeadlock():
   with pytest.raises(schedule.ScheduleError, match='Unknown schedule'):
     schedule.Build('zigzag', 2, 2)
-  bad = [[schedule.Action('B', 0), schedule.Action('F', 0)]] * 2
+  bad = [[schedule.Action('B', k, 0), schedule.Action('F', k, 0)]
+         for k in range(2)]
   with pytest.raises(schedule.ScheduleError, match='deadlock'):
-    schedule.TickTable(bad, 1)
+    schedule.TickTable(bad, 1, [0, 1])
 
 
 # -- batch norm statistics -----------------------------------------------------

@@ -51,18 +51,23 @@ class Plan:
     self.remat = remat_flags
     r = lambda i: i if i >= 0 and remat_flags[i] else -1
     kp = lambda i: i if i >= 0 and not remat_flags[i] else -1
-    self.f_remat = _Table(table.fwd, r)
-    self.f_keep = _Table(table.fwd, kp)
-    self.b_remat = _Table(table.bwd, r)
-    self.b_keep = _Table(table.bwd, kp)
+    fwd = list(zip(*[table.Column('F', k) for k in range(k_all)]))
+    bwd = list(zip(*[table.Column('B', k) for k in range(k_all)]))
+    self.f_remat = _Table(fwd, r)
+    self.f_keep = _Table(fwd, kp)
+    self.b_remat = _Table(bwd, r)
+    self.b_keep = _Table(bwd, kp)
     self.in_slots, self.in_size = [None], [0]
+    tick = table.Tick
     for k in range(1, k_all):
-      s, n = schedule_lib.AssignSlots(table.InputLifetimes(k))
+      s, n = schedule_lib.AssignSlots([(tick('F', k - 1, i), tick('B', k, i))
+                                       for i in range(m)])
       self.in_slots.append(s)
       self.in_size.append(n)
     self.grad_slots, self.grad_size = [], []
     for k in range(k_all - 1):
-      s, n = schedule_lib.AssignSlots(table.GradLifetimes(k))
+      s, n = schedule_lib.AssignSlots([(tick('B', k + 1, i), tick('B', k, i))
+                                       for i in range(m)])
       self.grad_slots.append(s)
       self.grad_size.append(n)
     self.grad_slots.append(None)
