@@ -154,6 +154,7 @@ class StageFunction:
     self.diff_trainable = [_IsFloat(o.dtype) for o in t['diff']]
     self._forward_outputs = self._graph_def = None
     self._forward = self._backward = self._split = None
+    self.residual_specs, self.variables = [], []
     if backward:
       self._FindResiduals()
 
