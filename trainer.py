@@ -69,6 +69,8 @@ def Run(argv):
     if FLAGS.mode == 'summary':
       trainer.Summary()
       return 0
+    if FLAGS.mode == 'check':
+      return 0 if trainer.Check() else 1
     if not FLAGS.logdir:
       return _Fail('--logdir is required for --mode=' + FLAGS.mode)
     if FLAGS.mode == 'train':

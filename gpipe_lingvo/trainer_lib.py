@@ -1,4 +1,4 @@
-"""The generic trainer: train, eval, train_and_eval and summary modes.
+"""The generic trainer: train, eval, train_and_eval, summary and check modes.
 
 Used by trainer.py (flags) and by tests directly. Writes to the logdir:
   params.txt          the exact params of the run (Params.ToText)
@@ -20,8 +20,9 @@ from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import init_from_checkpoint
 from gpipe_lingvo import metrics as metrics_lib
+from gpipe_lingvo.pipeline import check as check_lib
 
-MODES = ('train', 'eval', 'train_and_eval', 'summary')
+MODES = ('train', 'eval', 'train_and_eval', 'summary', 'check')
 
 
 class TrainerError(RuntimeError):
@@ -246,6 +247,26 @@ class Trainer:
       self._print(f'{name:<{width}}  {shp:<40}  {n:,}')
     self._print(f'total trainable parameters: {total}')
     return total
+
+
+  # -- check -------------------------------------------------------------------
+
+  def Check(self):
+    """Compares the pipelined network with its cells un-pipelined on one
+    training batch (pipeline/check.py) and prints the loss and the largest
+    relative gradient difference per variable. Returns True if within
+    tolerance. Writes nothing."""
+    train_input = self._Input('train')
+    train_input.CheckData()
+    batch = next(iter(train_input.GetDataset()))
+    try:
+      result = check_lib.CompareWithUnpipelined(
+          self.task.network, *self.task.NetworkInputs(batch))
+    except ValueError as e:
+      raise TrainerError(f'--mode=check: {e}') from e
+    for line in result.Lines():
+      self._print(line)
+    return result.ok
 
 
 def _TraceShape(layer, spec_structure):
