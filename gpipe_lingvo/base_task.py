@@ -80,6 +80,9 @@ class ClassificationTask(base_layer.BaseLayer):
     """Creates optimizer slots; not done in __init__ so that building a
     model only to count its parameters allocates no slot memory."""
     self.optimizer.Build(self.TrainableVariables())
+    if hasattr(self.network, 'CreateGradientAccumulators'):
+      # The pipeline's gradient sums, before any train step is traced.
+      self.network.CreateGradientAccumulators()
 
   # -- pieces the pipeline engine calls per micro-batch ----------------------
 

@@ -329,9 +329,20 @@ class PipelinedNetwork(base_layer.BaseLayer):
     (count, sum, sum_sq) tuples batch norm recorded in the forwards.
     """
     if tf.executing_eagerly():
+      self.CreateGradientAccumulators()
       return tf.function(self._Step, autograph=False)(
           inputs, labels_nest, loss_fn, step)
     return self._Step(inputs, labels_nest, loss_fn, step)
+
+  def CreateGradientAccumulators(self) -> None:
+    """Creates the variables gradients are summed in (one per trainable
+    variable, where it lives). Call before tracing a training step (the
+    task's BuildOptimizer does): a variable created during a tf.function
+    trace makes TensorFlow trace the whole step twice."""
+    for c in range(self.num_chunks):
+      for v in self.ChunkVariables(c):
+        if v.trainable:
+          self._GradAccumulator(v, c)
 
   def _GradAccumulator(self, var, chunk):
     """A persistent, untracked variable in which var's gradient is summed

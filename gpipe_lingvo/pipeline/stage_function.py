@@ -17,12 +17,12 @@ How: the chunk's forward and its gradient (`tf.gradients`) are traced
 together into one graph with `tf.compat.v1.wrap_function`. The residuals
 are the forward tensors the gradient ops read, found by walking that graph;
 reads of variables (and their casts) and constants are not residuals, the
-backward reads them again. The forward is cut out with
-`WrappedFunction.prune`. The backward pieces are cut from a copy of the
-graph in which each residual (and, for W, each weight input) is replaced by
-an input (`import_graph_def`'s `input_map`), so that a piece can contain no
-forward op: `prune` alone also copies the ancestors of its feeds, and
-stateful ones among them would run again.
+backward reads them again. Each piece is the part of the graph its outputs
+need when its inputs are given (residuals, and for W the B->W tensors, cut
+the graph), imported into a function of its own with `import_graph_def`, so
+no piece contains an op it does not need: a backward never re-runs a
+forward op. (`WrappedFunction.prune` would also copy the ancestors of its
+inputs, and stateful ones among them would run again.)
 
 Only public TensorFlow APIs are used, but the cut depends on how TensorFlow
 lays out gradient graphs, so the module checks the version it was tested
@@ -147,12 +147,19 @@ class StageFunction:
 
     self._g1 = tf.compat.v1.wrap_function(Traced, list(arg_specs))
     self._t = t
+    # Captured values (variable handles, tensors of an enclosing function)
+    # follow the arguments among the traced graph's inputs.
+    self._captures = list(self._g1.inputs[self.num_args:])
+    self._capture_values = list(self._g1.captured_inputs)
+    if len(self._captures) != len(self._capture_values):
+      raise StageFunctionError('Unexpected layout of the traced chunk: '
+                               'captured inputs do not line up.')
     self.num_diff = len(t['diff'])
     self.num_aux = len(t['aux'])
     self.output_specs = [tf.TensorSpec(o.shape, o.dtype)
                          for o in t['diff'] + t['aux']]
     self.diff_trainable = [_IsFloat(o.dtype) for o in t['diff']]
-    self._forward_outputs = self._graph_def = None
+    self._forward_outputs = self._nodes = None
     self._forward = self._backward = self._split = None
     self.residual_specs, self.variables = [], []
     if backward:
@@ -178,13 +185,7 @@ class StageFunction:
 
   def _FindResiduals(self):
     t, g1 = self._t, self._g1
-    captures = list(g1.inputs[self.num_args:])
-    self._capture_values = list(g1.captured_inputs)
-    if len(captures) != len(self._capture_values):
-      raise StageFunctionError('Unexpected layout of the traced chunk: '
-                               'captured inputs do not line up.')
-    self._captures = captures
-    cut = _GraphCut(g1.graph, t['num_forward_ops'], captures)
+    cut = _GraphCut(g1.graph, t['num_forward_ops'], self._captures)
     self._cut = cut
     residuals = {}
     for op in g1.graph.get_operations()[t['num_forward_ops']:]:
@@ -214,37 +215,66 @@ class StageFunction:
     self._in_grad_pos = [j for j, g in enumerate(t['in_grads'])
                          if g is not None]
 
-  def _Import(self, cut_tensors, fetches):
-    """A function of `cut_tensors` computing `fetches`, from a copy of the
-    traced graph in which each cut tensor is replaced by an input."""
-    if self._graph_def is None:
-      self._graph_def = self._g1.graph.as_graph_def()
-    graph_def = self._graph_def
-    names = [f.name for f in fetches]
-    got = {}
+  def _Extract(self, feeds, fetches):
+    """A function of `feeds` computing `fetches`: the nodes of the traced
+    graph the fetches need when the feeds are given, imported into a new
+    function with each feed (and each captured value) as an input."""
+    if self._nodes is None:
+      graph_def = self._g1.graph.as_graph_def()
+      self._nodes = {n.name: n for n in graph_def.node}
+      self._library, self._versions = graph_def.library, graph_def.versions
+    fed = {t.name for t in feeds}
+    captured = {t.name: v for t, v in zip(self._captures,
+                                          self._capture_values)}
+    keep, used, todo = {}, set(), [f.op.name for f in fetches
+                                   if f.name not in fed]
+    while todo:
+      name = todo.pop()
+      if name in keep:
+        continue
+      node = keep[name] = self._nodes[name]
+      if node.op == 'Placeholder':
+        raise StageFunctionError(
+            f'A piece of the chunk needs {name}, which is neither an input '
+            'of the piece nor a captured value.')
+      for inp in node.input:
+        src = inp[1:] if inp.startswith('^') else inp
+        tensor = src if ':' in src else src + ':0'
+        if not inp.startswith('^') and (tensor in fed or tensor in captured):
+          used.add(tensor)
+        else:
+          todo.append(src.split(':')[0])
+    graph_def = tf.compat.v1.GraphDef(versions=self._versions,
+                                      library=self._library)
+    for node in keep.values():
+      copy = graph_def.node.add()
+      copy.CopyFrom(node)
+      copy.attr.pop('_class', None)  # colocation with nodes left out
 
-    def Imported(*feeds):
-      input_map = {c.name: f for c, f in zip(cut_tensors, feeds)}
-      for inner, outer in zip(self._captures, self._capture_values):
+    def Imported(*args):
+      input_map = {t.name: a for t, a in zip(feeds, args) if t.name in used}
+      for name in used & set(captured):
         # An op on the outer value captures it here (variable handles and
         # tensors of an enclosing function alike).
-        input_map[inner.name] = tf.identity(outer)
-      got['fetches'] = tf.compat.v1.import_graph_def(
-          graph_def, input_map=input_map, return_elements=names,
-          name='cut')
-      got['feeds'] = list(feeds)
-      return []
+        input_map[name] = tf.identity(captured[name])
+      by_name = {t.name: a for t, a in zip(feeds, args)}
+      out = tf.compat.v1.import_graph_def(
+          graph_def, input_map=input_map,
+          return_elements=[f.name for f in fetches if f.name not in fed],
+          name='piece')
+      out = iter(out)
+      return [by_name[f.name] if f.name in fed else next(out)
+              for f in fetches]
 
-    g = tf.compat.v1.wrap_function(
-        Imported, [tf.TensorSpec(c.shape, c.dtype) for c in cut_tensors])
-    return g.prune(got['feeds'], got['fetches'])
+    return tf.compat.v1.wrap_function(
+        Imported, [tf.TensorSpec(t.shape, t.dtype) for t in feeds])
 
   # -- lazily built pieces -------------------------------------------------------
 
   def _ForwardFn(self):
     if self._forward is None:
       t = self._t
-      self._forward = self._g1.prune(
+      self._forward = self._Extract(
           t['args'], t['diff'] + t['aux'] + self._residuals)
     return self._forward
 
@@ -256,7 +286,7 @@ class StageFunction:
       t = self._t
       in_grads = [g for g in t['in_grads'] if g is not None] if key else []
       fetches = in_grads + t['var_grads']
-      self._backward[key] = (self._Import(self._residuals + t['dys'], fetches)
+      self._backward[key] = (self._Extract(self._residuals + t['dys'], fetches)
                              if fetches else None)
     return self._backward[key]
 
@@ -294,8 +324,8 @@ class StageFunction:
               f'A tensor kept for the weight gradient ({x.name}) has shape '
               f'{x.shape} and dtype {x.dtype.name}; it cannot be stashed.')
       b_fetches = (in_grads if key else []) + w_inputs
-      b_fn = self._Import(stops, b_fetches) if b_fetches else None
-      w_fn = self._Import(w_inputs, t['var_grads']) if t['var_grads'] else None
+      b_fn = self._Extract(stops, b_fetches) if b_fetches else None
+      w_fn = self._Extract(w_inputs, t['var_grads']) if t['var_grads'] else None
       specs = [tf.TensorSpec(x.shape, x.dtype) for x in w_inputs]
       self._split[key] = (b_fn, w_fn, specs)
     return self._split[key]
@@ -306,7 +336,7 @@ class StageFunction:
     """Outputs and aux outputs of one call (no residuals)."""
     if self._forward_outputs is None:
       t = self._t
-      self._forward_outputs = self._g1.prune(t['args'], t['diff'] + t['aux'])
+      self._forward_outputs = self._Extract(t['args'], t['diff'] + t['aux'])
     with self._scope():
       return list(self._forward_outputs(*flat_args))
 
