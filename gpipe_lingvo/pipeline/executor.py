@@ -251,8 +251,14 @@ class _StepGraph:
     self.labels_flat = (None if labels_mb is None else
                         tf.nest.flatten(labels_mb))
     self.step = step
-    self.columns = {key: tf.constant(col)
-                    for key, col in plan.columns.items()}
+    self.chunk_device = plan.table.chunk_device
+    self.k_all = plan.table.num_devices
+    table = plan.table
+    if table.one_action_per_tick:
+      self.slots = [(F, B, W)]
+    else:
+      self.slots = [(F,), (B,), (W,)][:1 if table.forward_only else
+                                      3 if table.split_backward else 2]
     self.accs = {}
 
   # -- buffers -----------------------------------------------------------------
@@ -312,31 +318,62 @@ class _StepGraph:
         maximum_iterations=t_all)[0]
 
   def Tick(self, s: _State) -> _State:
-    """One clock tick: forwards, then backwards, then weight gradients."""
-    s = self._Forwards(s)
-    if not self.plan.table.forward_only:
-      s = self._Backwards(s)
-      if self.plan.table.split_backward:
-        s = self._Weights(s)
+    """One clock tick. Each device runs its slots in the order of the
+    tick rule (F, then B, then W; one slot for all three when the schedule
+    runs one action per tick), each slot one tf.switch_case over the
+    actions it may run. Actions read other chunks' buffers as they were at
+    the start of the tick, so devices do not wait for each other."""
+    start = s
+    for kinds in self.slots:
+      for d in range(self.k_all):
+        s = self._Slot(kinds, d, s, start)
     return s._replace(t=s.t + 1)
 
-  def _Each(self, kind, s, branch, touched):
-    """For each chunk and variant that runs `kind`: tf.cond on this tick's
-    micro-batch. touched(c, s) -> the parts of state s the action may
-    change (a dict); branch(c, i, recompute, parts) -> the new parts."""
-    for c in range(self.c_all):
-      for recompute in ((False,) if kind == W else (False, True)):
-        if not self.plan.Runs(kind, recompute, c):
-          continue
-        i = self.columns[(kind, recompute)][s.t, c]
-        parts = touched(c, s)
-        new = tf.cond(
-            i >= 0,
-            lambda c=c, i=i, r=recompute, p=parts: branch(
-                c, tf.maximum(i, 0), r, dict(p)),
-            lambda p=parts: dict(p))
-        s = self._Put(s, new)
-    return s
+  def _Slot(self, kinds, d, s: _State, start: _State) -> _State:
+    variants = [(kind, c, recompute) for kind in kinds
+                for c in range(self.c_all) if self.chunk_device[c] == d
+                for recompute in ((False,) if kind == W else (False, True))
+                if self.plan.Runs(kind, recompute, c)]
+    if not variants:
+      return s
+    # Which variant runs at each tick (0: none) and on which micro-batch.
+    which = np.zeros(self.plan.table.num_ticks, np.int32)
+    mb = np.zeros(self.plan.table.num_ticks, np.int32)
+    for j, (kind, c, recompute) in enumerate(variants):
+      col = self.plan.columns[(kind, recompute)][:, c]
+      assert not (which[col >= 0]).any(), 'two actions in one slot'
+      which[col >= 0] = j + 1
+      mb[col >= 0] = col[col >= 0]
+    parts = {}
+    for kind, c, _ in variants:
+      parts.update(self._Touched(kind, c, s))
+    i = tf.gather(tf.constant(mb), s.t)
+    act = {F: self._Forward, B: self._Backward, W: self._Weight}
+    branches = [lambda: dict(parts)] + [
+        lambda v=v: act[v[0]](v[1], i, v[2], dict(parts), start)
+        for v in variants]
+    return self._Put(s, tf.switch_case(tf.gather(tf.constant(which), s.t),
+                                       branches))
+
+  def _Touched(self, kind, c, s: _State) -> dict:
+    """The parts of state s an action of `kind` on chunk c may change."""
+    if kind == W:
+      return {('weight_inputs', c): s.weight_inputs[c]}
+    if kind == B:
+      parts = {('residuals', c): s.residuals[c]}
+      if c > 0:
+        parts[('grads', c - 1)] = s.grads[c - 1]
+      if self.plan.table.split_backward:
+        parts[('weight_inputs', c)] = s.weight_inputs[c]
+      return parts
+    parts = {('aux', c): s.aux[c], ('residuals', c): s.residuals[c]}
+    if c < self.c_all - 1:
+      parts[('acts', c + 1)] = s.acts[c + 1]
+    elif self.plan.table.forward_only:
+      parts[('outputs', _WHOLE)] = s.outputs
+    else:
+      parts[('loss', _WHOLE)] = s.loss
+    return parts
 
   @staticmethod
   def _Put(s: _State, parts: dict) -> _State:
@@ -365,97 +402,68 @@ class _StepGraph:
       return [tf.gather(t, i) for t in self.x_flat]
     return [ta.read(_Lookup(self.plan.inputs[c], i)) for ta in acts_c]
 
-  def _Forwards(self, s: _State) -> _State:
-    start = s  # every forward reads the buffers as they were at tick start
-    last = self.c_all - 1
-    forward_only = self.plan.table.forward_only
-
-    def Touched(c, s):
-      parts = {('aux', c): s.aux[c], ('residuals', c): s.residuals[c]}
-      if c < last:
-        parts[('acts', c + 1)] = s.acts[c + 1]
-      elif forward_only:
-        parts[('outputs', _WHOLE)] = s.outputs
+  def _Forward(self, c, i, recompute, parts, start):
+    """F of chunk c on micro-batch i: outputs to the next chunk's buffer (or
+    the loss / the outputs), aux sums, and residuals unless recomputed."""
+    fn, last = self.fns[c], self.c_all - 1
+    with self.scope(c):
+      args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
+      if recompute:
+        outs, res = fn.ForwardOutputs(args), []
       else:
-        parts[('loss', _WHOLE)] = s.loss
-      return parts
+        outs, res = fn.Forward(args)
+      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)],
+                                                 outs[fn.num_diff:])]
+      outs = outs[:fn.num_diff]
+      if c < last:
+        slot = _Lookup(self.plan.inputs[c + 1], i)
+        parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
+                                  zip(parts[('acts', c + 1)], outs)]
+      elif self.plan.table.forward_only:
+        parts[('outputs', _WHOLE)] = [
+            ta.write(i, o) for ta, o in zip(parts[('outputs', _WHOLE)], outs)]
+      else:
+        parts[('loss', _WHOLE)] += outs[0]
+      if res:
+        slot = _Lookup(self.plan.residuals[c], i)
+        parts[('residuals', c)] = [ta.write(slot, r) for ta, r in
+                                   zip(parts[('residuals', c)], res)]
+    return parts
 
-    def Branch(c, i, recompute, parts):
-      fn = self.fns[c]
-      with self.scope(c):
-        args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
-        if recompute:
-          outs, res = fn.ForwardOutputs(args), []
-        else:
-          outs, res = fn.Forward(args)
-        parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)],
-                                                   outs[fn.num_diff:])]
-        outs = outs[:fn.num_diff]
-        if c < last:
-          slot = _Lookup(self.plan.inputs[c + 1], i)
-          parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
-                                    zip(parts[('acts', c + 1)], outs)]
-        elif forward_only:
-          parts[('outputs', _WHOLE)] = [
-              ta.write(i, o) for ta, o in zip(parts[('outputs', _WHOLE)], outs)]
-        else:
-          parts[('loss', _WHOLE)] += outs[0]
-        if res:
-          slot = _Lookup(self.plan.residuals[c], i)
-          parts[('residuals', c)] = [ta.write(slot, r) for ta, r in
-                                     zip(parts[('residuals', c)], res)]
-      return parts
-
-    return self._Each(F, s, Branch, Touched)
-
-  def _Backwards(self, s: _State) -> _State:
-    start = s  # gradients are read as they were at tick start
-    split = self.plan.table.split_backward
-
-    def Touched(c, s):
-      parts = {('residuals', c): s.residuals[c]}
-      if c > 0:
-        parts[('grads', c - 1)] = s.grads[c - 1]
-      if split:
-        parts[('weight_inputs', c)] = s.weight_inputs[c]
-      return parts
-
-    def Branch(c, i, recompute, parts):
-      fn = self.fns[c]
-      with self.scope(c):
-        dys = self._OutputGrads(c, i, start.grads[c])
-        if recompute:
-          res = self._Recompute(c, i, dys, start.acts[c])
-        else:
-          slot = _Lookup(self.plan.residuals[c], i)
-          res = [ta.read(slot) for ta in parts[('residuals', c)]]
-        if split:
-          in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
-          slot = _Lookup(self.plan.weight_inputs[c], i)
-          parts[('weight_inputs', c)] = [
-              ta.write(slot, x) for ta, x in
-              zip(parts[('weight_inputs', c)], w_in)]
-        else:
-          in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
-          self._Accumulate(var_grads)
-        if c > 0:
-          parts[('grads', c - 1)] = self._WriteInputGrads(
-              c, i, in_grads, parts[('grads', c - 1)])
-      return parts
-
-    return self._Each(B, s, Branch, Touched)
-
-  def _Weights(self, s: _State) -> _State:
-    def Branch(c, i, _, parts):
-      with self.scope(c):
+  def _Backward(self, c, i, recompute, parts, start):
+    """B of chunk c on micro-batch i: the gradient of its input to the
+    previous chunk's buffer; weight gradients accumulated, or (split
+    backward) the weight inputs stashed for W."""
+    fn = self.fns[c]
+    with self.scope(c):
+      dys = self._OutputGrads(c, i, start.grads[c])
+      if recompute:
+        res = self._Recompute(c, i, dys, start.acts[c])
+      else:
+        slot = _Lookup(self.plan.residuals[c], i)
+        res = [ta.read(slot) for ta in parts[('residuals', c)]]
+      if self.plan.table.split_backward:
+        in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
         slot = _Lookup(self.plan.weight_inputs[c], i)
-        w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
-        self._Accumulate(self.fns[c].BackwardWeights(w_in,
-                                                     input_grads=c > 0))
-      return parts
+        parts[('weight_inputs', c)] = [
+            ta.write(slot, x) for ta, x in
+            zip(parts[('weight_inputs', c)], w_in)]
+      else:
+        in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
+        self._Accumulate(var_grads)
+      if c > 0:
+        parts[('grads', c - 1)] = self._WriteInputGrads(
+            c, i, in_grads, parts[('grads', c - 1)])
+    return parts
 
-    return self._Each(W, s, Branch,
-                      lambda c, s: {('weight_inputs', c): s.weight_inputs[c]})
+  def _Weight(self, c, i, recompute, parts, start):
+    """W of chunk c on micro-batch i, from the weight inputs B stashed."""
+    del recompute, start
+    with self.scope(c):
+      slot = _Lookup(self.plan.weight_inputs[c], i)
+      w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
+      self._Accumulate(self.fns[c].BackwardWeights(w_in, input_grads=c > 0))
+    return parts
 
   def _OutputGrads(self, c, i, grads_c):
     if c == self.c_all - 1:
