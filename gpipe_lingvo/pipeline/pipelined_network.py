@@ -167,7 +167,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
           p.schedule, p.num_stages, self.effective_micro_batches,
           p.virtual_stages)
     except schedule_lib.ScheduleError as e:
-      raise schedule_lib.ScheduleError(f'{self.path}: {e}') from None
+      note = (' (batch_norm_mode full_batch runs the step as one '
+              'micro-batch)' if self.full_batch_bn else '')
+      raise schedule_lib.ScheduleError(f'{self.path}: {e}{note}') from None
     self._remat_flags = executor_lib.RematFlags(
         p.remat, self.effective_micro_batches)
 
