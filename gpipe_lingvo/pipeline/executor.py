@@ -91,39 +91,45 @@ class Plan:
   def __init__(self, table: schedule_lib.TickTable, remat: Sequence[bool]):
     self.table = table
     self.remat = list(remat)
-    c_all, m = table.num_chunks, table.num_micro_batches
-    self.columns = {}  # (kind, recompute) -> int32 [ticks, chunks]
-    for kind in (F, B):
-      for recompute in (False, True):
-        self.columns[(kind, recompute)] = np.array(
-            [[i if i >= 0 and self.remat[i] == recompute else -1
-              for i in table.Column(kind, c)] for c in range(c_all)],
-            np.int32).T.reshape(table.num_ticks, c_all)
-    self.columns[(W, False)] = np.array(
-        [table.Column(W, c) for c in range(c_all)],
-        np.int32).T.reshape(table.num_ticks, c_all)
-    tick = table.Tick
-    kept = [i for i in range(m) if not self.remat[i]]
+    # (kind, recompute) -> int32 [ticks, chunks]: the micro-batch of each
+    # chunk's action of that kind and variant at each tick, or -1.
+    self.columns = {(kind, recompute): self._Column(kind, recompute)
+                    for kind in (F, B) for recompute in (False, True)}
+    self.columns[(W, False)] = self._Column(W, None)
+    self._AssignSlots()
 
-    def LastInputRead(c, i):
-      return tick(B, c, i) if self.remat[i] and not table.forward_only else (
-          tick(F, c, i))
+  def _Column(self, kind, recompute):
+    t = self.table
+    return np.array(
+        [[i if i >= 0 and (recompute is None or self.remat[i] == recompute)
+          else -1 for i in t.Column(kind, c)] for c in range(t.num_chunks)],
+        np.int32).T.reshape(t.num_ticks, t.num_chunks)
 
+  def _AssignSlots(self):
+    """Buffer slots from lifetimes in the table: a chunk's input from its
+    producer's F to its own F (to its B when recomputed); the gradient of
+    its outputs from the next chunk's B to its own B; kept residuals from F
+    to B; weight inputs from B to W."""
+    t = self.table
+    c_all, m, tick = t.num_chunks, t.num_micro_batches, t.Tick
+    last_read = lambda c, i: tick(B if self.remat[i] and not t.forward_only
+                                  else F, c, i)
     self.inputs = [None] + [
-        _Slots([(tick(F, c - 1, i), LastInputRead(c, i)) for i in range(m)])
+        _Slots([(tick(F, c - 1, i), last_read(c, i)) for i in range(m)])
         for c in range(1, c_all)]
-    if table.forward_only:
+    if t.forward_only:
       self.grads = self.residuals = self.weight_inputs = [None] * c_all
       return
     self.grads = [_Slots([(tick(B, c + 1, i), tick(B, c, i))
                           for i in range(m)]) for c in range(c_all - 1)]
     self.grads.append(None)
+    kept = [i for i in range(m) if not self.remat[i]]
     self.residuals = [_Slots([(tick(F, c, i), tick(B, c, i))
                               for i in range(m)], kept)
                       for c in range(c_all)]
     self.weight_inputs = [
-        _Slots(table.WeightStashLifetimes(c)) if table.split_backward
-        else None for c in range(c_all)]
+        _Slots(t.WeightStashLifetimes(c)) if t.split_backward else None
+        for c in range(c_all)]
 
   def Runs(self, kind: str, recompute: bool, chunk: int) -> bool:
     return bool((self.columns[(kind, recompute)][:, chunk] >= 0).any())
