@@ -86,7 +86,7 @@ def _SetDataDir(params, data_dir):
 
 
 def _CheckFlags():
-  if FLAGS.mode not in ('summary', 'plan') and not FLAGS.logdir:
+  if FLAGS.mode not in ('summary', 'plan', 'check') and not FLAGS.logdir:
     raise UsageError(f'--logdir is required for --mode={FLAGS.mode}.')
   if FLAGS.checkpoint and FLAGS.mode != 'eval':
     raise UsageError(
@@ -121,13 +121,17 @@ def _StartWorld(params):
 
 
 def _RunMode(trainer, max_steps):
+  """Runs FLAGS.mode; returns the exit status."""
   if FLAGS.mode == 'summary':
     trainer.Summary()
+  elif FLAGS.mode == 'check':
+    return 0 if trainer.Check() else 1
   elif FLAGS.mode == 'eval':
     trainer.Evaluate(FLAGS.eval_split, checkpoint_path=FLAGS.checkpoint)
   else:
     trainer.Train(max_steps, evaluate_splits=(
         (FLAGS.eval_split,) if FLAGS.mode == 'train_and_eval' else ()))
+  return 0
 
 
 def _Run():
@@ -156,7 +160,7 @@ def _Run():
     trainer = trainer_lib.Trainer(params, FLAGS.logdir or '',
                                   replicas=replicas,
                                   timeline_at_step=FLAGS.timeline_at_step)
-    _RunMode(trainer, max_steps)
+    rc = _RunMode(trainer, max_steps)
     done = True
   except tf.errors.OpError as e:
     if replicas is None or not replicas.world.is_multi_worker:
@@ -169,7 +173,7 @@ def _Run():
   finally:
     if replicas is not None:
       replicas.Close(wait_for_peers=done)
-  return 0
+  return rc
 
 
 def Run(argv):

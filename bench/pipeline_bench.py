@@ -1,12 +1,17 @@
-"""GPipe engine benchmarks: overlap, memory, overhead, graph build.
+"""GPipe engine benchmarks: schedules, overlap, memory, overhead, graph build.
 
 Each configuration runs in its own subprocess, because threading and logical
 devices must be configured before TensorFlow initialises. Prints markdown
 tables. Usage (from the repository root):
 
-  python bench/pipeline_bench.py                 # everything, < 10 minutes
-  python bench/pipeline_bench.py --sections=overlap,memory
+  python bench/pipeline_bench.py                 # everything
+  python bench/pipeline_bench.py --sections=bubble,schedules
   python bench/pipeline_bench.py --sections=graph --model=cifar.AmoebaNetD
+
+Sections: bubble (simulated from the tick tables with measured per-cell F,
+B, W costs), schedules (measured step time and peak memory of every
+schedule at K=2 and K=4), stage (stage functions against tf.GradientTape on
+the same cells), overlap, memory, overhead, graph.
 """
 import argparse
 import json
@@ -18,7 +23,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ('overlap', 'memory', 'overhead', 'graph')
+SECTIONS = ('bubble', 'schedules', 'stage', 'overlap', 'memory', 'overhead',
+            'graph')
+# Every schedule with its chunks per device (virtual_stages).
+SCHEDULE_ROWS = (('gpipe', 1), ('1f1b', 1), ('1f1b_classic', 1),
+                 ('interleaved_1f1b', 2), ('zb_h1', 1), ('zb_v', 2))
 
 
 # -- worker (one configuration per process) ------------------------------------
@@ -72,8 +81,88 @@ def _ModelCells(name, image_shape=None):
   return list(net.cells), shape, p.task.num_classes
 
 
+def _Interleaved(fns, reps):
+  """Median seconds per call of each function, calling them in turn in
+  every round so that load changes affect all alike. (A tf.function call
+  on CPU returns when its ops are done.)"""
+  for fn in fns.values():
+    fn()  # trace and warm up
+  times = {name: [] for name in fns}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def StagePieces(cfg, cells, x, y, loss_fn):
+  """Milliseconds per call of a chunk's pieces at micro-batch size
+  batch/M. kind 'costs': one cell (F, B, W, fused backward). kind 'stage':
+  the first `cells` cells through the stage functions against
+  tf.GradientTape on the same cells, kept and recomputed."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo import context  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo import layers  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo.pipeline import stage_function  # pylint: disable=g-import-not-at-top
+  del y, loss_fn
+  n_cells = 1 if cfg['kind'] == 'costs' else cfg['cells']
+  net = layers.Sequential.Params().Set(name='net',
+                                       cells=cells[:n_cells]).Instantiate()
+  variables = net.TrainableVariables()
+  xb = x[:cfg['batch'] // cfg['m']]
+
+  def Body(x):
+    with context.Scope(training=True, step=0, micro_batch=0, stats={}):
+      return [net.FProp(x)], []
+
+  fn = stage_function.StageFunction(Body, [tf.TensorSpec(xb.shape, xb.dtype)],
+                                    variables)
+  dy = tf.ones(fn.output_specs[0].shape, fn.output_specs[0].dtype)
+  _, res0 = fn.Forward([xb])
+  _, win0 = fn.BackwardInput(res0, [dy])
+  # Every piece returns input and weight gradients (a middle chunk's job).
+  grads = lambda out: [g for g in out[0] if g is not None] + [
+      g for _, g in out[1]]
+
+  def Jit(f, *args):
+    # Inputs are arguments, not captured constants that grappler could fold.
+    g = tf.function(f, autograph=False)
+    return lambda: g(*args)
+
+  pieces = {
+      'F': Jit(lambda x: fn.ForwardOutputs([x]), xb),
+      'F_res': Jit(lambda x: fn.Forward([x]), xb),
+      'B': Jit(lambda r, d: fn.BackwardInput(r, [d]), res0, dy),
+      'W': Jit(lambda w: [g for _, g in fn.BackwardWeights(w)], win0),
+      'BW': Jit(lambda r, d: grads(fn.Backward(r, [d])), res0, dy),
+      'keep': Jit(lambda x, d: grads(fn.Backward(fn.Forward([x])[1], [d])),
+                  xb, dy),
+      'recompute': Jit(lambda x, d: (fn.ForwardOutputs([x]), grads(
+          fn.Backward(fn.Forward([x])[1], [d]))), xb, dy),
+  }
+
+  def Tape(recompute):
+    def Fn(x, d):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = Body(x)[0][0]
+      g = tape.gradient(out, [x] + variables, output_gradients=d)
+      return (Body(x)[0], g) if recompute else g
+    return Jit(Fn, xb, dy)
+
+  pieces['tape_keep'] = Tape(False)
+  pieces['tape_recompute'] = Tape(True)
+  times = _Interleaved(pieces, cfg.get('reps', 20))
+  return {name: 1e3 * t for name, t in times.items()}
+
+
 def Worker(cfg):
   os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  if cfg.get('memory'):
+    # CPU allocator statistics (get_memory_info) need TensorFlow's BFC
+    # allocator on the CPU; it must be chosen before TensorFlow starts.
+    os.environ['TF_CPU_ALLOCATOR_USE_BFC'] = 'true'
   sys.path.insert(0, ROOT)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if cfg.get('intra'):
@@ -107,6 +196,10 @@ def Worker(cfg):
                                                          logits=logits)
     return tf.reduce_sum(per) / n, {}
 
+  if cfg['kind'] in ('costs', 'stage'):
+    print('RESULT ' + json.dumps(StagePieces(cfg, cells, x, y, LossFn)),
+          flush=True)
+    return
   if cfg['kind'] == 'plain':
     net = layers.Sequential.Params().Set(name='net', cells=cells).Instantiate()
     variables = net.TrainableVariables()
@@ -124,8 +217,9 @@ def Worker(cfg):
     net = pipelined_network.PipelinedNetwork.Params().Set(
         name='net', cells=cells, num_stages=cfg['k'],
         num_micro_batches=cfg['m'], schedule=cfg.get('schedule', 'gpipe'),
-        remat=cfg.get('remat', 'never'),
+        virtual_stages=cfg.get('v', 1), remat=cfg.get('remat', 'never'),
         parallel_iterations=cfg.get('parallel_iterations', 1)).Instantiate()
+    net.CreateGradientAccumulators()
     variables = net.TrainableVariables()
 
     @tf.function
@@ -189,6 +283,102 @@ def Run(cfg, timeout=300):
     if line.startswith('RESULT '):
       return json.loads(line[len('RESULT '):])
   raise RuntimeError(f'config {cfg} failed:\n{r.stderr[-3000:]}')
+
+
+def _ChunkCosts(cell_costs, num_cells, num_chunks):
+  """Per-chunk (kind, chunk) -> ms for a uniform partition of identical
+  cells (earlier chunks take the remainder, as partition.Partition)."""
+  base, extra = divmod(num_cells, num_chunks)
+  costs = {}
+  for c in range(num_chunks):
+    n = base + (1 if c < extra else 0)
+    for kind in ('F', 'B', 'W'):
+      costs[(kind, c)] = n * cell_costs[kind]
+  return costs
+
+
+def Bubble(args):
+  """Simulated bubble of every schedule from its tick table, with F, B and
+  W of one dense cell measured at the micro-batch size (one thread)."""
+  sys.path.insert(0, ROOT)
+  from gpipe_lingvo.pipeline import schedule  # pylint: disable=g-import-not-at-top  (pure Python)
+  cells = 16
+  print('\n### Simulated bubble per schedule (tick tables, measured costs)\n')
+  print(f'Network: {cells} dense {args.width}x{args.width} tanh cells, batch '
+        f'{args.batch}, one intra-op thread; F, B (input gradient) and W '
+        '(weight gradient) of one cell measured at the micro-batch size '
+        '(median of 20 calls) and summed per chunk; a chunk on the same '
+        'device costs the same. Bubble = idle fraction of device-time when '
+        'each tick lasts as long as its busiest device; remat never.\n')
+  for m in (8, 32):
+    cost = Run(dict(net='dense', cells=1, width=args.width, batch=args.batch,
+                    m=m, kind='costs', intra=1, inter=1, reps=20))
+    print(f'M={m} (micro-batch {args.batch // m}): one cell F {cost["F"]:.2f} '
+          f'ms, B {cost["B"]:.2f} ms, W {cost["W"]:.2f} ms (fused backward '
+          f'{cost["BW"]:.2f} ms).\n')
+    print('| K | schedule | v | ticks | bubble (F=B=W) | bubble (measured) | '
+          'simulated step (ms) | peak stash per device (chunks) |')
+    print('|---|---|---|---|---|---|---|---|')
+    for k in (4, 8):
+      for name, v in SCHEDULE_ROWS:
+        try:
+          tab = schedule.Build(name, k, m, v)
+        except schedule.ScheduleError as e:
+          print(f'| {k} | {name} | {v} | - | - | - | - | {e} |')
+          continue
+        costs = _ChunkCosts(cost, cells, tab.num_chunks)
+        tl = tab.Timeline(costs)
+        print(f'| {k} | {name} | {v} | {tab.num_ticks} | '
+              f'{tab.BubbleFraction():.3f} | '
+              f'{tl.BubbleFraction(k):.3f} | {tl.duration:.1f} | '
+              f'{tab.PeakStash()} |')
+    print()
+
+
+def Schedules(args):
+  """Measured step time and peak memory of every schedule."""
+  base = dict(net='dense', cells=8, width=args.width, batch=args.batch,
+              reps=args.reps, memory=True, table=True, intra=1, m=8,
+              remat=args.remat)
+  plain = Run(dict(base, kind='plain', inter=1))
+  print('\n### Step time and peak memory per schedule (8 dense '
+        f'{args.width}x{args.width} tanh cells, batch {args.batch}, M=8, '
+        f'remat {args.remat}, one intra-op thread)\n')
+  print(f'Un-pipelined step (one thread): {plain["step_s"]*1e3:.0f} ms, '
+        f'peak {plain["peak_mib"]:.1f} MiB.\n')
+  print('| K | schedule | v | step (ms) | vs 1f1b | cores busy | peak (MiB) '
+        '| simulated bubble (F=B=W) | peak stash per device (chunks) |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for k in (2, 4):
+    rows = []
+    for name, v in SCHEDULE_ROWS:
+      r = Run(dict(base, kind='pipe', k=k, schedule=name, v=v))
+      rows.append((name, v, r))
+    ref = [r for name, _, r in rows if name == '1f1b'][0]['step_s']
+    for name, v, r in rows:
+      print(f'| {k} | {name} | {v} | {r["step_s"]*1e3:.0f} | '
+            f'{r["step_s"]/ref:.2f}x | {r["cores_busy"]:.2f} | '
+            f'{r["peak_mib"]:.1f} | {r["bubble"]:.3f} | {r["peak_stash"]} |')
+
+
+def Stage(args):
+  """Stage functions against tf.GradientTape on the same cells."""
+  cfg = dict(net='dense', cells=4, width=args.width, batch=args.batch, m=8,
+             kind='stage', reps=20)
+  print('\n### Stage functions against tf.GradientTape (4 dense '
+        f'{args.width}x{args.width} tanh cells, micro-batch '
+        f'{args.batch // 8}, default threads, median ms per call)\n')
+  print('| threads | F | F with residuals | B | W | B+W fused | keep: F+BW | '
+        'tape: forward+gradient | recompute: F, F+BW | tape: forward, '
+        'forward+gradient | keep vs tape | recompute vs tape |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+  for intra in (1, 0):
+    r = Run(dict(cfg, intra=intra))
+    print(f'| {intra or "default"} | {r["F"]:.2f} | {r["F_res"]:.2f} | '
+          f'{r["B"]:.2f} | {r["W"]:.2f} | {r["BW"]:.2f} | {r["keep"]:.2f} | '
+          f'{r["tape_keep"]:.2f} | {r["recompute"]:.2f} | '
+          f'{r["tape_recompute"]:.2f} | {r["keep"]/r["tape_keep"]:.2f}x | '
+          f'{r["recompute"]/r["tape_recompute"]:.2f}x |')
 
 
 def Overlap(args):
@@ -293,6 +483,10 @@ def main():
   ap.add_argument('--sections', default=','.join(SECTIONS))
   ap.add_argument('--batch', type=int, default=2048)
   ap.add_argument('--reps', type=int, default=5)
+  ap.add_argument('--width', type=int, default=512,
+                  help='width of the dense cells (bubble, schedules, stage)')
+  ap.add_argument('--remat', default='never',
+                  help='remat policy of the schedules section')
   ap.add_argument('--model', default='',
                   help='registered model whose network cells the graph '
                   'section uses (e.g. a model with an AmoebaNet network)')
@@ -309,7 +503,8 @@ def main():
         f'{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}')
   t0 = time.time()
   for sec in args.sections.split(','):
-    {'overlap': Overlap, 'memory': Memory, 'overhead': Overhead,
+    {'bubble': Bubble, 'schedules': Schedules, 'stage': Stage,
+     'overlap': Overlap, 'memory': Memory, 'overhead': Overhead,
      'graph': Graph}[sec](args)
     sys.stdout.flush()
   print(f'\nTotal benchmark time: {time.time() - t0:.0f} s')

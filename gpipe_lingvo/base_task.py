@@ -80,6 +80,9 @@ class ClassificationTask(base_layer.BaseLayer):
     """Creates optimizer slots; not done in __init__ so that building a
     model only to count its parameters allocates no slot memory."""
     self.optimizer.Build(self.TrainableVariables())
+    if hasattr(self.network, 'CreateGradientAccumulators'):
+      # The pipeline's gradient sums, before any train step is traced.
+      self.network.CreateGradientAccumulators()
 
   # -- pieces the pipeline engine calls per micro-batch ----------------------
 
@@ -108,6 +111,16 @@ class ClassificationTask(base_layer.BaseLayer):
 
   # -- step functions ---------------------------------------------------------
 
+  def NetworkInputs(self, batch):
+    """(network inputs, labels nest, loss_fn) of a batch as the pipeline
+    takes them: loss_fn(net_out, labels) -> (loss contribution, metric sums)
+    of one micro-batch."""
+    label = batch['label']
+    weight = batch.get('weight', tf.ones_like(label, tf.float32))
+    n = tf.shape(label)[0]
+    return (batch['image'], (label, weight),
+            lambda out, lw: self.LossSums(out, lw[0], lw[1], n))
+
   def ComputeLossAndGradients(self, batch, step):
     """Returns (loss, metric sums, grads aligned with TrainableVariables())."""
     variables = self.TrainableVariables()
@@ -118,8 +131,7 @@ class ClassificationTask(base_layer.BaseLayer):
     if hasattr(net, 'ComputeLossAndGradients'):
       # The pipeline: micro-batched forward/backward inside the network.
       loss, sums, net_grads, stats = net.ComputeLossAndGradients(
-          image, (label, weight),
-          lambda out, lw: self.LossSums(out, lw[0], lw[1], n), step)
+          *self.NetworkInputs(batch), step)
       grads_by_id = {id(v): g for v, g in zip(net.TrainableVariables(), net_grads)}
       with tf.GradientTape() as tape:
         wd_loss = self.WeightDecayLoss()

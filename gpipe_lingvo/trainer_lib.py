@@ -1,4 +1,4 @@
-"""The generic trainer: train, eval, train_and_eval and summary modes.
+"""The generic trainer: train, eval, train_and_eval, summary and check modes.
 
 Used by trainer.py (flags) and by tests directly. Writes to the logdir:
   params.txt          the exact params of the run (Params.ToText)
@@ -29,9 +29,11 @@ from gpipe_lingvo import metrics as metrics_lib
 from gpipe_lingvo import stop_signals
 from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import replicas as replicas_lib
+from gpipe_lingvo.pipeline import check as check_lib
 from gpipe_lingvo.planning import model_plan
 
-MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan')
+MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan',
+         'check')
 SPLITS = ('train', 'dev', 'test')
 EVAL_SPLITS = ('dev', 'test')  # The train split repeats forever.
 
@@ -348,6 +350,24 @@ class Trainer:
       self._print(f'{name:<{width}}  {shp:<40}  {n:,}')
     self._print(f'total trainable parameters: {total}')
     return total
+
+  # -- check -------------------------------------------------------------------
+
+  def Check(self):
+    """Compares the pipelined network with its cells un-pipelined on one
+    training batch (pipeline/check.py) and prints the loss and the largest
+    relative gradient difference per variable. Returns True if within
+    tolerance. Writes nothing."""
+    train_input = self._CheckInputs(())
+    batch = next(iter(train_input.GetDataset()))
+    try:
+      result = check_lib.CompareWithUnpipelined(
+          self.task.network, *self.task.NetworkInputs(batch))
+    except ValueError as e:
+      raise TrainerError(f'--mode=check: {e}') from e
+    for line in result.Lines():
+      self._print(line)
+    return result.ok
 
 
 def _StartLine(restored, step, max_steps, save_interval, directory):

@@ -31,8 +31,8 @@ def testScheduleAnalytics(k, m):
   g = schedule.Build('gpipe', k, m)
   assert g.PeakStash() == [m] * k
   # Unit-cost forward and backward: the paper's bubble (K-1)/(M+K-1).
-  assert g.BubbleFraction(1, 1) == pytest.approx((k - 1) / (m + k - 1),
-                                                 abs=0.02)
+  assert g.BubbleFraction({'F': 1, 'B': 1, 'W': 0}) == pytest.approx(
+      (k - 1) / (m + k - 1), abs=0.02)
   c = schedule.Build('1f1b_classic', k, m)
   assert max(c.PeakStash()) <= k
   o = schedule.Build('1f1b', k, m)
@@ -44,9 +44,10 @@ def testScheduleAnalytics(k, m):
 def testUnknownScheduleAndDeadlock():
   with pytest.raises(schedule.ScheduleError, match='Unknown schedule'):
     schedule.Build('zigzag', 2, 2)
-  bad = [[schedule.Action('B', 0), schedule.Action('F', 0)]] * 2
+  bad = [[schedule.Action('B', k, 0), schedule.Action('F', k, 0)]
+         for k in range(2)]
   with pytest.raises(schedule.ScheduleError, match='deadlock'):
-    schedule.TickTable(bad, 1)
+    schedule.TickTable(bad, 1, [0, 1])
 
 
 # -- batch norm statistics -----------------------------------------------------
@@ -311,3 +312,55 @@ def testFPropUnderTapeCollectsMicroBatchStatsOnce():
     np.testing.assert_allclose(s1, step_stats['net/bn'][0][1], rtol=1e-5)
     np.testing.assert_allclose(s2, step_stats['net/bn'][0][2], rtol=1e-5)
   assert sizes[2] == sizes[8]
+
+
+# -- chunks (virtual stages) -----------------------------------------------------
+
+
+def testChunkedScheduleErrorsNameTheFields():
+  with pytest.raises(schedule.ScheduleError,
+                     match=r"net: schedule='gpipe' runs 1 chunk.*"
+                     'virtual_stages=2'):
+    _Params(num_stages=2, virtual_stages=2).Instantiate()
+  with pytest.raises(schedule.ScheduleError, match='set virtual_stages=2'):
+    _Params(num_stages=2, schedule='zb_v').Instantiate()
+  with pytest.raises(schedule.ScheduleError,
+                     match='num_micro_batches=6, num_stages=4'):
+    _Params(num_stages=4, num_micro_batches=6, schedule='interleaved_1f1b',
+            virtual_stages=2).Instantiate()
+  with pytest.raises(partition.PartitionError,
+                     match=r'num_stages=4 x virtual_stages=3 = 12 chunks but '
+                     'the network has 8 cells'):
+    _Params(num_stages=4, num_micro_batches=4, schedule='interleaved_1f1b',
+            virtual_stages=3).Instantiate()
+  with pytest.raises(partition.PartitionError, match='one cell count per '
+                     'chunk'):
+    _Params(num_stages=2, num_micro_batches=2, schedule='interleaved_1f1b',
+            virtual_stages=2, partition=[4, 4]).Instantiate()
+
+
+def testChunksPlacementKeysAndForward(tmp_path):
+  """Interleaved: chunk c on device c % K, cells and keys as Sequential,
+  FProp (evaluation) through the executor equals the Sequential."""
+  net = _Params(num_stages=2, num_micro_batches=2, schedule='interleaved_1f1b',
+                virtual_stages=2, partition=[1, 3, 2, 2]).Instantiate()
+  assert net.chunk_device == [0, 1, 0, 1]
+  assert [len(net.ChunkCells(c)) for c in range(4)] == [1, 3, 2, 2]
+  assert [c.params.name for c in net.StageCells(0)] == [
+      'conv1', 'split', 'dict_fc']
+  for c in range(4):
+    for v in net.ChunkVariables(c):
+      assert v.device.endswith(f'CPU:{c % 2}'), (v.name, v.device)
+  seq = layers.Sequential.Params().Set(
+      name='net', cells=util.ConvDenseCells()).Instantiate()
+  a = tf.train.Checkpoint(network=net).write(str(tmp_path / 'a'))
+  b = tf.train.Checkpoint(network=seq).write(str(tmp_path / 'b'))
+  assert _Keys(a) == _Keys(b)
+  tf.train.Checkpoint(network=seq).read(a).assert_existing_objects_matched()
+  x, _ = util.Batch()
+  with context.Scope(training=False):
+    np.testing.assert_allclose(net.FProp(x), seq.FProp(x), rtol=1e-5)
+  zbv = _Params(num_stages=4, num_micro_batches=2, schedule='zb_v',
+                virtual_stages=2).Instantiate()
+  assert zbv.chunk_device == [0, 1, 2, 3, 3, 2, 1, 0]
+  assert zbv.logits.AllVariables()[0].device.endswith('CPU:0')

@@ -29,26 +29,38 @@ def _Reference():
   return _REF
 
 
-def _Pipelined(k, m, schedule, remat, cells=None):
+def _Pipelined(k, m, schedule, remat, cells=None, v=1):
   return pipelined_network.PipelinedNetwork.Params().Set(
       name='net', cells=cells or util.ConvDenseCells(), num_stages=k,
-      num_micro_batches=m, schedule=schedule, remat=remat).Instantiate()
+      num_micro_batches=m, schedule=schedule, remat=remat,
+      virtual_stages=v).Instantiate()
 
 
-# The whole table (72 cases, about 2 minutes on 2 cores) is marked slow
-# except a fast slice that still covers every K, M, schedule and policy.
+_REMAT = ['always', 'except_last', 'never']
+# The whole table is marked slow except a fast slice that still covers
+# every K, M, schedule and policy: for gpipe and 1f1b K in {1, 2, 4} and M in
+# {1, 2, 4, 8} (72 cases); for the chunked and zero-bubble schedules K in
+# {2, 4}, M in {4, 8}, with v=2 chunks per device for interleaved_1f1b and
+# zb_v (36 cases).
 _FAST = {(1, 1), (2, 4), (4, 8)}
 _CASES = [
-    pytest.param(k, m, s, r, marks=() if (k, m) in _FAST else pytest.mark.slow)
+    pytest.param(k, m, s, 1, r,
+                 marks=() if (k, m) in _FAST else pytest.mark.slow)
     for k, m, s, r in itertools.product(
-        [1, 2, 4], [1, 2, 4, 8], ['gpipe', '1f1b'],
-        ['always', 'except_last', 'never'])]
+        [1, 2, 4], [1, 2, 4, 8], ['gpipe', '1f1b'], _REMAT)]
+_FAST_NEW = {('interleaved_1f1b', 4, 8), ('zb_h1', 2, 4), ('zb_v', 2, 8)}
+_CASES += [
+    pytest.param(k, m, s, v, r,
+                 marks=() if (s, k, m) in _FAST_NEW else pytest.mark.slow)
+    for (s, v), k, m, r in itertools.product(
+        [('interleaved_1f1b', 2), ('zb_h1', 1), ('zb_v', 2)], [2, 4], [4, 8],
+        _REMAT)]
 
 
-@pytest.mark.parametrize('k,m,schedule,remat', _CASES)
-def testLossAndGradientsMatchUnpipelined(k, m, schedule, remat):
+@pytest.mark.parametrize('k,m,schedule,v,remat', _CASES)
+def testLossAndGradientsMatchUnpipelined(k, m, schedule, v, remat):
   ref = _Reference()
-  net = _Pipelined(k, m, schedule, remat)
+  net = _Pipelined(k, m, schedule, remat, v=v)
   assert [v.name for v in net.TrainableVariables()] == ref['names']
   x, lab = util.Batch()
   loss, sums, grads, _ = net.ComputeLossAndGradients(

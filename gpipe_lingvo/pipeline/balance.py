@@ -60,11 +60,18 @@ def NetworkCosts(p, batch, measure=False):
   return costs_lib.CachedCosts(p.cell_costs_path, key, Make)
 
 
-def Resolve(p, num_cells, effective_micro_batches, slots_per_weight=1):
-  """[(start, end)] cell ranges per stage for PipelinedNetwork params p."""
+def Resolve(p, num_cells, num_chunks, effective_micro_batches,
+            slots_per_weight=1):
+  """[(start, end)] cell ranges per chunk (per stage when virtual_stages
+  is 1) for PipelinedNetwork params p."""
   spec = p.partition
   if not (isinstance(spec, str) and spec in partition_lib.COST_MODES):
-    return partition_lib.Partition(num_cells, p.num_stages, spec)
+    return partition_lib.Partition(num_cells, num_chunks, spec)
+  if num_chunks != p.num_stages:
+    raise partition_lib.PartitionError(
+        f'{p.name}: partition {spec!r} balances one chunk per device; with '
+        f'virtual_stages={num_chunks // p.num_stages} use \'uniform\' or a '
+        'list of cell counts per chunk.')
   if not p.input_shape:
     raise partition_lib.PartitionError(
         f"partition {spec!r} traces the cells and needs the network's "

@@ -1,31 +1,40 @@
-"""Runs a schedule's tick table: one tf.while_loop over pipeline clock ticks.
+"""Runs a tick table: one tf.while_loop over the pipeline's clock ticks.
 
-Each tick, every stage runs at most one forward then at most one backward
-(the micro-batches given by the table), each inside a tf.cond on the stage's
-device, so the graph holds one copy of each stage's functions whatever K and
-M are. Stage inputs and gradients travel between stages through TensorArray
-ring buffers whose slots come from the table's buffer lifetimes; weight
-gradients accumulate in loop state as they are produced.
+Each tick, every chunk whose column of the table names a micro-batch runs
+that action in a tf.cond under its placement scope: the forwards first, then
+the backwards, then the weight-gradient passes, as the schedule's tick rule
+says. The graph holds one copy of each chunk's functions whatever K, v and
+M are. Activations and gradients move between chunks through TensorArray
+ring buffers whose slots come from lifetimes in the table; forwards and
+backwards read the buffers as they were at the start of the tick, so
+devices do not wait for each other inside a tick. Weight gradients are
+added in place into persistent accumulator variables as they are produced.
 
-Per (stage, micro-batch), the re-materialization policy picks one of two
-paths:
-- recompute: the forward keeps only the stage input; the backward reruns the
-  forward (after the incoming gradient exists, so it cannot run early) and
-  takes the vector-Jacobian product;
-- keep: the forward stashes TF's residuals of the stage's gradient and the
-  backward consumes them; each cell's forward runs once.
+Re-materialization, per micro-batch:
+- kept: the forward stashes the residuals its backward reads;
+- recomputed: the forward keeps only the chunk input (in the input buffer
+  anyway); the backward reruns the forward once the incoming gradient exists
+  (a control dependency, so the runtime cannot run it early and keep its
+  activations) and runs the backward on the fresh residuals.
+With a split backward (B and W actions), B also stashes the tensors W needs
+("weight inputs") until W runs; W never recomputes anything.
 """
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Protocol,
+                    Sequence, Tuple)
+
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
 
 REMAT_POLICIES = ('always', 'except_last', 'never')
+F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
-def RematFlags(policy, num_micro_batches):
-  """Per micro-batch: True where its stage forwards are recomputed."""
+def RematFlags(policy: str, num_micro_batches: int) -> List[bool]:
+  """Per micro-batch: True where its chunk forwards are recomputed."""
   if policy == 'always':
     return [True] * num_micro_batches
   if policy == 'never':
@@ -38,280 +47,481 @@ def RematFlags(policy, num_micro_batches):
                    f'{REMAT_POLICIES}.')
 
 
-def _Table(rows, col_fn):
-  return np.array([[col_fn(v) for v in row] for row in rows], np.int32)
+class StageBody(Protocol):
+  """What the executor needs from the Python forward of one chunk."""
+
+  def __call__(self, inputs: Any, labels: Any, step: tf.Tensor,
+               micro_batch: tf.Tensor) -> Tuple[Any, List[tf.Tensor]]:
+    """(outputs, aux): outputs is a nest of tensors (the loss contribution
+    of the micro-batch for the last chunk of a training step); aux is a list
+    of tensors summed over micro-batches (metrics, statistics). labels is
+    None except for the last chunk of a training step."""
+
+  def UnpackAux(self, aux: Sequence[tf.Tensor]) -> Tuple[Any, Dict[str, list]]:
+    """(metric sums or None, {layer path: [statistics tuples]}) from the
+    summed aux outputs."""
+
+
+class StepResult(NamedTuple):
+  loss: tf.Tensor
+  metric_sums: Any
+  grads: Dict[Any, tf.Tensor]  # variable.ref() -> gradient
+  stats: Dict[str, list]
+
+
+class Slots(NamedTuple):
+  """Ring-buffer slot of each micro-batch, and the number of slots."""
+  slot: List[int]
+  size: int
+
+
+def _Slots(intervals, keep=None) -> Slots:
+  keep = range(len(intervals)) if keep is None else keep
+  slots = [0] * len(intervals)
+  assigned, size = schedule_lib.AssignSlots([intervals[i] for i in keep])
+  for i, s in zip(keep, assigned):
+    slots[i] = s
+  return Slots(slots, size if keep else 0)
 
 
 class Plan:
-  """Everything static about one step: tick tables and buffer slots."""
+  """Everything static about one step: the table, which micro-batches are
+  recomputed, the per-tick columns the loop reads and the buffer slots."""
 
-  def __init__(self, table, remat_flags):
-    k_all, m = table.num_stages, table.num_micro_batches
+  def __init__(self, table: schedule_lib.TickTable, remat: Sequence[bool]):
     self.table = table
-    self.remat = remat_flags
-    r = lambda i: i if i >= 0 and remat_flags[i] else -1
-    kp = lambda i: i if i >= 0 and not remat_flags[i] else -1
-    self.f_remat = _Table(table.fwd, r)
-    self.f_keep = _Table(table.fwd, kp)
-    self.b_remat = _Table(table.bwd, r)
-    self.b_keep = _Table(table.bwd, kp)
-    self.in_slots, self.in_size = [None], [0]
-    for k in range(1, k_all):
-      s, n = schedule_lib.AssignSlots(table.InputLifetimes(k))
-      self.in_slots.append(s)
-      self.in_size.append(n)
-    self.grad_slots, self.grad_size = [], []
-    for k in range(k_all - 1):
-      s, n = schedule_lib.AssignSlots(table.GradLifetimes(k))
-      self.grad_slots.append(s)
-      self.grad_size.append(n)
-    self.grad_slots.append(None)
-    self.grad_size.append(0)
-    self.res_slots, self.res_size = [], []
-    keep = [i for i in range(m) if not remat_flags[i]]
-    for k in range(k_all):
-      life = table.StashLifetimes(k)
-      if keep:
-        s, n = schedule_lib.AssignSlots([life[i] for i in keep])
-        slots = [0] * m
-        for i, si in zip(keep, s):
-          slots[i] = si
-      else:
-        slots, n = [0] * m, 0
-      self.res_slots.append(slots)
-      self.res_size.append(n)
+    self.remat = list(remat)
+    # (kind, recompute) -> int32 [ticks, chunks]: the micro-batch of each
+    # chunk's action of that kind and variant at each tick, or -1.
+    self.columns = {(kind, recompute): self._Column(kind, recompute)
+                    for kind in (F, B) for recompute in (False, True)}
+    self.columns[(W, False)] = self._Column(W, None)
+    self._AssignSlots()
+
+  def _Column(self, kind, recompute):
+    t = self.table
+    return np.array(
+        [[i if i >= 0 and (recompute is None or self.remat[i] == recompute)
+          else -1 for i in t.Column(kind, c)] for c in range(t.num_chunks)],
+        np.int32).T.reshape(t.num_ticks, t.num_chunks)
+
+  def _AssignSlots(self):
+    """Buffer slots from lifetimes in the table: a chunk's input from its
+    producer's F to its own F (to its B when recomputed); the gradient of
+    its outputs from the next chunk's B to its own B; kept residuals from F
+    to B; weight inputs from B to W."""
+    t = self.table
+    c_all, m, tick = t.num_chunks, t.num_micro_batches, t.Tick
+    last_read = lambda c, i: tick(B if self.remat[i] and not t.forward_only
+                                  else F, c, i)
+    self.inputs = [None] + [
+        _Slots([(tick(F, c - 1, i), last_read(c, i)) for i in range(m)])
+        for c in range(1, c_all)]
+    if t.forward_only:
+      self.grads = self.residuals = self.weight_inputs = [None] * c_all
+      return
+    self.grads = [_Slots([(tick(B, c + 1, i), tick(B, c, i))
+                          for i in range(m)]) for c in range(c_all - 1)]
+    self.grads.append(None)
+    kept = [i for i in range(m) if not self.remat[i]]
+    self.residuals = [_Slots([(tick(F, c, i), tick(B, c, i))
+                              for i in range(m)], kept)
+                      for c in range(c_all)]
+    self.weight_inputs = [
+        _Slots(t.WeightStashLifetimes(c)) if t.split_backward else None
+        for c in range(c_all)]
+
+  def Runs(self, kind: str, recompute: bool, chunk: int) -> bool:
+    return bool((self.columns[(kind, recompute)][:, chunk] >= 0).any())
 
 
-def _Lookup(slots, i):
-  return tf.gather(tf.constant(slots, tf.int32), i)
+_WHOLE = -1  # in a (field, chunk) key: the whole field, not one chunk's
 
 
-def _MakeTAs(specs, size, device):
-  with tf.device(device):
-    return [tf.TensorArray(s.dtype, size=max(size, 1), element_shape=s.shape,
-                           clear_after_read=False) for s in specs]
+class _State(NamedTuple):
+  """The while loop's variables (lists are per chunk)."""
+  t: tf.Tensor
+  acts: list           # TensorArrays of each chunk's inputs (none: chunk 0)
+  grads: list          # TensorArrays of gradients of each chunk's outputs
+  residuals: list      # TensorArrays of kept residuals
+  weight_inputs: list  # TensorArrays B hands to W
+  aux: list            # running sums of each chunk's aux outputs
+  loss: tf.Tensor
+  outputs: list        # forward only: TensorArrays of the last outputs
+
+
+def _TensorArrays(specs, slots: Optional[Slots]):
+  if slots is None or not slots.size:
+    return []
+  return [tf.TensorArray(s.dtype, size=slots.size, element_shape=s.shape,
+                         clear_after_read=False) for s in specs]
+
+
+def _Flat(nest) -> list:
+  return [] if nest is None else tf.nest.flatten(nest)
+
+
+def _Lookup(slots: Slots, i):
+  return tf.gather(tf.constant(slots.slot, tf.int32), i)
 
 
 class Executor:
-  """Builds the training step of a pipeline for fixed shapes.
+  """Builds a pipeline's training step, or its forward, for fixed shapes.
 
-  stage_bodies: one per stage, objects with MakeBody(...), out_struct and
-  UnpackAux(...) (pipelined_network._StageBody); devices: stage devices;
-  stage_variables: trainable variables of each stage.
+  bodies: one per chunk; placement: where each chunk runs; variables: the
+  trainable variables of each chunk; accumulator_fn(variable, chunk): a
+  persistent variable of the same shape into which the gradient is summed
+  (training only).
   """
 
-  def __init__(self, stage_bodies, devices, stage_variables, plan,
-               accumulator_fn, parallel_iterations=1):
-    self.bodies = stage_bodies
-    self.devices = devices
-    self.stage_variables = stage_variables
-    self.plan = plan
-    # var -> a persistent tf.Variable of its shape on its device: weight
-    # gradients are added into it in place as each backward produces them,
-    # so no old/new copies of weight-sized sums are alive during the step.
+  def __init__(self, bodies: Sequence[StageBody],
+               placement: placement_lib.Placement,
+               variables: Sequence[Sequence[tf.Variable]],
+               accumulator_fn: Optional[Callable] = None,
+               parallel_iterations: int = 1):
+    self.bodies = list(bodies)
+    self.placement = placement
+    self.variables = [list(v) for v in variables]
     self.accumulator_fn = accumulator_fn
     self.parallel_iterations = parallel_iterations
 
   @tf.autograph.experimental.do_not_convert
-  def Run(self, x_mb, labels_mb, step):
-    """x_mb, labels_mb: nests with leaves [M, b, ...]. Returns
-    (loss, metric_sums, {var ref: grad}, stats)."""
-    plan = self.plan
-    k_all = len(self.bodies)
-    t_all = plan.table.num_ticks
-    step = tf.convert_to_tensor(step)
+  def Train(self, plan: Plan, x_mb, labels_mb, step) -> StepResult:
+    """x_mb, labels_mb: nests with leaves [M, b, ...]."""
     step = tf.cast(step, tf.int64)
-    x_flat = tf.nest.flatten(x_mb)
-    lab_flat = tf.nest.flatten(labels_mb)
-    x_struct = tf.nest.map_structure(lambda t: None, x_mb)
-    # -- trace the stage functions with micro-batch shapes -------------------
-    step_spec = tf.TensorSpec([], tf.int64)
-    mb_spec = tf.TensorSpec([], tf.int32)
-    in_specs = [tf.TensorSpec(t.shape[1:], t.dtype) for t in x_flat]
-    lab_specs = [tf.TensorSpec(t.shape[1:], t.dtype) for t in lab_flat]
+    fns, _ = self.TraceStages(x_mb, labels_mb, backward=True)
+    run = _StepGraph(self, fns, plan, x_mb, labels_mb, step)
+    state = run.Loop(run.AllocateBuffers())
+    return run.CollectTraining(state)
+
+  @tf.autograph.experimental.do_not_convert
+  def Forward(self, plan: Plan, x_mb, step) -> Tuple[Any, Dict[str, list]]:
+    """Outputs of the last chunk as a nest of [M, b, ...], and the
+    statistics the forwards recorded."""
+    step = tf.cast(step, tf.int64)
+    fns, out_struct = self.TraceStages(x_mb, None, backward=False)
+    run = _StepGraph(self, fns, plan, x_mb, None, step)
+    return run.CollectForward(run.Loop(run.AllocateBuffers()), out_struct)
+
+  def TraceStages(self, x_mb, labels_mb, backward: bool
+                  ) -> Tuple[List[stage_function.StageFunction], Any]:
+    """Each chunk traced at micro-batch shapes; chunk c's input structure is
+    chunk c-1's output structure. The last chunk gets the labels. Returns
+    the functions and the structure of the last chunk's outputs."""
+    c_all = len(self.bodies)
+    in_struct = tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape[1:], t.dtype), x_mb)
+    lab_struct = None if labels_mb is None else tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape[1:], t.dtype), labels_mb)
     fns = []
-    stage_in_specs = []
-    out_struct = x_struct
-    for k in range(k_all):
-      last = k == k_all - 1
-      specs = list(in_specs) + (list(lab_specs) if last else [])
-      stage_in_specs.append(list(in_specs))
+    for c in range(c_all):
+      labels = lab_struct if c == c_all - 1 else None
+      body, info = self._FlatBody(c, in_struct, labels)
+      specs = (tf.nest.flatten(in_struct) + _Flat(labels) +
+               [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32)])
       fn = stage_function.StageFunction(
-          self.bodies[k].MakeBody(in_struct=out_struct, num_in=len(in_specs),
-                                  first=(k == 0), last=last,
-                                  label_struct=labels_mb),
-          specs + [step_spec, mb_spec], self.devices[k],
-          self.stage_variables[k])
+          body, specs, self.variables[c],
+          scope=lambda c=c: self.placement.OpScope(c),
+          num_inputs=len(tf.nest.flatten(in_struct)), backward=backward)
       fns.append(fn)
-      if not last:
-        out_struct = self.bodies[k].out_struct
-        in_specs = fn.output_specs[:fn.num_diff]
-    # -- buffers ----------------------------------------------------------------
-    in_tas = [[]] + [_MakeTAs(stage_in_specs[k], plan.in_size[k],
-                                self.devices[k]) for k in range(1, k_all)]
-    grad_tas = []
-    for k in range(k_all - 1):
-      specs = [s for s, tr in zip(fns[k].output_specs[:fns[k].num_diff],
-                                  fns[k].diff_trainable) if tr]
-      grad_tas.append(_MakeTAs(specs, plan.grad_size[k], self.devices[k + 1]))
-    grad_tas.append([])
-    res_tas = [_MakeTAs(fns[k].residual_specs, plan.res_size[k],
-                        self.devices[k]) if plan.res_size[k] else []
-               for k in range(k_all)]
-    accs = [[self.accumulator_fn(v) for v in fns[k].variables]
-            for k in range(k_all)]
+      in_struct = tf.nest.pack_sequence_as(
+          info['struct'], fn.output_specs[:fn.num_diff])
+    return fns, info['struct']
+
+  def _FlatBody(self, c, in_struct, label_struct):
+    """Chunk c's body as a function of flat tensors (what StageFunction
+    traces); records the structure of its outputs in `info`."""
+    n_in = len(tf.nest.flatten(in_struct))
+    n_lab = len(_Flat(label_struct))
+    info = {}
+
+    def Body(*args):
+      x = tf.nest.pack_sequence_as(in_struct, list(args[:n_in]))
+      labels = None if label_struct is None else tf.nest.pack_sequence_as(
+          label_struct, list(args[n_in:n_in + n_lab]))
+      outputs, aux = self.bodies[c](x, labels, args[-2], args[-1])
+      info['struct'] = tf.nest.map_structure(lambda _: None, outputs)
+      return self.placement.PinOutputs(c, tf.nest.flatten(outputs)), aux
+
+    return Body, info
+
+
+class _StepGraph:
+  """The graph of one call: buffers, one tick's actions, the results."""
+
+  def __init__(self, ex: Executor, fns, plan: Plan, x_mb, labels_mb, step):
+    self.ex, self.fns, self.plan = ex, fns, plan
+    self.scope = ex.placement.OpScope
+    self.c_all = len(fns)
+    self.x_flat = tf.nest.flatten(x_mb)
+    self.labels_flat = (None if labels_mb is None else
+                        tf.nest.flatten(labels_mb))
+    self.step = step
+    self.chunk_device = plan.table.chunk_device
+    self.k_all = plan.table.num_devices
+    table = plan.table
+    if table.one_action_per_tick:
+      self.slots = [(F, B, W)]
+    else:
+      self.slots = [(F,), (B,), (W,)][:1 if table.forward_only else
+                                      3 if table.split_backward else 2]
+    self.accs = {}
+
+  # -- buffers -----------------------------------------------------------------
+
+  def AllocateBuffers(self) -> _State:
+    plan, fns, c_all = self.plan, self.fns, self.c_all
+    acts, grads, res, wins, aux = [[]], [], [], [], []
+    for c in range(c_all):
+      fn = fns[c]
+      with self.scope(c):
+        if c > 0:
+          prev = fns[c - 1]
+          acts.append(_TensorArrays(prev.output_specs[:prev.num_diff],
+                                    plan.inputs[c]))
+        res.append(_TensorArrays(fn.residual_specs, plan.residuals[c]))
+        wins.append(_TensorArrays(
+            fn.WeightInputSpecs(c > 0) if plan.weight_inputs[c] else [],
+            plan.weight_inputs[c]))
+        aux.append([tf.zeros(s.shape, s.dtype)
+                    for s in fn.output_specs[fn.num_diff:]])
+      with self.scope(min(c + 1, c_all - 1)):
+        grads.append(_TensorArrays(
+            [s for s, tr in zip(fn.output_specs[:fn.num_diff],
+                                fn.diff_trainable) if tr], plan.grads[c]))
+    last = fns[-1]
+    outputs = []
+    if self.plan.table.forward_only:
+      m = self.plan.table.num_micro_batches
+      with self.scope(c_all - 1):
+        outputs = _TensorArrays(last.output_specs[:last.num_diff],
+                                Slots(list(range(m)), m))
+    loss = tf.zeros([], last.output_specs[0].dtype)
+    return _State(tf.constant(0), acts, grads, res, wins, aux, loss, outputs)
+
+  def _Accumulators(self):
+    """Zeroed accumulators; the loop starts after the zeroing."""
     zeroed = []
-    for k in range(k_all):
-      with tf.device(self.devices[k]):
-        for a in accs[k]:
+    for c, fn in enumerate(self.fns):
+      for v in fn.variables:
+        a = self.ex.accumulator_fn(v, c)
+        self.accs[v.ref()] = a
+        with self.scope(c):
           zeroed.append(a.assign(tf.zeros_like(a), read_value=False))
-    gacc = [[] for _ in range(k_all)]
-    aux_acc = []
-    for k in range(k_all):
-      with tf.device(self.devices[k]):
-        aux_acc.append([tf.zeros(s.shape, s.dtype)
-                        for s in fns[k].output_specs[fns[k].num_diff:]])
-    loss_acc = tf.zeros([], fns[-1].output_specs[0].dtype)
+    return zeroed
 
-    tables = {name: tf.constant(getattr(plan, name)) for name in
-              ('f_remat', 'f_keep', 'b_remat', 'b_keep')}
+  # -- the loop -------------------------------------------------------------------
 
-    def ReadInput(k, i, in_tas_k):
-      if k == 0:
-        return [tf.gather(t, i) for t in x_flat]
-      slot = _Lookup(plan.in_slots[k], i)
-      return [ta.read(slot) for ta in in_tas_k]
+  def Loop(self, state: _State) -> _State:
+    deps = [] if self.plan.table.forward_only else self._Accumulators()
+    with tf.control_dependencies(deps):
+      state = tf.nest.map_structure(
+          lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, state)
+    t_all = self.plan.table.num_ticks
+    return tf.while_loop(
+        lambda s: s.t < t_all, lambda s: [self.Tick(s)], [state],
+        parallel_iterations=self.ex.parallel_iterations,
+        maximum_iterations=t_all)[0]
 
-    def Labels(i):
-      return [tf.gather(t, i) for t in lab_flat]
+  def Tick(self, s: _State) -> _State:
+    """One clock tick. Each device runs its slots in the order of the
+    tick rule (F, then B, then W; one slot for all three when the schedule
+    runs one action per tick), each slot one tf.switch_case over the
+    actions it may run. Actions read other chunks' buffers as they were at
+    the start of the tick, so devices do not wait for each other."""
+    start = s
+    for kinds in self.slots:
+      for d in range(self.k_all):
+        s = self._Slot(kinds, d, s, start)
+    return s._replace(t=s.t + 1)
 
-    def Args(k, i, xs):
-      last = k == k_all - 1
-      return list(xs) + (Labels(i) if last else []) + [step, i]
+  def _Slot(self, kinds, d, s: _State, start: _State) -> _State:
+    variants = [(kind, c, recompute) for kind in kinds
+                for c in range(self.c_all) if self.chunk_device[c] == d
+                for recompute in ((False,) if kind == W else (False, True))
+                if self.plan.Runs(kind, recompute, c)]
+    if not variants:
+      return s
+    # Which variant runs at each tick (0: none) and on which micro-batch.
+    which = np.zeros(self.plan.table.num_ticks, np.int32)
+    mb = np.zeros(self.plan.table.num_ticks, np.int32)
+    for j, (kind, c, recompute) in enumerate(variants):
+      col = self.plan.columns[(kind, recompute)][:, c]
+      assert not (which[col >= 0]).any(), 'two actions in one slot'
+      which[col >= 0] = j + 1
+      mb[col >= 0] = col[col >= 0]
+    parts = {}
+    for kind, c, _ in variants:
+      parts.update(self._Touched(kind, c, s))
+    i = tf.gather(tf.constant(mb), s.t)
+    act = {F: self._Forward, B: self._Backward, W: self._Weight}
+    branches = [lambda: dict(parts)] + [
+        lambda v=v: act[v[0]](v[1], i, v[2], dict(parts), start)
+        for v in variants]
+    return self._Put(s, tf.switch_case(tf.gather(tf.constant(which), s.t),
+                                       branches))
 
-    def ForwardBranch(k, i, keep, st):
-      """st: dict of this stage's mutable state; returns the new one."""
-      st = dict(st)
-      with tf.device(self.devices[k]):
-        xs = ReadInput(k, i, st['in'])
-        outs, res = fns[k].Forward(Args(k, i, xs))
-        nd = fns[k].num_diff
-        st['aux'] = [a + o for a, o in zip(st['aux'], outs[nd:])]
-        if k == k_all - 1:
-          st['loss'] = st['loss'] + outs[0]
-        else:
-          slot = _Lookup(plan.in_slots[k + 1], i)
-          st['next_in'] = [ta.write(slot, o) for ta, o in
-                           zip(st['next_in'], outs[:nd])]
-        if keep:
-          slot = _Lookup(plan.res_slots[k], i)
-          st['res'] = [ta.write(slot, r) for ta, r in zip(st['res'], res)]
-      return st
+  def _Touched(self, kind, c, s: _State) -> dict:
+    """The parts of state s an action of `kind` on chunk c may change."""
+    if kind == W:
+      return {('weight_inputs', c): s.weight_inputs[c]}
+    if kind == B:
+      parts = {('residuals', c): s.residuals[c]}
+      if c > 0:
+        parts[('grads', c - 1)] = s.grads[c - 1]
+      if self.plan.table.split_backward:
+        parts[('weight_inputs', c)] = s.weight_inputs[c]
+      return parts
+    parts = {('aux', c): s.aux[c], ('residuals', c): s.residuals[c]}
+    if c < self.c_all - 1:
+      parts[('acts', c + 1)] = s.acts[c + 1]
+    elif self.plan.table.forward_only:
+      parts[('outputs', _WHOLE)] = s.outputs
+    else:
+      parts[('loss', _WHOLE)] = s.loss
+    return parts
 
-    def BackwardBranch(k, i, keep, st):
-      st = dict(st)
-      fn = fns[k]
-      with tf.device(self.devices[k]):
-        if k == k_all - 1:
-          dys = [tf.ones([], fn.output_specs[0].dtype)]
-        else:
-          slot = _Lookup(plan.grad_slots[k], i)
-          dys = [ta.read(slot) for ta in st['grad']]
-        if keep:
-          slot = _Lookup(plan.res_slots[k], i)
-          res = [ta.read(slot) for ta in st['res']]
-        else:
-          xs = ReadInput(k, i, st['in'])
-          # The recompute must wait for the incoming gradient, or the
-          # runtime would run it during the forward and keep its output.
-          with tf.control_dependencies(dys):
-            xs = [tf.identity(x) for x in xs]
-            i_dep = tf.identity(i)
-          # Statistics of the recompute are aux outputs we drop: batch norm
-          # counts each micro-batch once, in its forward.
-          _, res = fn.Forward(Args(k, i_dep, xs))
-        in_grads, var_grads = fn.Backward(res, dys)
-        for a, v in zip(accs[k], fn.variables):
-          if v.ref() in var_grads:
-            a.assign_add(var_grads[v.ref()], read_value=False)
-        if k > 0:
-          slot = _Lookup(plan.grad_slots[k - 1], i)
-          trainable = [tr for tr in fns[k - 1].diff_trainable]
-          gin = [g for g, tr in zip(in_grads[:len(stage_in_specs[k])],
-                                    trainable) if tr]
-          gin = [g if g is not None else tf.zeros(ta.element_shape, ta.dtype)
-                 for g, ta in zip(gin, st['prev_grad'])]
-          st['prev_grad'] = [ta.write(slot, g) for ta, g in
-                             zip(st['prev_grad'], gin)]
-      return st
+  @staticmethod
+  def _Put(s: _State, parts: dict) -> _State:
+    """s with `parts` replaced: keys are (field, chunk) for one chunk's
+    entry of a per-chunk field, (field, _WHOLE) for a whole field."""
+    fields = {}
+    for (field, chunk), value in parts.items():
+      if chunk == _WHOLE:
+        fields[field] = value
+      else:
+        lst = list(fields.get(field, getattr(s, field)))
+        lst[chunk] = value
+        fields[field] = lst
+    return s._replace(**fields)
 
-    has = {name: [bool((getattr(plan, name)[:, k] >= 0).any())
-                  for k in range(k_all)] for name in tables}
+  # -- one tick's actions ------------------------------------------------------------
 
-    def Body(t, in_tas, grad_tas, res_tas, gacc, aux_acc, loss_acc):
-      in_tas = list(in_tas)
-      grad_tas = list(grad_tas)
-      res_tas = list(res_tas)
-      gacc = list(gacc)
-      aux_acc = list(aux_acc)
-      # Forwards: each reads the start-of-tick buffers, so stages overlap.
-      new_in = list(in_tas)
-      for k in range(k_all):
-        for name, keep in (('f_remat', False), ('f_keep', True)):
-          if not has[name][k]:
-            continue
-          i = tables[name][t, k]
-          st = {'in': in_tas[k], 'aux': aux_acc[k], 'loss': loss_acc,
-                'next_in': new_in[k + 1] if k + 1 < k_all else [],
-                'res': res_tas[k]}
-          st = tf.cond(i >= 0,
-                       lambda k=k, i=i, keep=keep, st=st: ForwardBranch(
-                           k, tf.maximum(i, 0), keep, st),
-                       lambda st=st: dict(st))
-          aux_acc[k], res_tas[k] = st['aux'], st['res']
-          if k + 1 < k_all:
-            new_in[k + 1] = st['next_in']
-          else:
-            loss_acc = st['loss']
-      # Backwards: a stage's backward follows its own forward in the tick.
-      new_grad = list(grad_tas)
-      for k in range(k_all):
-        for name, keep in (('b_remat', False), ('b_keep', True)):
-          if not has[name][k]:
-            continue
-          i = tables[name][t, k]
-          st = {'in': in_tas[k] if k > 0 else [], 'grad': grad_tas[k],
-                'res': res_tas[k], 'gacc': gacc[k],
-                'prev_grad': new_grad[k - 1] if k > 0 else []}
-          st = tf.cond(i >= 0,
-                       lambda k=k, i=i, keep=keep, st=st: BackwardBranch(
-                           k, tf.maximum(i, 0), keep, st),
-                       lambda st=st: dict(st))
-          res_tas[k], gacc[k] = st['res'], st['gacc']
-          if k > 0:
-            new_grad[k - 1] = st['prev_grad']
-      return (t + 1, new_in, new_grad, res_tas, gacc, aux_acc, loss_acc)
+  def _Args(self, c, i, xs):
+    labels = []
+    if c == self.c_all - 1 and self.labels_flat is not None:
+      labels = [tf.gather(t, i) for t in self.labels_flat]
+    return list(xs) + labels + [self.step, i]
 
-    loop_vars = (tf.constant(0), in_tas, grad_tas, res_tas, gacc, aux_acc,
-                 loss_acc)
-    with tf.control_dependencies(zeroed):
-      loop_vars = tf.nest.map_structure(
-          lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t,
-          loop_vars)
-    out = tf.while_loop(lambda t, *_: t < t_all, Body, loop_vars,
-                        parallel_iterations=self.parallel_iterations,
-                        maximum_iterations=t_all)
-    _, _, _, _, _, aux_acc, loss_acc = out
-    grads = {}
-    with tf.control_dependencies([loss_acc]):
-      for k in range(k_all):
-        with tf.device(self.devices[k]):
-          for v, a in zip(fns[k].variables, accs[k]):
-            grads[v.ref()] = a.read_value()
-    aux = [self.bodies[k].UnpackAux(aux_acc[k]) for k in range(k_all)]
-    metric_sums = aux[-1][0]
+  def _Inputs(self, c, i, acts_c):
+    if c == 0:
+      return [tf.gather(t, i) for t in self.x_flat]
+    return [ta.read(_Lookup(self.plan.inputs[c], i)) for ta in acts_c]
+
+  def _Forward(self, c, i, recompute, parts, start):
+    """F of chunk c on micro-batch i: outputs to the next chunk's buffer (or
+    the loss / the outputs), aux sums, and residuals unless recomputed."""
+    fn, last = self.fns[c], self.c_all - 1
+    with self.scope(c):
+      args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
+      if recompute:
+        outs, res = fn.ForwardOutputs(args), []
+      else:
+        outs, res = fn.Forward(args)
+      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)],
+                                                 outs[fn.num_diff:])]
+      outs = outs[:fn.num_diff]
+      if c < last:
+        slot = _Lookup(self.plan.inputs[c + 1], i)
+        parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
+                                  zip(parts[('acts', c + 1)], outs)]
+      elif self.plan.table.forward_only:
+        parts[('outputs', _WHOLE)] = [
+            ta.write(i, o) for ta, o in zip(parts[('outputs', _WHOLE)], outs)]
+      else:
+        parts[('loss', _WHOLE)] += outs[0]
+      if res:
+        slot = _Lookup(self.plan.residuals[c], i)
+        parts[('residuals', c)] = [ta.write(slot, r) for ta, r in
+                                   zip(parts[('residuals', c)], res)]
+    return parts
+
+  def _Backward(self, c, i, recompute, parts, start):
+    """B of chunk c on micro-batch i: the gradient of its input to the
+    previous chunk's buffer; weight gradients accumulated, or (split
+    backward) the weight inputs stashed for W."""
+    fn = self.fns[c]
+    with self.scope(c):
+      dys = self._OutputGrads(c, i, start.grads[c])
+      if recompute:
+        res = self._Recompute(c, i, dys, start.acts[c])
+      else:
+        slot = _Lookup(self.plan.residuals[c], i)
+        res = [ta.read(slot) for ta in parts[('residuals', c)]]
+      if self.plan.table.split_backward:
+        in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
+        slot = _Lookup(self.plan.weight_inputs[c], i)
+        parts[('weight_inputs', c)] = [
+            ta.write(slot, x) for ta, x in
+            zip(parts[('weight_inputs', c)], w_in)]
+      else:
+        in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
+        self._Accumulate(var_grads)
+      if c > 0:
+        parts[('grads', c - 1)] = self._WriteInputGrads(
+            c, i, in_grads, parts[('grads', c - 1)])
+    return parts
+
+  def _Weight(self, c, i, recompute, parts, start):
+    """W of chunk c on micro-batch i, from the weight inputs B stashed."""
+    del recompute, start
+    with self.scope(c):
+      slot = _Lookup(self.plan.weight_inputs[c], i)
+      w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
+      self._Accumulate(self.fns[c].BackwardWeights(w_in, input_grads=c > 0))
+    return parts
+
+  def _OutputGrads(self, c, i, grads_c):
+    if c == self.c_all - 1:
+      return [tf.ones([], self.fns[c].output_specs[0].dtype)]
+    slot = _Lookup(self.plan.grads[c], i)
+    return [ta.read(slot) for ta in grads_c]
+
+  def _Recompute(self, c, i, dys, acts_c):
+    """Residuals of micro-batch i, recomputed once its output gradient
+    exists. The recompute's aux outputs (statistics) are dropped: batch norm
+    counts each micro-batch once, in its forward."""
+    xs = self._Inputs(c, i, acts_c)
+    with tf.control_dependencies(dys):
+      xs = [tf.identity(x) for x in xs]
+      i = tf.identity(i)
+    return self.fns[c].Forward(self._Args(c, i, xs))[1]
+
+  def _WriteInputGrads(self, c, i, in_grads, grads_prev):
+    prev = self.fns[c - 1]
+    gin = [g for g, tr in zip(in_grads, prev.diff_trainable) if tr]
+    gin = [g if g is not None else tf.zeros(ta.element_shape, ta.dtype)
+           for g, ta in zip(gin, grads_prev)]
+    slot = _Lookup(self.plan.grads[c - 1], i)
+    return [ta.write(slot, g) for ta, g in zip(grads_prev, gin)]
+
+  def _Accumulate(self, var_grads):
+    for v, g in var_grads:
+      self.accs[v.ref()].assign_add(g, read_value=False)
+
+  # -- results -----------------------------------------------------------------------
+
+  def _Aux(self, state: _State):
+    aux = [self.ex.bodies[c].UnpackAux(state.aux[c])
+           for c in range(self.c_all)]
     stats = {}
-    for k in range(k_all):
-      for path, tuples in aux[k][1].items():
+    for _, chunk_stats in aux:
+      for path, tuples in chunk_stats.items():
         stats.setdefault(path, []).extend(tuples)
-    return loss_acc, metric_sums, grads, stats
+    return aux[-1][0], stats
+
+  def CollectTraining(self, state: _State) -> StepResult:
+    grads = {}
+    with tf.control_dependencies([state.loss]):
+      for c, fn in enumerate(self.fns):
+        with self.scope(c):
+          for v in fn.variables:
+            grads[v.ref()] = self.accs[v.ref()].read_value()
+    sums, stats = self._Aux(state)
+    return StepResult(state.loss, sums, grads, stats)
+
+  def CollectForward(self, state: _State, out_struct):
+    with self.scope(self.c_all - 1):
+      flat = [ta.stack() for ta in state.outputs]
+    _, stats = self._Aux(state)
+    return tf.nest.pack_sequence_as(out_struct, flat), stats

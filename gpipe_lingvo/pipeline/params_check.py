@@ -38,6 +38,7 @@ def Text(v):
 PIPELINE_FIELDS = {
     'num_stages': (PositiveInt, 'an int >= 1'),
     'num_micro_batches': (PositiveInt, 'an int >= 1'),
+    'virtual_stages': (PositiveInt, 'an int >= 1'),
     'parallel_iterations': (PositiveInt, 'an int >= 1'),
     'schedule': (Text, 'a schedule name (str)'),
     'remat': (Text, 'a remat policy name (str)'),

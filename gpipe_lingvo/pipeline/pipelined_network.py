@@ -1,10 +1,14 @@
 """PipelinedNetwork: a sequence of cells trained with GPipe.
 
-Params declare the cells, the number of stages K and micro-batches M, the
-schedule, the re-materialization policy, the partition and the device
-topology. Cells are direct children named as in layers.Sequential, so
-checkpoints do not depend on K or M; each is created on its stage's device.
+Params declare the cells, the number of stages K, micro-batches M and chunks
+per device v, the schedule, the re-materialization policy, the partition and
+the device topology. The cells are cut into K*v chunks; chunk c lives where
+the placement puts it (device chunk_device[c]). Cells are direct children
+named as in layers.Sequential, so checkpoints depend on none of K, M, v.
+Training steps and FProp both run through the executor.
 """
+from typing import List
+
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
@@ -18,6 +22,7 @@ from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
 from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 
@@ -40,48 +45,34 @@ def _OverrideBatchNormMode(params, mode):
   return p
 
 
-class _StageBody:
-  """The Python forward of one stage (cells, and the loss on the last)."""
+class _ChunkBody:
+  """The Python forward of one chunk (its cells; the loss when it gets
+  labels), in the step context of one micro-batch. Implements
+  executor.StageBody."""
 
-  def __init__(self, cells, loss_fn):
+  def __init__(self, cells, loss_fn=None, training=True):
     self.cells = cells
     self.loss_fn = loss_fn
-    self.out_struct = None
+    self.training = training
     self._metric_struct = None
     self._stats_layout = []
 
-  def MakeBody(self, in_struct, num_in, first, last, label_struct):
-    n_lab = len(tf.nest.flatten(label_struct)) if last else 0
-
-    def Body(*args):
-      xs = list(args[:num_in])
-      labels = list(args[num_in:num_in + n_lab])
-      step, mb = args[-2], args[-1]
-      if first:
-        xs = [tf.stop_gradient(x) for x in xs]
-      x = tf.nest.pack_sequence_as(in_struct, xs)
-      stats = {}
-      with context.Scope(training=True, step=step, micro_batch=mb,
-                         stats=stats):
-        for cell in self.cells:
-          x = cell.FProp(x)
-        if last:
-          lab = tf.nest.map_structure(
-              tf.stop_gradient,
-              tf.nest.pack_sequence_as(label_struct, labels))
-          loss, sums = self.loss_fn(x, lab)
-      self._stats_layout = [(p, len(stats[p])) for p in sorted(stats)]
-      stats_flat = []
-      for p in sorted(stats):
-        for tup in stats[p]:
-          stats_flat.extend(tup)
-      if last:
+  def __call__(self, inputs, labels, step, micro_batch):
+    stats = {}
+    x = inputs
+    with context.Scope(training=self.training, step=step,
+                       micro_batch=micro_batch, stats=stats):
+      for cell in self.cells:
+        x = cell.FProp(x)
+      if labels is not None:
+        x, sums = self.loss_fn(x, labels)
         self._metric_struct = sums
-        return [loss], tf.nest.flatten(sums) + stats_flat
-      self.out_struct = tf.nest.map_structure(lambda t: None, x)
-      return tf.nest.flatten(x), stats_flat
-
-    return Body
+    self._stats_layout = [(p, len(stats[p])) for p in sorted(stats)]
+    aux = [] if labels is None else tf.nest.flatten(self._metric_struct)
+    for p in sorted(stats):
+      for tup in stats[p]:
+        aux.extend(tup)
+    return x, aux
 
   def UnpackAux(self, aux):
     aux = list(aux)
@@ -119,16 +110,20 @@ class PipelinedNetwork(base_layer.BaseLayer):
              'Device type and devices per stage.')
     p.Define('num_micro_batches', 1, 'Micro-batches M per mini-batch.')
     p.Define('schedule', 'gpipe',
-             f'One of {schedule_lib.SCHEDULES}: fill-drain, or one-forward-'
-             'one-backward (fewer stashed micro-batches).')
+             f'One of {schedule_lib.SCHEDULES} (see docs/engine.md).')
+    p.Define('virtual_stages', 1,
+             'Model chunks per device v: the cells are cut into K*v chunks '
+             'and device d holds chunks d, d+K, ... (interleaved_1f1b; '
+             'zb_v needs 2; other schedules 1).')
     p.Define('remat', 'always',
              f'Re-materialization policy, one of '
              f'{executor_lib.REMAT_POLICIES}.')
     p.Define('partition', 'uniform',
-             "'uniform' (by cell count), a list of cell counts per stage, or "
-             "a cost to balance exactly: 'params', 'flops', 'memory' or "
-             "'time' (pipeline/balance.py; within topology."
-             'memory_budget_bytes if set).')
+             "'uniform' (by cell count), a list of cell counts per chunk "
+             "(per stage when virtual_stages is 1), or a cost to balance "
+             "exactly: 'params', 'flops', 'memory' or 'time' "
+             '(pipeline/balance.py; within topology.memory_budget_bytes if '
+             'set; virtual_stages 1 only).')
     p.Define('input_shape', None,
              'Shape [batch, ...] of the network input; cost partitions '
              'trace the cells at its micro-batch shape (the trainer fills '
@@ -147,6 +142,53 @@ class PipelinedNetwork(base_layer.BaseLayer):
   def __init__(self, params, parent_path=''):
     super().__init__(params, parent_path)
     p = self.params
+    self._CheckParams()
+    num_chunks = p.num_stages * p.virtual_stages
+    self._ranges = balance.Resolve(
+        p, len(p.cells), num_chunks,
+        1 if p.batch_norm_mode == 'full_batch' else p.num_micro_batches)
+    self._chunk_device = schedule_lib.ChunkDevices(p.schedule, p.num_stages,
+                                                   p.virtual_stages)
+    self._placement = placement_lib.DeviceScopes(self._CheckDevices(),
+                                                 self._chunk_device)
+    cells = list(p.cells)
+    if p.batch_norm_mode:
+      cells = [_OverrideBatchNormMode(c, p.batch_norm_mode) for c in cells]
+    names = sequential.CellNames(cells)
+    self._cell_names = names
+    for c, (a, b) in enumerate(self._ranges):
+      with self._placement.VariableScope(c):
+        for n, cell in zip(names[a:b], cells[a:b]):
+          self.CreateChild(n, cell)
+    # full_batch batch norm is exact only if every batch-norm layer sees the
+    # whole mini-batch in its forward and its backward (the batch moments
+    # and their gradient terms couple all examples), i.e. a barrier over
+    # all micro-batches at each such layer. The engine implements it
+    # honestly by running the step on the whole mini-batch as a single
+    # micro-batch: normalisation and gradients equal un-pipelined batch
+    # norm, at the price of all pipeline overlap (see docs/engine.md).
+    self.full_batch_bn = any(
+        isinstance(l, normalization.BatchNorm) and
+        l.params.mode == 'full_batch'
+        for c in self.cells for l in c.Layers())
+    self.effective_micro_batches = (1 if self.full_batch_bn
+                                    else p.num_micro_batches)
+    self._accumulators = _Untracked()
+    self._forward_fns = _Untracked()
+    try:
+      self.schedule_table = schedule_lib.Build(
+          p.schedule, p.num_stages, self.effective_micro_batches,
+          p.virtual_stages)
+    except schedule_lib.ScheduleError as e:
+      note = (' (batch_norm_mode full_batch runs the step as one '
+              'micro-batch)' if self.full_batch_bn else '')
+      raise schedule_lib.ScheduleError(f'{self.path}: {e}{note}') from None
+    self._remat_flags = executor_lib.RematFlags(
+        p.remat, self.effective_micro_batches)
+
+  def _CheckParams(self):
+    """Errors that name the fields, raised before anything is built."""
+    p = self.params
     if not p.cells:
       raise ValueError(f'{self.path}: cells is empty.')
     params_check.CheckPipelineParams(p, self.path)
@@ -163,37 +205,24 @@ class PipelinedNetwork(base_layer.BaseLayer):
       raise ValueError(f'{self.path}: unknown batch_norm_mode '
                        f'{p.batch_norm_mode!r}; use one of '
                        f"{normalization.MODES} or '' (no override).")
-    self._ranges = balance.Resolve(
-        p, len(p.cells),
-        1 if p.batch_norm_mode == 'full_batch' else p.num_micro_batches)
-    self._devices = self._CheckDevices()
-    cells = list(p.cells)
-    if p.batch_norm_mode:
-      cells = [_OverrideBatchNormMode(c, p.batch_norm_mode) for c in cells]
-    names = sequential.CellNames(cells)
-    self._cell_names = names
-    for k, (a, b) in enumerate(self._ranges):
-      with tf.device(self._devices[k]):
-        for n, c in zip(names[a:b], cells[a:b]):
-          self.CreateChild(n, c)
-    # full_batch batch norm is exact only if every batch-norm layer sees the
-    # whole mini-batch in its forward and its backward (the batch moments
-    # and their gradient terms couple all examples), i.e. a barrier over
-    # all micro-batches at each such layer. The engine implements it
-    # honestly by running the step on the whole mini-batch as a single
-    # micro-batch: normalisation and gradients equal un-pipelined batch
-    # norm, at the price of all pipeline overlap (see docs/engine.md).
-    self.full_batch_bn = any(
-        isinstance(l, normalization.BatchNorm) and
-        l.params.mode == 'full_batch'
-        for c in self.cells for l in c.Layers())
-    self.effective_micro_batches = (1 if self.full_batch_bn
-                                    else p.num_micro_batches)
-    self._accumulators = _Untracked()
-    self.schedule_table = schedule_lib.Build(p.schedule, p.num_stages,
-                                             self.effective_micro_batches)
-    self._remat_flags = executor_lib.RematFlags(
-        p.remat, self.effective_micro_batches)
+    try:
+      schedule_lib.CheckConfig(p.schedule, p.num_stages, p.num_micro_batches,
+                               p.virtual_stages)
+    except schedule_lib.ScheduleError as e:
+      raise schedule_lib.ScheduleError(f'{self.path}: {e}') from None
+    chunks = p.num_stages * p.virtual_stages
+    if p.virtual_stages > 1 and chunks > len(p.cells):
+      raise partition_lib.PartitionError(
+          f'{self.path}: num_stages={p.num_stages} x virtual_stages='
+          f'{p.virtual_stages} = {chunks} chunks but the network has '
+          f'{len(p.cells)} cells: every chunk needs a cell. Lower '
+          'virtual_stages or num_stages.')
+    if (p.virtual_stages > 1 and isinstance(p.partition, (list, tuple)) and
+        len(p.partition) != chunks):
+      raise partition_lib.PartitionError(
+          f'{self.path}: partition {list(p.partition)} has '
+          f'{len(p.partition)} entries but num_stages x virtual_stages = '
+          f'{chunks} chunks; give one cell count per chunk.')
 
   def _CheckDevices(self):
     p = self.params
@@ -213,142 +242,91 @@ class PipelinedNetwork(base_layer.BaseLayer):
   # -- structure ---------------------------------------------------------------
 
   @property
-  def cells(self):
+  def cells(self) -> List[base_layer.BaseLayer]:
     return [getattr(self, n) for n in self._cell_names]
 
-  def StageCells(self, k):
-    a, b = self._ranges[k]
+  @property
+  def num_chunks(self) -> int:
+    return len(self._ranges)
+
+  @property
+  def chunk_device(self) -> List[int]:
+    return list(self._chunk_device)
+
+  @property
+  def placement(self) -> placement_lib.Placement:
+    return self._placement
+
+  def ChunkCells(self, c: int) -> List[base_layer.BaseLayer]:
+    a, b = self._ranges[c]
     return self.cells[a:b]
 
-  @property
-  def stage_devices(self):
-    return list(self._devices)
+  def StageCells(self, k: int) -> List[base_layer.BaseLayer]:
+    """Cells of every chunk on device k, in chunk order."""
+    return [cell for c in range(self.num_chunks)
+            if self._chunk_device[c] == k for cell in self.ChunkCells(c)]
 
   @property
-  def num_stages(self):
+  def stage_devices(self) -> List[str]:
+    return list(self._placement.devices)
+
+  @property
+  def num_stages(self) -> int:
     return self.params.num_stages
 
-  def StageVariables(self, k):
-    out = []
-    for c in self.StageCells(k):
-      out.extend(c.AllVariables())
-    return out
+  def ChunkVariables(self, c: int) -> List[tf.Variable]:
+    return [v for cell in self.ChunkCells(c) for v in cell.AllVariables()]
+
+  def StageVariables(self, k: int) -> List[tf.Variable]:
+    return [v for cell in self.StageCells(k) for v in cell.AllVariables()]
+
+  def _Executor(self, bodies) -> executor_lib.Executor:
+    return executor_lib.Executor(
+        bodies, self._placement,
+        [[v for v in self.ChunkVariables(c) if v.trainable]
+         for c in range(self.num_chunks)],
+        self._GradAccumulator,
+        parallel_iterations=self.params.parallel_iterations)
 
   # -- forward -----------------------------------------------------------------
 
-  def _RunStage(self, k, x):
-    with tf.device(self._devices[k]):
-      for cell in self.StageCells(k):
-        x = cell.FProp(x)
-    return x
-
   @tf.autograph.experimental.do_not_convert
   def FProp(self, inputs):
-    """The network's forward. Evaluation runs the whole batch stage by
-    stage; training runs the micro-batches through the stages in fill-drain
-    order (a tick loop), so batch norm sees micro-batches and the result is
-    differentiable under tf.GradientTape like any layer (without
-    re-materialization: the tape keeps what it needs)."""
+    """The network's forward, through the same executor and chunk functions
+    as the training step, with a forward-only table. In training the
+    micro-batches run fill-drain (batch norm sees micro-batches and records
+    its statistics once per micro-batch); evaluation runs the whole batch as
+    one micro-batch. Differentiable under tf.GradientTape like any layer
+    (without re-materialization: the tape keeps what it needs)."""
     ctx = context.Current()
-    k_all, m = self.params.num_stages, self.effective_micro_batches
-    if not ctx.training or m == 1:
-      x = inputs
-      for k in range(k_all):
-        x = self._RunStage(k, x)
-      return x
-    return self._TickLoopForward(microbatch.Split(inputs, m))
+    training = bool(ctx.training)
+    m = self.effective_micro_batches if training else 1
+    if m > 1:
+      x_mb = microbatch.Split(inputs, m)
+    else:
+      x_mb = tf.nest.map_structure(lambda t: t[tf.newaxis], inputs)
+    step = tf.cast(ctx.step, tf.int64)
+    if tf.executing_eagerly():
+      fn = self._forward_fns.table.get(training)
+      if fn is None:
+        fn = tf.function(lambda x, s: self._ForwardMicroBatches(x, s, training),
+                         autograph=False)
+        self._forward_fns.table[training] = fn
+      out_mb, stats = fn(x_mb, step)
+    else:
+      out_mb, stats = self._ForwardMicroBatches(x_mb, step, training)
+    for path, tuples in stats.items():
+      for tup in tuples:
+        context.AddStats(path, tuple(tup))
+    return microbatch.Merge(out_mb)
 
-  def _StageSpecs(self, k, in_specs):
-    """Output TensorSpecs and batch-norm statistics layout of stage k for
-    micro-batch input specs (a trace only; no data is computed)."""
-    info = {}
-
-    def Fn(*flat):
-      stats = {}
-      x = tf.nest.pack_sequence_as(in_specs, flat)
-      with context.Scope(training=True, step=0, micro_batch=0, stats=stats):
-        y = self._RunStage(k, x)
-      info['stats'] = [(p, [[(v.shape, v.dtype) for v in tup]
-                             for tup in stats[p]]) for p in sorted(stats)]
-      return y
-
-    out = tf.function(Fn, autograph=False).get_concrete_function(
-        *tf.nest.flatten(in_specs)).structured_outputs
-    return (tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                  out), info['stats'])
-
-  def _TickLoopForward(self, x_mb):
-    """Fill-drain forward of M micro-batches as one while loop over clock
-    ticks (stage k runs micro-batch t-k at tick t), so the graph does not
-    grow with M; TensorFlow differentiates it like any other loop."""
-    ctx = context.Current()
-    k_all, m = self.params.num_stages, self.effective_micro_batches
-    specs = [tf.nest.map_structure(
-        lambda t: tf.TensorSpec(t.shape[1:], t.dtype), x_mb)]
-    layouts = []
-    for k in range(k_all):
-      out_specs, layout = self._StageSpecs(k, specs[-1])
-      specs.append(out_specs)
-      layouts.append(layout)
-    tas = [None]
-    for k in range(1, k_all + 1):
-      with tf.device(self._devices[min(k, k_all - 1)]):
-        tas.append([tf.TensorArray(s.dtype, size=m, element_shape=s.shape)
-                    for s in tf.nest.flatten(specs[k])])
-    stats0 = []
-    for k in range(k_all):
-      with tf.device(self._devices[k]):
-        accs = []
-        for _, tuples in layouts[k]:
-          for tup in tuples:
-            accs.append([tf.zeros(shape, dtype) for shape, dtype in tup])
-        stats0.append(accs)
-    x_flat = tf.nest.flatten(x_mb)
-
-    def Body(t, tas_in, stats_in):
-      tas_out, stats_out = list(tas_in), list(stats_in)
-      for k in range(k_all):
-        i = t - k
-
-        def Run(k=k, i=i):
-          with tf.device(self._devices[k]):
-            if k == 0:
-              xs = [tf.gather(v, i) for v in x_flat]
-            else:
-              xs = [ta.read(i) for ta in tas_in[k]]
-            x = tf.nest.pack_sequence_as(specs[k], xs)
-            local = {}
-            with context.Scope(micro_batch=i, stats=local):
-              y = self._RunStage(k, x)
-            new_ta = [ta.write(i, v) for ta, v in
-                      zip(tas_in[k + 1], tf.nest.flatten(y))]
-            flat_stats = [tup for p in sorted(local) for tup in local[p]]
-            new_stats = [[a + b for a, b in zip(acc, tup)]
-                         for acc, tup in zip(stats_in[k], flat_stats)]
-            return new_ta, new_stats
-
-        new_ta, new_stats = tf.cond(
-            tf.logical_and(i >= 0, i < m), Run,
-            lambda k=k: (list(tas_in[k + 1]), list(stats_in[k])))
-        tas_out[k + 1] = new_ta
-        stats_out[k] = new_stats
-      return t + 1, tas_out, stats_out
-
-    loop_tas = [[]] + tas[1:]
-    _, tas_end, stats_end = tf.while_loop(
-        lambda t, *_: t < m + k_all - 1, Body,
-        (tf.constant(0), loop_tas, stats0),
-        parallel_iterations=self.params.parallel_iterations,
-        maximum_iterations=m + k_all - 1)
-    for k in range(k_all):
-      pos = 0
-      for path, tuples in layouts[k]:
-        for _ in tuples:
-          if ctx.stats is not None:
-            context.AddStats(path, tuple(stats_end[k][pos]))
-          pos += 1
-    out = [ta.stack() for ta in tas_end[k_all]]
-    return microbatch.Merge(tf.nest.pack_sequence_as(specs[-1], out))
+  def _ForwardMicroBatches(self, x_mb, step, training):
+    m = tf.nest.flatten(x_mb)[0].shape[0]
+    table = schedule_lib.BuildForwardOnly(self._chunk_device, m)
+    bodies = [_ChunkBody(self.ChunkCells(c), training=training)
+              for c in range(self.num_chunks)]
+    return self._Executor(bodies).Forward(
+        executor_lib.Plan(table, [True] * m), x_mb, step)
 
   # -- training step -----------------------------------------------------------
 
@@ -364,17 +342,28 @@ class PipelinedNetwork(base_layer.BaseLayer):
     (count, sum, sum_sq) tuples batch norm recorded in the forwards.
     """
     if tf.executing_eagerly():
+      self.CreateGradientAccumulators()
       return tf.function(self._Step, autograph=False)(
           inputs, labels_nest, loss_fn, step)
     return self._Step(inputs, labels_nest, loss_fn, step)
 
-  def _GradAccumulator(self, var):
+  def CreateGradientAccumulators(self) -> None:
+    """Creates the variables gradients are summed in (one per trainable
+    variable, where it lives). Call before tracing a training step (the
+    task's BuildOptimizer does): a variable created during a tf.function
+    trace makes TensorFlow trace the whole step twice."""
+    for c in range(self.num_chunks):
+      for v in self.ChunkVariables(c):
+        if v.trainable:
+          self._GradAccumulator(v, c)
+
+  def _GradAccumulator(self, var, chunk):
     """A persistent, untracked variable in which var's gradient is summed
-    over micro-batches (created once, outside any function trace; not a
-    checkpoint key)."""
+    over micro-batches (created once, outside any function trace, where the
+    chunk's variables live; not a checkpoint key)."""
     accs = self._accumulators.table
     if var.ref() not in accs:
-      with tf.init_scope(), tf.device(var.device):
+      with tf.init_scope(), self._placement.VariableScope(chunk):
         accs[var.ref()] = tf.Variable(tf.zeros(var.shape, var.dtype),
                                       trainable=False)
     return accs[var.ref()]
@@ -386,17 +375,12 @@ class PipelinedNetwork(base_layer.BaseLayer):
     microbatch.CheckDivisible(microbatch.StaticBatchSize(inputs),
                               p.num_micro_batches)
     m = self.effective_micro_batches
-    x_mb = microbatch.Split(inputs, m)
-    lab_mb = microbatch.Split(labels_nest, m)
-    plan = executor_lib.Plan(self.schedule_table, self._remat_flags)
-    bodies = [_StageBody(self.StageCells(k), loss_fn)
-              for k in range(p.num_stages)]
-    stage_vars = [[v for v in self.StageVariables(k) if v.trainable]
-                  for k in range(p.num_stages)]
-    ex = executor_lib.Executor(bodies, self._devices, stage_vars, plan,
-                               self._GradAccumulator,
-                               parallel_iterations=p.parallel_iterations)
-    loss, sums, grads, stats = ex.Run(x_mb, lab_mb, step)
+    last = self.num_chunks - 1
+    bodies = [_ChunkBody(self.ChunkCells(c), loss_fn if c == last else None)
+              for c in range(self.num_chunks)]
+    loss, sums, grads, stats = self._Executor(bodies).Train(
+        executor_lib.Plan(self.schedule_table, self._remat_flags),
+        microbatch.Split(inputs, m), microbatch.Split(labels_nest, m), step)
     out_grads = [grads.get(v.ref(), None) for v in self.TrainableVariables()]
     out_grads = [g if g is not None else tf.zeros_like(v)
                  for g, v in zip(out_grads, self.TrainableVariables())]

@@ -1,190 +1,495 @@
 """Pipeline schedules as data.
 
-A schedule is, per stage (device), the ordered list of actions it performs:
-('F', i) runs the forward of micro-batch i, ('B', i) its backward. The
-executor never decides an order itself: it runs the tick table derived here,
-where each clock tick gives every stage at most one forward followed by at
-most one backward. The analytics (bubble fraction, peak stash, buffer slots)
-are computed from the same table, so what is reported is what runs.
+A schedule is, per device, the ordered list of actions it performs. An
+action (kind, chunk, micro-batch) prints like `2F0`: F runs the forward of
+model chunk 2 on micro-batch 0, B its backward (only the input gradient
+when the schedule splits the backward), W its weight gradient. The cells
+are cut into chunks (K per pipeline, or K*v with v virtual stages);
+`chunk_device[c]` is the device holding chunk c.
+
+The executor runs lockstep clock ticks. Each tick, every device runs at most
+one F, then at most one B, then at most one W (schedules marked
+`one_action_per_tick` run at most one action in all). An action may run at
+tick t when:
+  F(c, i): F(c-1, i) ran at an earlier tick (activations cross at tick ends);
+  B(c, i): B(c+1, i) ran at an earlier tick; for the last chunk, F(c, i) ran
+           at an earlier tick or earlier in this one;
+  W(c, i): B(c, i) ran at an earlier tick or earlier in this one.
+`TickTable` packs each device's list in order, every action at the first
+tick it may run. The executor, the analytics (bubble, peak stash, buffer
+slots) and the timeline simulator all read that table, so what is reported
+is what runs.
 """
-import collections
+import dataclasses
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-SCHEDULES = ('gpipe', '1f1b', '1f1b_classic')
+F, B, W = 'F', 'B', 'W'
 
-Action = collections.namedtuple('Action', ['kind', 'mb'])
+
+class Action(NamedTuple):
+  kind: str  # 'F', 'B' or 'W'
+  chunk: int
+  mb: int
+
+  def __str__(self) -> str:
+    return f'{self.chunk}{self.kind}{self.mb}'
 
 
 class ScheduleError(ValueError):
-  """Unknown schedule or an action list that cannot run."""
+  """Unknown schedule, unsupported combination, or a list that cannot run."""
 
 
-def GPipeActions(num_stages, num_micro_batches):
-  """Fill-drain: all forwards, then all backwards (last micro-batch first)."""
-  m = num_micro_batches
-  return [[Action('F', i) for i in range(m)] +
-          [Action('B', i) for i in reversed(range(m))]
-          for _ in range(num_stages)]
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+  doc: str
+  split_backward: bool = False       # B and W are separate actions.
+  one_action_per_tick: bool = False
+  virtual_stages: Optional[int] = 1  # chunks per device; None: any (>= 1).
 
 
-def OneFOneBActions(num_stages, num_micro_batches, warmup_fn):
-  """One-forward-one-backward after warmup_fn(K, k) warm-up forwards."""
-  k_all, m = num_stages, num_micro_batches
+_KINDS = {
+    'gpipe': _Kind('fill-drain: all forwards, then all backwards'),
+    '1f1b': _Kind('one forward one backward after 2(K-1-d) warm-up forwards '
+                  '(the lockstep count that keeps every device busy)'),
+    '1f1b_classic': _Kind('one forward one backward after K-1-d warm-ups '
+                          '(at most K-d stashed, larger bubble in lockstep)'),
+    'interleaved_1f1b': _Kind('1f1b over v chunks per device (device d holds '
+                              'chunks d, d+K, ...)', virtual_stages=None),
+    'zb_h1': _Kind('zero bubble H1: backward split into B and W, W fills '
+                   'idle ticks, at most K micro-batches stashed per device',
+                   split_backward=True, one_action_per_tick=True),
+    'zb_v': _Kind('zero bubble V: two chunks per device in V order (device d '
+                  'holds chunks d and 2K-1-d), B/W split',
+                  split_backward=True, one_action_per_tick=True,
+                  virtual_stages=2),
+}
+SCHEDULES = tuple(_KINDS)
+FORWARD_ONLY = 'forward_only'
+
+
+def Describe(name: str) -> str:
+  return _KINDS[name].doc
+
+
+def SplitsBackward(name: str) -> bool:
+  return name in _KINDS and _KINDS[name].split_backward
+
+
+def CheckConfig(name: str, num_devices: int, num_micro_batches: int,
+                virtual_stages: int = 1) -> None:
+  """Raises ScheduleError naming the fields if the combination cannot run."""
+  if name not in _KINDS:
+    raise ScheduleError(f'Unknown schedule {name!r}; use one of {SCHEDULES}.')
+  for field, value in (('num_stages', num_devices),
+                       ('num_micro_batches', num_micro_batches),
+                       ('virtual_stages', virtual_stages)):
+    if not isinstance(value, int) or value < 1:
+      raise ScheduleError(f'{field} must be a positive int, got {value!r}.')
+  want = _KINDS[name].virtual_stages
+  if want is not None and virtual_stages != want:
+    raise ScheduleError(
+        f"schedule={name!r} runs {want} chunk(s) per device: set "
+        f'virtual_stages={want} (got virtual_stages={virtual_stages}), or '
+        "use schedule='interleaved_1f1b' for other chunk counts.")
+  if (name == 'interleaved_1f1b' and virtual_stages > 1 and
+      num_micro_batches % num_devices):
+    raise ScheduleError(
+        f"schedule='interleaved_1f1b' with virtual_stages={virtual_stages} "
+        f'needs num_micro_batches divisible by num_stages (micro-batches '
+        f'run in groups of K per chunk); got num_micro_batches='
+        f'{num_micro_batches}, num_stages={num_devices}.')
+
+
+def ChunkDevices(name: str, num_devices: int,
+                 virtual_stages: int = 1) -> List[int]:
+  """Device of each chunk: round robin (chunks d, d+K, ... on device d), or
+  the V order of zb_v (chunks d and 2K-1-d on device d)."""
+  k = num_devices
+  if name == 'zb_v':
+    return [c if c < k else 2 * k - 1 - c for c in range(2 * k)]
+  return [c % k for c in range(k * virtual_stages)]
+
+
+# -- action lists ------------------------------------------------------------------
+
+
+def _GPipe(k_all, m, _):
+  return [[Action(F, d, i) for i in range(m)] +
+          [Action(B, d, i) for i in reversed(range(m))] for d in range(k_all)]
+
+
+def _Interleaved(k_all, m, v, warmup):
+  """1F1B over v chunks per device: forwards in groups of K micro-batches
+  per chunk (the k-th forward of device d is chunk (k // K) % v, micro-batch
+  (k // Kv) * K + k % K), backwards in the same groups with the chunks
+  reversed; `warmup(d)` forwards before the first backward."""
   out = []
-  for k in range(k_all):
-    warm = min(warmup_fn(k_all, k), m)
-    acts = [Action('F', i) for i in range(warm)]
-    f, b = warm, 0
-    while f < m:
-      acts.append(Action('F', f))
-      acts.append(Action('B', b))
-      f += 1
-      b += 1
-    acts.extend(Action('B', i) for i in range(b, m))
+  for d in range(k_all):
+    n = m * v
+    if v == 1:
+      fwd = [(d, i) for i in range(m)]
+      bwd = list(fwd)
+    else:
+      group = lambda q: (q // (k_all * v)) * k_all + q % k_all
+      fwd = [(((q // k_all) % v) * k_all + d, group(q)) for q in range(n)]
+      bwd = [((v - 1 - (q // k_all) % v) * k_all + d, group(q))
+             for q in range(n)]
+    warm = min(warmup(d), n)
+    acts = [Action(F, *fwd[q]) for q in range(warm)]
+    for q in range(warm, n):
+      acts += [Action(F, *fwd[q]), Action(B, *bwd[q - warm])]
+    acts += [Action(B, *bwd[q]) for q in range(n - warm, n)]
     out.append(acts)
   return out
 
 
-def _LockstepWarmup(num_stages, k):
-  # In lockstep ticks an activation takes one tick to reach the next stage
-  # and a gradient one tick to come back, so the round trip from stage k to
-  # the last stage and back is 2(K-1-k) ticks; that many warm-up forwards
-  # keep every stage busy with one forward and one backward per tick.
-  return 2 * (num_stages - 1 - k)
+def _Ready(a: Action, t: int, done: Dict[Action, int],
+           last_chunk: int) -> bool:
+  """The dependency rule of the module docstring (`done`: tick of each
+  action that ran)."""
+  def Before(x, allow_same):
+    tt = done.get(x)
+    return tt is not None and (tt < t or (allow_same and tt == t))
+  if a.kind == F:
+    return a.chunk == 0 or Before(Action(F, a.chunk - 1, a.mb), False)
+  if a.kind == B:
+    if a.chunk == last_chunk:
+      return Before(Action(F, a.chunk, a.mb), True)
+    return Before(Action(B, a.chunk + 1, a.mb), False)
+  return Before(Action(B, a.chunk, a.mb), True)
 
 
-def _ClassicWarmup(num_stages, k):
-  # PipeDream-flush / Megatron: K-1-k warm-ups, at most K-k stashed; in
-  # lockstep ticks this leaves a stage idle every other tick.
-  return num_stages - 1 - k
+def _Simulate(k_all, chunk_device, m, choose):
+  """Runs one action per device per tick, as `choose(d, t, ready)` picks
+  (None: idle); returns each device's actions in the order they ran."""
+  last = len(chunk_device) - 1
+  total = 3 * m * len(chunk_device)
+  done, orders, t = {}, [[] for _ in range(k_all)], 0
+  while len(done) < total:
+    picked = []
+    for d in range(k_all):
+      a = choose(d, t, lambda x: x not in done and _Ready(x, t, done, last))
+      if a is not None:
+        picked.append(a)
+        orders[d].append(a)
+    if not picked:
+      raise ScheduleError(f'Schedule construction stalled at tick {t}.')
+    for a in picked:
+      done[a] = t
+    t += 1
+  return orders
 
 
-def Actions(name, num_stages, num_micro_batches):
-  if name == 'gpipe':
-    return GPipeActions(num_stages, num_micro_batches)
-  if name == '1f1b':
-    return OneFOneBActions(num_stages, num_micro_batches, _LockstepWarmup)
-  if name == '1f1b_classic':
-    return OneFOneBActions(num_stages, num_micro_batches, _ClassicWarmup)
-  raise ScheduleError(f'Unknown schedule {name!r}; use one of {SCHEDULES}.')
+def _ZeroBubbleH1(k_all, m, _):
+  """K-d warm-up forwards, then a backward (input gradient) and a forward in
+  turn; a weight-gradient pass runs whenever the next F or B cannot, and
+  before a forward that would stash more than K micro-batches."""
+  fb = []
+  for d in range(k_all):
+    warm = min(k_all - d, m)
+    acts = [Action(F, d, i) for i in range(warm)]
+    for i in range(m):
+      acts.append(Action(B, d, i))
+      if warm + i < m:
+        acts.append(Action(F, d, warm + i))
+    fb.append(acts)
+  pos, pending, live = [0] * k_all, [[] for _ in range(k_all)], [0] * k_all
+
+  def Choose(d, _, ready):
+    nxt = fb[d][pos[d]] if pos[d] < len(fb[d]) else None
+    if nxt is not None and ready(nxt) and not (nxt.kind == F and
+                                               live[d] >= k_all):
+      pos[d] += 1
+      if nxt.kind == F:
+        live[d] += 1
+      else:
+        pending[d].append(nxt.mb)
+      return nxt
+    if pending[d]:
+      live[d] -= 1
+      return Action(W, d, pending[d].pop(0))
+    return None
+
+  return _Simulate(k_all, list(range(k_all)), m, Choose)
+
+
+def _ZeroBubbleV(k_all, m, _):
+  """Greedy over both chunks of a device: a ready B first, then a ready F
+  (at most 2K chunk activations stashed, i.e. K stages' worth as in 1F1B),
+  then the oldest pending W; earlier micro-batches, then later chunks,
+  first."""
+  chunk_device = ChunkDevices('zb_v', k_all)
+  local = [[c for c in range(2 * k_all) if chunk_device[c] == d]
+           for d in range(k_all)]
+  nxt = {(kind, c): 0 for kind in (F, B, W) for c in range(2 * k_all)}
+  live = [0] * k_all
+
+  def Choose(d, _, ready):
+    cands = []
+    for c in local[d]:
+      for rank, kind in enumerate((B, F, W)):
+        i = nxt[(kind, c)]
+        if i >= m or (kind == W and i >= nxt[(B, c)]):
+          continue
+        a = Action(kind, c, i)
+        if (kind == W or ready(a)) and not (kind == F and
+                                            live[d] >= 2 * k_all):
+          cands.append(((rank, i, -c), a))
+    if not cands:
+      return None
+    a = min(cands)[1]
+    nxt[(a.kind, a.chunk)] += 1
+    live[d] += {F: 1, B: 0, W: -1}[a.kind]
+    return a
+
+  return _Simulate(k_all, chunk_device, m, Choose)
+
+
+_GENERATORS = {
+    'gpipe': _GPipe,
+    '1f1b': lambda k, m, v: _Interleaved(k, m, 1, lambda d: 2 * (k - 1 - d)),
+    '1f1b_classic': lambda k, m, v: _Interleaved(k, m, 1,
+                                                 lambda d: k - 1 - d),
+    # Megatron's warm-up count; in lockstep ticks it is also the smallest
+    # that reaches the bubble (K-1)/(vM+K-1) (tested).
+    'interleaved_1f1b': lambda k, m, v: _Interleaved(
+        k, m, v, lambda d: 2 * (k - 1 - d) + (v - 1) * k),
+    'zb_h1': _ZeroBubbleH1,
+    'zb_v': _ZeroBubbleV,
+}
+
+
+def Actions(name: str, num_devices: int, num_micro_batches: int,
+            virtual_stages: int = 1) -> List[List[Action]]:
+  """Per device, the ordered actions of a schedule."""
+  CheckConfig(name, num_devices, num_micro_batches, virtual_stages)
+  return _GENERATORS[name](num_devices, num_micro_batches, virtual_stages)
+
+
+def ForwardOnlyActions(chunk_device: Sequence[int],
+                       num_micro_batches: int) -> List[List[Action]]:
+  """Forwards only (evaluation, or a forward differentiated by a caller's
+  tape): each device runs its chunks in order, all micro-batches each."""
+  k_all = max(chunk_device) + 1
+  return [[Action(F, c, i) for c in range(len(chunk_device))
+           if chunk_device[c] == d for i in range(num_micro_batches)]
+          for d in range(k_all)]
+
+
+# -- the tick table -----------------------------------------------------------------
+
+Costs = Union[None, Dict, Callable[[str, int], float]]
+
+
+class TimelineEvent(NamedTuple):
+  device: int
+  tick: int
+  action: Action
+  start: float
+  end: float
+
+
+class Timeline(NamedTuple):
+  events: List[TimelineEvent]
+  duration: float
+  tick_starts: List[float]
+
+  def BubbleFraction(self, num_devices: int) -> float:
+    busy = sum(e.end - e.start for e in self.events)
+    return 1.0 - busy / (num_devices * self.duration) if self.duration else 0.0
 
 
 class TickTable:
-  """Per-device action lists turned into lockstep clock ticks.
+  """Per-device action lists packed into lockstep ticks.
 
-  fwd[t][k] / bwd[t][k]: micro-batch whose forward / backward stage k runs at
-  tick t, or -1. A forward needs the previous stage's forward of the same
-  micro-batch at an earlier tick; a backward needs the next stage's backward
-  at an earlier tick (the last stage: its own forward, possibly in the same
-  tick, since a tick runs its forward before its backward).
+  ticks[t][d]: the actions device d runs at tick t, in order.
   """
 
-  def __init__(self, actions, num_micro_batches):
-    self.actions = actions
-    self.num_stages = len(actions)
-    self.num_micro_batches = m = num_micro_batches
-    k_all = self.num_stages
-    for k, acts in enumerate(actions):
-      want = sorted([('F', i) for i in range(m)] + [('B', i) for i in range(m)])
-      if sorted(tuple(a) for a in acts) != want:
-        raise ScheduleError(f'Stage {k} must run F and B of each of the {m} '
-                            f'micro-batches exactly once; got {acts}.')
-    f_tick = [[None] * m for _ in range(k_all)]
-    b_tick = [[None] * m for _ in range(k_all)]
-    pos = [0] * k_all
-    self.fwd, self.bwd = [], []
+  def __init__(self, actions: Sequence[Sequence[Action]],
+               num_micro_batches: int, chunk_device: Sequence[int],
+               one_action_per_tick: bool = False, name: str = ''):
+    self.name = name
+    self.actions = [list(a) for a in actions]
+    self.num_devices = len(self.actions)
+    self.chunk_device = list(chunk_device)
+    self.num_chunks = len(self.chunk_device)
+    self.num_micro_batches = num_micro_batches
+    self.one_action_per_tick = one_action_per_tick
+    self._Validate()
+    self._Pack()
+
+  @property
+  def num_stages(self) -> int:
+    return self.num_devices
+
+  def _Validate(self):
+    m, kinds = self.num_micro_batches, set()
+    for d, acts in enumerate(self.actions):
+      for a in acts:
+        if not 0 <= a.chunk < self.num_chunks or (
+            self.chunk_device[a.chunk] != d):
+          raise ScheduleError(f'Device {d} lists {a}, but chunk {a.chunk} '
+                              'is not on that device.')
+        kinds.add(a.kind)
+    self.forward_only = kinds == {F}
+    self.split_backward = W in kinds
+    want = sorted(Action(k, c, i) for k in sorted(kinds)
+                  for c in range(self.num_chunks) for i in range(m))
+    got = sorted(a for acts in self.actions for a in acts)
+    if got != want or not {F} <= kinds <= {F, B, W} or (
+        kinds == {F, W}):
+      raise ScheduleError(
+          f'A schedule must run each of F{", B" if B in kinds else ""}'
+          f'{", W" if W in kinds else ""} once per chunk and micro-batch '
+          f'({self.num_chunks} chunks, {m} micro-batches); got '
+          f'{[[str(a) for a in acts] for acts in self.actions]}.')
+
+  def _Pack(self):
+    last = self.num_chunks - 1
+    pos = [0] * self.num_devices
+    self.tick_of: Dict[Action, int] = {}
+    self.ticks: List[List[Tuple[Action, ...]]] = []
     t = 0
-    while any(pos[k] < len(actions[k]) for k in range(k_all)):
-      row_f, row_b = [-1] * k_all, [-1] * k_all
-      for k in range(k_all):
-        acts = actions[k]
-        if pos[k] < len(acts) and acts[pos[k]].kind == 'F':
-          i = acts[pos[k]].mb
-          if k == 0 or (f_tick[k - 1][i] is not None and f_tick[k - 1][i] < t):
-            row_f[k] = i
-            f_tick[k][i] = t
-            pos[k] += 1
-        if pos[k] < len(acts) and acts[pos[k]].kind == 'B':
-          i = acts[pos[k]].mb
-          if k == k_all - 1:
-            ready = f_tick[k][i] is not None and f_tick[k][i] <= t
-          else:
-            ready = b_tick[k + 1][i] is not None and b_tick[k + 1][i] < t
-          if ready and f_tick[k][i] is not None:
-            row_b[k] = i
-            b_tick[k][i] = t
-            pos[k] += 1
-      if row_f == [-1] * k_all and row_b == [-1] * k_all:
-        raise ScheduleError(f'Schedule deadlocks at tick {t}: stage positions '
-                            f'{pos} of {[len(a) for a in actions]}.')
-      self.fwd.append(row_f)
-      self.bwd.append(row_b)
+    while any(p < len(a) for p, a in zip(pos, self.actions)):
+      row = []
+      for d, acts in enumerate(self.actions):
+        got, slots = [], [F, B, W]
+        while pos[d] < len(acts) and slots:
+          a = acts[pos[d]]
+          if (a.kind not in slots or (self.one_action_per_tick and got) or
+              not _Ready(a, t, self.tick_of, last)):
+            break
+          slots = slots[slots.index(a.kind) + 1:]
+          self.tick_of[a] = t
+          got.append(a)
+          pos[d] += 1
+        row.append(tuple(got))
+      if not any(row):
+        raise ScheduleError(
+            f'Schedule deadlocks at tick {t}: next actions '
+            f'{[str(a[p]) if p < len(a) else "-" for p, a in zip(pos, self.actions)]}.')
+      self.ticks.append(row)
       t += 1
     self.num_ticks = t
-    self.f_tick, self.b_tick = f_tick, b_tick
 
-  # -- buffers ---------------------------------------------------------------
+  # -- lookups -----------------------------------------------------------------
 
-  def InputLifetimes(self, k):
-    """Ticks [written, last read] of stage k's input per micro-batch (k>0):
-    written by stage k-1's forward, read again by stage k's backward."""
-    return [(self.f_tick[k - 1][i], self.b_tick[k][i])
+  def Tick(self, kind: str, chunk: int, mb: int) -> Optional[int]:
+    return self.tick_of.get(Action(kind, chunk, mb))
+
+  def Column(self, kind: str, chunk: int) -> List[int]:
+    """Per tick, the micro-batch of chunk's `kind` action, or -1."""
+    col = [-1] * self.num_ticks
+    for i in range(self.num_micro_batches):
+      t = self.Tick(kind, chunk, i)
+      if t is not None:
+        col[t] = i
+    return col
+
+  def LastBackwardTick(self, chunk: int, mb: int) -> int:
+    return self.Tick(W if self.split_backward else B, chunk, mb)
+
+  # -- stash ---------------------------------------------------------------------
+
+  def StashLifetimes(self, chunk: int) -> List[Tuple[int, int]]:
+    """Ticks [forward, last backward] during which each micro-batch's
+    activations of `chunk` are held."""
+    if self.forward_only:
+      return [(self.Tick(F, chunk, i),) * 2
+              for i in range(self.num_micro_batches)]
+    return [(self.Tick(F, chunk, i), self.LastBackwardTick(chunk, i))
             for i in range(self.num_micro_batches)]
 
-  def GradLifetimes(self, k):
-    """Gradient w.r.t. stage k's output (k < K-1): from stage k+1's backward
-    to stage k's backward."""
-    return [(self.b_tick[k + 1][i], self.b_tick[k][i])
+  def WeightStashLifetimes(self, chunk: int) -> List[Tuple[int, int]]:
+    """Ticks [B, W] during which the tensors W needs are held (split
+    backward only; empty otherwise)."""
+    if not self.split_backward:
+      return []
+    return [(self.Tick(B, chunk, i), self.Tick(W, chunk, i))
             for i in range(self.num_micro_batches)]
 
-  def StashLifetimes(self, k):
-    """Micro-batches stashed at stage k: forward done, backward not yet."""
-    return [(self.f_tick[k][i], self.b_tick[k][i])
-            for i in range(self.num_micro_batches)]
+  def StashCounts(self) -> List[List[int]]:
+    """counts[t][c]: micro-batches whose activations of chunk c are held
+    at tick t (multiply by a chunk's stash bytes for memory)."""
+    counts = [[0] * self.num_chunks for _ in range(self.num_ticks)]
+    for c in range(self.num_chunks):
+      for start, end in self.StashLifetimes(c):
+        for t in range(start, end + 1):
+          counts[t][c] += 1
+    return counts
 
-  def PeakStash(self):
-    """Peak number of micro-batches stashed per stage."""
-    return [_Peak(self.StashLifetimes(k)) for k in range(self.num_stages)]
+  def PeakStash(self) -> List[int]:
+    """Per device, the peak number of (chunk, micro-batch) activations held."""
+    peaks = [0] * self.num_devices
+    for row in self.StashCounts():
+      per = [0] * self.num_devices
+      for c, n in enumerate(row):
+        per[self.chunk_device[c]] += n
+      peaks = [max(p, q) for p, q in zip(peaks, per)]
+    return peaks
 
-  def BubbleFraction(self, f_cost=1.0, b_cost=2.0):
-    """Idle fraction of stage-time when each tick lasts as long as its
-    busiest stage (forward costs f_cost, backward b_cost; with
-    re-materialization a backward costs one more forward)."""
-    busy, total = 0.0, 0.0
-    for row_f, row_b in zip(self.fwd, self.bwd):
-      work = [(f_cost if f >= 0 else 0.0) + (b_cost if b >= 0 else 0.0)
-              for f, b in zip(row_f, row_b)]
-      busy += sum(work)
-      total += max(work) * self.num_stages
-    return 1.0 - busy / total
+  # -- time ------------------------------------------------------------------------
 
-  def Describe(self):
-    """Human-readable grid: one row per stage, one column per tick."""
-    rows = []
-    for k in range(self.num_stages):
-      cells = []
-      for t in range(self.num_ticks):
-        f, b = self.fwd[t][k], self.bwd[t][k]
-        s = (f'F{f}' if f >= 0 else '') + (f'B{b}' if b >= 0 else '')
-        cells.append(s or '.')
-      rows.append(f'stage {k}: ' + ' '.join(f'{c:>5}' for c in cells))
-    return '\n'.join(rows)
+  def _CostFn(self, costs: Costs) -> Callable[[Action], float]:
+    if costs is None:
+      base = lambda kind, chunk: 1.0
+    elif callable(costs):
+      base = costs
+    elif all(isinstance(key, str) for key in costs):
+      base = lambda kind, chunk: float(costs.get(kind, 0.0))
+    else:
+      base = lambda kind, chunk: float(costs.get((kind, chunk), 0.0))
+    split = self.split_backward
+
+    def Cost(a: Action) -> float:
+      c = base(a.kind, a.chunk)
+      if a.kind == B and not split:
+        c += base(W, a.chunk)  # a full backward: input and weight gradients
+      return c
+    return Cost
+
+  def Timeline(self, costs: Costs = None) -> Timeline:
+    """Start and end of every action under the executor's tick semantics:
+    a tick lasts as long as its busiest device; a device runs its actions
+    of the tick back to back from the tick's start.
+
+    costs: duration of (kind, chunk), as a dict {'F': f, 'B': b, 'W': w},
+    a dict {(kind, chunk): seconds}, or a callable(kind, chunk). 'B' is the
+    input-gradient part and 'W' the weight-gradient part; a schedule without
+    W actions runs both in its B. Default: 1 for each.
+    """
+    cost = self._CostFn(costs)
+    events, starts, now = [], [], 0.0
+    for t, row in enumerate(self.ticks):
+      starts.append(now)
+      longest = 0.0
+      for d, acts in enumerate(row):
+        at = now
+        for a in acts:
+          events.append(TimelineEvent(d, t, a, at, at + cost(a)))
+          at += cost(a)
+        longest = max(longest, at - now)
+      now += longest
+    return Timeline(events, now, starts)
+
+  def BubbleFraction(self, costs: Costs = None) -> float:
+    """Idle fraction of device-time in the simulated timeline."""
+    return self.Timeline(costs).BubbleFraction(self.num_devices)
+
+  def Describe(self) -> str:
+    """The grid: one row per device, one column per tick."""
+    cells = [['+'.join(str(a) for a in row[d]) or '.' for row in self.ticks]
+             for d in range(self.num_devices)]
+    width = max(len(c) for r in cells for c in r)
+    return '\n'.join(f'device {d}: ' + ' '.join(f'{c:>{width}}' for c in r)
+                     for d, r in enumerate(cells))
 
 
-def _Peak(intervals):
-  events = sorted([(s, 1) for s, _ in intervals] + [(e + 1, -1) for _, e in intervals],
-                  key=lambda x: (x[0], x[1]))
-  cur = peak = 0
-  for _, d in events:
-    cur += d
-    peak = max(peak, cur)
-  return peak
+def AssignSlots(intervals: Sequence[Tuple[int, int]]) -> Tuple[List[int], int]:
+  """Ring-buffer slots: interval i gets a slot free over its lifetime.
 
-
-def AssignSlots(intervals):
-  """Ring-buffer slots: micro-batch i gets a slot free over its lifetime.
-
-  Returns (slot per micro-batch, number of slots). A slot is reused only
-  from the tick after its previous occupant's last read.
+  Returns (slot per interval, number of slots). A slot is reused only from
+  the tick after its previous occupant's last read.
   """
   order = sorted(range(len(intervals)), key=lambda i: intervals[i][0])
   free_at = []  # slot -> first tick it is free again
@@ -202,6 +507,17 @@ def AssignSlots(intervals):
   return slots, max(1, len(free_at))
 
 
-def Build(name, num_stages, num_micro_batches):
-  return TickTable(Actions(name, num_stages, num_micro_batches),
-                   num_micro_batches)
+def Build(name: str, num_devices: int, num_micro_batches: int,
+          virtual_stages: int = 1) -> TickTable:
+  """The tick table of a named schedule."""
+  acts = Actions(name, num_devices, num_micro_batches, virtual_stages)
+  return TickTable(acts, num_micro_batches,
+                   ChunkDevices(name, num_devices, virtual_stages),
+                   one_action_per_tick=_KINDS[name].one_action_per_tick,
+                   name=name)
+
+
+def BuildForwardOnly(chunk_device: Sequence[int],
+                     num_micro_batches: int) -> TickTable:
+  return TickTable(ForwardOnlyActions(chunk_device, num_micro_batches),
+                   num_micro_batches, chunk_device, name=FORWARD_ONLY)

@@ -1,0 +1,166 @@
+"""Schedules as data: properties of every schedule's tick table for many K,
+M and v, the bubble figures, the timeline simulator and the errors (pure
+Python; no TensorFlow devices)."""
+import pytest
+
+from gpipe_lingvo.pipeline import schedule
+from gpipe_lingvo.pipeline.schedule import Action
+
+V = {'interleaved_1f1b': 2, 'zb_v': 2}
+
+
+def _Configs():
+  for name in schedule.SCHEDULES:
+    for k in (1, 2, 3, 4, 8):
+      for m in (1, 2, 3, 4, 8, 12, 32):
+        v = V.get(name, 1)
+        if name == 'interleaved_1f1b' and m % k:
+          continue
+        yield name, k, m, v
+  yield 'interleaved_1f1b', 4, 8, 3
+  yield 'interleaved_1f1b', 3, 5, 1
+
+
+def _CheckDependencies(tab):
+  """Every action once, in its device's order, and after what it needs
+  (rules restated from the module docstring)."""
+  last = tab.num_chunks - 1
+  seen = []
+  for t, row in enumerate(tab.ticks):
+    for d, acts in enumerate(row):
+      kinds = [a.kind for a in acts]
+      assert kinds == sorted(kinds, key='FBW'.index)
+      assert len(set(kinds)) == len(kinds)
+      if tab.one_action_per_tick:
+        assert len(acts) <= 1
+      for a in acts:
+        assert tab.chunk_device[a.chunk] == d
+        seen.append(a)
+        tick = lambda kind, c: tab.Tick(kind, c, a.mb)
+        if a.kind == 'F' and a.chunk > 0:
+          assert tick('F', a.chunk - 1) < t
+        if a.kind == 'B':
+          assert tick('F', a.chunk) <= t
+          if a.chunk < last:
+            assert tick('B', a.chunk + 1) < t
+        if a.kind == 'W':
+          assert tick('B', a.chunk) <= t
+  assert sorted(seen) == sorted(a for acts in tab.actions for a in acts)
+  assert len(seen) == len(set(seen))
+  for d in range(tab.num_devices):
+    ran = [a for row in tab.ticks for a in row[d]]
+    assert ran == tab.actions[d]
+
+
+def testEveryScheduleRunsEachActionOnceRespectingDependencies():
+  for name, k, m, v in _Configs():
+    tab = schedule.Build(name, k, m, v)
+    assert tab.num_chunks == k * v
+    kinds = {a.kind for acts in tab.actions for a in acts}
+    assert kinds == ({'F', 'B', 'W'} if schedule.SplitsBackward(name)
+                     else {'F', 'B'}), name
+    assert len(kinds) * k * v * m == sum(len(a) for a in tab.actions)
+    _CheckDependencies(tab)
+
+
+def testPeakStashBounds():
+  for name, k, m, v in _Configs():
+    peak = schedule.Build(name, k, m, v).PeakStash()
+    bound = {
+        'gpipe': [m] * k,
+        '1f1b': [min(2 * (k - d) - 1, m) for d in range(k)],
+        '1f1b_classic': [min(k - d, m) for d in range(k)],
+        # 1F1B's peak (K micro-batches of a whole stage) on every device.
+        'zb_h1': [min(k, m)] * k,
+        'zb_v': [2 * min(k, m)] * k,
+        # Megatron's warm-ups + 1 chunks, v chunks per stage.
+        'interleaved_1f1b': [min(2 * (k - 1 - d) + (v - 1) * k + 1, m * v)
+                             for d in range(k)],
+    }[name]
+    assert all(p <= b for p, b in zip(peak, bound)), (name, k, m, v, peak)
+    if name in ('gpipe', '1f1b', '1f1b_classic'):
+      assert peak == bound, (name, k, m)
+
+
+def testBubbleFigures():
+  """With F, B and W each costing 1 (a full backward 2): the interleaved
+  table reaches (K-1)/(vM+K-1) and zb_h1 (K-1)/(3M+K-1), the asynchronous
+  ideals; 1f1b equals GPipe's (K-1)/(M+K-1)."""
+  for k in (2, 4, 8):
+    for m in (8, 16, 32):
+      gpipe = schedule.Build('gpipe', k, m).BubbleFraction()
+      assert gpipe == pytest.approx((k - 1) / (m + k - 1))
+      assert schedule.Build('1f1b', k, m).BubbleFraction() == pytest.approx(
+          gpipe)
+      assert schedule.Build('zb_h1', k, m).BubbleFraction() == pytest.approx(
+          (k - 1) / (3 * m + k - 1))
+      for v in (2, 4):
+        tab = schedule.Build('interleaved_1f1b', k, m, v)
+        assert tab.BubbleFraction() == pytest.approx((k - 1) /
+                                                     (v * m + k - 1))
+  one = schedule.Build('1f1b', 4, 8).BubbleFraction()
+  zb = schedule.Build('zb_h1', 4, 8).BubbleFraction()
+  inter = schedule.Build('interleaved_1f1b', 4, 8, 2).BubbleFraction()
+  zbv = schedule.Build('zb_v', 4, 8, 2).BubbleFraction()
+  assert zb <= 0.5 * one and inter <= 0.6 * one and zbv <= zb
+
+
+def testTimelineUsesTickSemantics():
+  tab = schedule.Build('1f1b', 2, 2)
+  # ticks: d0 [F0] [F1] [B0] [B1]... costs F=1, B=3 (input 1 + weight 2).
+  tl = tab.Timeline({'F': 1, 'B': 1, 'W': 2})
+  assert tab.Describe().splitlines()[0].split(':')[0] == 'device 0'
+  for e in tl.events:
+    assert e.end - e.start == (1 if e.action.kind == 'F' else 3)
+    assert e.start >= tl.tick_starts[e.tick]
+  for t, start in enumerate(tl.tick_starts):
+    ends = [e.end for e in tl.events if e.tick == t]
+    nxt = tl.tick_starts[t + 1] if t + 1 < tab.num_ticks else tl.duration
+    assert max(ends) == nxt  # a tick lasts as long as its busiest device
+  per_chunk = tab.Timeline({('F', 0): 2, ('F', 1): 1, ('B', 0): 1,
+                            ('B', 1): 1, ('W', 0): 0, ('W', 1): 0})
+  assert per_chunk.duration > tab.Timeline({'F': 1, 'B': 1}).duration
+  assert tab.BubbleFraction(lambda kind, chunk: 1.0) == pytest.approx(
+      tab.BubbleFraction())
+
+
+def testStashCountsAndDescribe():
+  tab = schedule.Build('interleaved_1f1b', 2, 4, 2)
+  counts = tab.StashCounts()
+  assert len(counts) == tab.num_ticks and len(counts[0]) == 4
+  assert max(c[0] + c[2] for c in counts) == tab.PeakStash()[0]
+  assert tab.chunk_device == [0, 1, 0, 1]
+  assert schedule.Build('zb_v', 3, 6, 2).chunk_device == [0, 1, 2, 2, 1, 0]
+  grid = schedule.Build('1f1b', 2, 3).Describe().splitlines()
+  assert grid[0].split() == ['device', '0:', '0F0', '0F1', '0F2+0B0', '0B1',
+                             '0B2']
+  assert str(Action('W', 3, 1)) == '3W1'
+  w = schedule.Build('zb_h1', 2, 4)
+  assert w.WeightStashLifetimes(0)[0] == (w.Tick('B', 0, 0), w.Tick('W', 0, 0))
+
+
+def testForwardOnlyTable():
+  tab = schedule.BuildForwardOnly([0, 1, 0, 1], 3)
+  assert tab.forward_only and not tab.split_backward
+  _CheckDependencies(tab)
+  assert tab.num_ticks == 7  # chunk 0 for 3 micro-batches, then chunk 2 ...
+
+
+def testErrorsNameTheFields():
+  with pytest.raises(schedule.ScheduleError, match='Unknown schedule'):
+    schedule.Build('zigzag', 2, 2)
+  with pytest.raises(schedule.ScheduleError,
+                     match=r"schedule='gpipe' runs 1 chunk.*virtual_stages=2"):
+    schedule.Build('gpipe', 2, 4, 2)
+  with pytest.raises(schedule.ScheduleError, match='virtual_stages=2'):
+    schedule.Build('zb_v', 2, 4, 3)
+  with pytest.raises(schedule.ScheduleError,
+                     match='num_micro_batches=6, num_stages=4'):
+    schedule.Build('interleaved_1f1b', 4, 6, 2)
+  with pytest.raises(schedule.ScheduleError, match='num_micro_batches must'):
+    schedule.Build('1f1b', 2, 0)
+  bad = [[Action('B', 0, 0), Action('F', 0, 0)]]
+  with pytest.raises(schedule.ScheduleError, match='deadlock'):
+    schedule.TickTable(bad, 1, [0])
+  with pytest.raises(schedule.ScheduleError, match='once per chunk'):
+    schedule.TickTable([[Action('F', 0, 0)] * 2], 1, [0])
