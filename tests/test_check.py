@@ -23,7 +23,10 @@ def testTrainerCheckModeOnDigits():
        '--model=digits.ConvNetPipelined', '--mode=check'],
       capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
+  # The world lines come first, then the check's.
   lines = r.stdout.splitlines()
+  assert lines[0].startswith('world: 1 worker(s)')
+  lines = lines[3:]
   assert lines[0].startswith('loss: pipelined')
   assert sum('task/network/' in l for l in lines) == 10
   assert lines[-1].startswith('OK: largest relative difference')
