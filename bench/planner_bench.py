@@ -52,7 +52,6 @@ def Worker(cfg):
   measure.ConfigureTensorFlow(max(k for k, _ in configs))
   from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
   costs = {}
@@ -74,8 +73,7 @@ def Worker(cfg):
            'measured_bytes': peak, 'predicted_s': plan['step_s'],
            'measured_s': secs}
     if cfg.get('timeline_dir'):
-      view = schedule_view.ScheduleView(plan['schedule'], k, m)
-      _, boxes = measure.ProfileStep(step_fn, view)
+      _, boxes = measure.ProfileStep(step_fn, model_plan.Pipeline(p).Table())
       name = cfg['model'].replace('.', '_') + f'_k{k}_m{m}'
       row['pictures'] = [
           plot.Timeline(plan, os.path.join(cfg['timeline_dir'],

@@ -21,6 +21,7 @@ from gpipe_lingvo.pipeline import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 COSTS_FILE = 'cell_costs.json'
 
@@ -40,15 +41,22 @@ def PrepareNetworkParams(model_params, logdir=''):
     net.cell_costs_path = os.path.join(logdir, COSTS_FILE)
 
 
+def Pipeline(model_params) -> plan_lib.Pipeline:
+  """The pipeline configuration of a model's training step."""
+  return _Pipeline(model_params.task.network)[0]
+
+
 def _Pipeline(net):
-  """(K, M, schedule, remat policy, partition, topology) of network params;
+  """(plan.Pipeline, remat policy, partition, topology) of network params;
   a plain network is one stage and one micro-batch without remat."""
   keys = dict(net.IterParams())
   if 'num_stages' not in keys:
-    return 1, 1, 'gpipe', 'never', 'uniform', None
+    return plan_lib.Pipeline('gpipe', 1, 1, (False,)), 'never', 'uniform', None
   m = 1 if net.batch_norm_mode == 'full_batch' else net.num_micro_batches
-  return (net.num_stages, m, net.schedule, net.remat, net.partition,
-          net.topology)
+  pipe = plan_lib.Pipeline(net.schedule, net.num_stages, m,
+                           tuple(executor_lib.RematFlags(net.remat, m)),
+                           net.virtual_stages)
+  return pipe, net.remat, net.partition, net.topology
 
 
 def ModelCosts(model_params, micro_batch, measure=False):
@@ -87,33 +95,34 @@ def MatmulFlopsPerSecond(size=512, reps=5):
   return 2 * size ** 3 / float(np.median(times))
 
 
-def PlanModel(model_params, measure=False, costs=None):
+def PlanModel(model_params, measure=False, costs=None,
+              overheads=plan_lib.Overheads()):
   """The plan dict of a model's training step (see pipeline/plan.py)."""
   net = model_params.task.network
-  k, m, schedule, remat_policy, spec, topo = _Pipeline(net)
+  pipe, remat_policy, spec, topo = _Pipeline(net)
+  k, m = pipe.num_stages, pipe.num_micro_batches
   batch = model_params.train.batch_size
   if batch % m:
     raise plan_lib.PlanError(f'batch size {batch} is not divisible by '
                              f'num_micro_batches={m}.')
-  slots = plan_lib.SLOTS_PER_WEIGHT[model_params.task.train.optimizer.type]
-  remat = executor_lib.RematFlags(remat_policy, m)
+  opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
   budgets = balance.Budgets(topo, k) if topo is not None else None
   if costs is None:
     costs = ModelCosts(model_params, batch // m,
                        measure=measure or spec == 'time')
   cells = len(costs.cells)
   if isinstance(spec, str) and spec in partition_lib.COST_MODES:
-    ranges = plan_lib.BalancedPartition(costs, spec, k, schedule, m, remat,
-                                        slots, budgets)
+    ranges = plan_lib.BalancedPartition(costs, spec, pipe, opt, budgets)
   else:
-    ranges = partition_lib.Partition(cells, k, spec)
+    ranges = partition_lib.Partition(cells, pipe.num_chunks, spec)
   cpu = topo is None or topo.device_type == 'cpu'
   threads = topo.intra_op_threads if topo is not None else 0
   host_parallelism = min(k, os.cpu_count() or 1) if threads == 1 else 1
   rate = None if costs.cells[0].fwd_s is not None else MatmulFlopsPerSecond()
-  plan = plan_lib.MakePlan(costs, ranges, schedule, m, remat, slots, budgets,
-                           shared_host=cpu, host_parallelism=host_parallelism,
-                           flops_per_s=rate)
+  plan = plan_lib.MakePlan(costs, ranges, pipe, opt, budgets,
+                           shared_host=cpu,
+                           host_parallelism=host_parallelism if cpu else None,
+                           flops_per_s=rate, overheads=overheads)
   plan['model'] = model_params.model
   plan['partition_spec'] = spec if isinstance(spec, str) else list(spec)
   plan['time_source'] = ('measured cell times' if rate is None else
@@ -122,48 +131,62 @@ def PlanModel(model_params, measure=False, costs=None):
   if plan['step_s']:
     plan['examples_per_s'] = batch / plan['step_s']
   if budgets is not None:
-    plan.update(_Largest(costs, ranges, schedule, m, remat_policy, slots,
-                         budgets, batch))
+    plan.update(_Largest(costs, ranges, pipe, remat_policy, opt, budgets,
+                         batch))
   return plan
 
 
-def _Largest(costs, ranges, schedule, m, remat_policy, slots, budgets,
-             batch):
+def _Largest(costs, ranges, pipe, remat_policy, opt, budgets, batch):
   """Largest batch that fits at this M, and smallest M that fits at this
   batch (activation bytes scale with the micro-batch)."""
-  remat = executor_lib.RematFlags(remat_policy, m)
 
-  def Fits(micro, mm, flags):
-    p = plan_lib.MakePlan(costs.Scaled(micro), ranges, schedule, mm, flags,
-                          slots, budgets)
-    return p['fits']
+  def Fits(micro, p):
+    return plan_lib.MakePlan(costs.Scaled(micro), ranges, p, opt,
+                             budgets)['fits']
 
   lo, hi = 0, 1
-  while Fits(hi, m, remat) and hi < 2 ** 20:
+  while Fits(hi, pipe) and hi < 2 ** 20:
     lo, hi = hi, hi * 2
   while hi - lo > 1:
     mid = (lo + hi) // 2
-    lo, hi = (mid, hi) if Fits(mid, m, remat) else (lo, mid)
+    lo, hi = (mid, hi) if Fits(mid, pipe) else (lo, mid)
   smallest_m = None
   for mm in range(1, batch + 1):
-    if batch % mm == 0 and Fits(batch // mm, mm,
-                                executor_lib.RematFlags(remat_policy, mm)):
+    if batch % mm or not _Runs(pipe, mm):
+      continue
+    flags = tuple(executor_lib.RematFlags(remat_policy, mm))
+    if Fits(batch // mm, pipe.Replace(num_micro_batches=mm, remat=flags)):
       smallest_m = mm
       break
-  return {'largest_batch_that_fits': lo * m,
+  return {'largest_batch_that_fits': lo * pipe.num_micro_batches,
           'smallest_micro_batches_that_fit': smallest_m}
+
+
+def _Runs(pipe, m):
+  try:
+    schedule_lib.CheckConfig(pipe.schedule, pipe.num_stages, m,
+                             pipe.virtual_stages)
+    return True
+  except schedule_lib.ScheduleError:
+    return False
 
 
 def Summary(plan):
   """The step lines printed under the stage table."""
   mib = lambda n: f'{n / 2**20:.1f} MiB'
-  out = [f"{plan['model']}: K={plan['num_stages']}, M="
+  v = plan['virtual_stages']
+  out = [f"{plan['model']}: K={plan['num_stages']}, "
+         f"{f'v={v}, ' if v > 1 else ''}M="
          f"{plan['num_micro_batches']} ({plan['schedule']}, micro-batch "
          f"{plan['micro_batch_size']}), partition {plan['partition']} "
          f"({plan['partition_spec']})"]
   if plan['step_s'] is not None:
-    out.append(f"bubble {plan['bubble']:.3f}; estimated step "
-               f"{plan['step_s'] * 1e3:.1f} ms, "
+    shared = plan['host_parallelism']
+    host = ('' if shared is None else
+            f", the devices sharing the host's cores ({shared:g} action"
+            f"{'s' if shared != 1 else ''} at a time)")
+    out.append(f"bubble {plan['bubble']:.3f} (the schedule's); estimated "
+               f"step {plan['step_s'] * 1e3:.1f} ms{host}, "
                f"{plan['examples_per_s']:.1f} examples/s "
                f"({plan['time_source']})")
   if plan['host_peak_bytes'] is not None:
@@ -207,12 +230,10 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
 def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
   """Runs one training step under the profiler and draws its measured
   timeline beside the plan's (training with --timeline_at_step)."""
-  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  k, m, schedule, _, _, _ = _Pipeline(model_params.task.network)
-  result, boxes = measure_lib.ProfileStep(
-      step_fn, schedule_view.ScheduleView(schedule, k, m))
+  result, boxes = measure_lib.ProfileStep(step_fn,
+                                          Pipeline(model_params).Table())
   plan = PlanModel(model_params)
   path = plot.Timeline(plan, os.path.join(logdir, 'step_timeline.png'),
                        boxes or None)
