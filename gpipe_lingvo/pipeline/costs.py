@@ -95,6 +95,17 @@ class NetworkCosts:
     return NetworkCosts(batch, int(round(self.input_bytes * r)), cells)
 
 
+  def TimesScaledTo(self, total_s):
+    """Costs whose forward + backward times add up to `total_s` (the
+    per-cell shares kept): the step statistics attribute time to cells,
+    a run in the runtime the training step uses gives the total."""
+    now = sum(c.fwd_s + c.bwd_s for c in self.cells)
+    r = total_s / now
+    cells = [dataclasses.replace(c, fwd_s=c.fwd_s * r, bwd_s=c.bwd_s * r,
+                                 bwd_w_s=c.bwd_w_s * r) for c in self.cells]
+    return NetworkCosts(self.batch, self.input_bytes, cells)
+
+
 def _Bytes(t):
   if t.dtype in (tf.resource, tf.variant) or not t.shape.is_fully_defined():
     return 0
@@ -270,7 +281,7 @@ def _AssignCells(ops):
 
 
 def TraceNetwork(build: Callable, input_specs, label_specs=None,
-                 measure: bool = False, reps: int = 3) -> NetworkCosts:
+                 measure: bool = False, reps: int = 5) -> NetworkCosts:
   """Traces `build()` -> (cells, loss_fn or None) in a fresh graph.
 
   input_specs / label_specs: nests of tf.TensorSpec at micro-batch shapes.

@@ -14,12 +14,13 @@ Memory model of one chunk and one micro-batch (bytes from the trace):
 - residuals R: forward tensors its backward reads (TensorFlow's own);
 - F holds its transient tensors (and R when the micro-batch is kept); a B
   holds R (kept, or recomputed first) plus the gradients in flight; a W
-  holds what B handed it plus the weight gradients;
+  reads what B handed it and makes the weight gradients;
 - between ticks the executor's buffers hold, per chunk, the entries the
   table says (schedule_view.BufferCounts): inputs, gradients of outputs,
   kept residuals, B->W tensors; the gradient of a chunk's outputs lives on
   the next chunk's device;
-- weights, one accumulator per weight and the optimizer slots persist.
+- weights, one accumulator per weight and the optimizer slots persist;
+  after the loop the update may copy the gradients (clipping).
 A device's bytes are the sum of its chunks'. Logical devices that share a
 host (CPU) share one allocator and run one action at a time: the host's
 peak adds every device's buffers and the largest action's working bytes,
@@ -30,11 +31,10 @@ from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.pipeline import partition as partition_lib
-from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import schedule_view
 
 SLOTS_PER_WEIGHT = {'sgd': 0, 'momentum': 1, 'rmsprop': 2, 'adam': 2}
-F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
+F, B, W = schedule_view.F, schedule_view.B, schedule_view.W
 
 
 class PlanError(errors.UserError, ValueError):
@@ -54,7 +54,7 @@ class Pipeline:
   def num_chunks(self) -> int:
     return self.num_stages * self.virtual_stages
 
-  def Table(self) -> schedule_lib.TickTable:
+  def Table(self) -> schedule_view.TickTable:
     return schedule_view.Table(self.schedule, self.num_stages,
                                self.num_micro_batches, self.virtual_stages)
 
@@ -78,12 +78,11 @@ class Optimizer:
 
 @dataclasses.dataclass(frozen=True)
 class Overheads:
-  """Executor costs beyond the cells' own work (seconds), measured on the
-  device (planning/measure.py): a fixed cost per clock tick, and per call
-  of a chunk function with its buffer reads and writes (an action makes
-  one call; a B that recomputes makes two)."""
+  """Executor costs beyond the cells' own work, measured on the device
+  (planning/measure.py ExecutorOverhead): seconds per clock tick of the
+  loop's bookkeeping, the switches over each device's actions and the
+  calls and buffer reads and writes of the actions."""
   tick_s: float = 0.0
-  call_s: float = 0.0
 
 
 def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
@@ -110,6 +109,7 @@ def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
           'output_bytes': cells[-1].out_bytes,
           'residual_bytes': res,
           'weight_input_bytes': sum(c.weight_input_bytes for c in cells),
+          'weight_grad_bytes': sum(c.param_bytes for c in cells),
           'forward_work_bytes': max(fwd_work, res),
           'forward_free_bytes': fwd_free,
           'backward_work_bytes': max(bwd_work, res)}
@@ -142,7 +142,7 @@ def ChunkTimes(costs, a, b, flops_per_s=None):
           w / flops_per_s)
 
 
-def _ActionWork(a: schedule_lib.Action, act: dict, remat) -> int:
+def _ActionWork(a: schedule_view.Action, act: dict, remat) -> int:
   """Bytes an action holds beyond the buffers (which the counts cover)."""
   if a.kind == F:
     return (act['forward_free_bytes'] if remat[a.mb] else
@@ -150,7 +150,7 @@ def _ActionWork(a: schedule_lib.Action, act: dict, remat) -> int:
   if a.kind == B:
     return act['backward_work_bytes'] - (0 if remat[a.mb] else
                                          act['residual_bytes'])
-  return act['weight_input_bytes']  # W: its inputs leave the buffer after
+  return act['weight_grad_bytes']  # W: its inputs are in the buffer
 
 
 def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
@@ -174,12 +174,12 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
         buffered[t][d] += n * acts[c][key]
   out = []
   for t, row in enumerate(table.ticks):
-    cells = []
+    per_device = []
     for d, actions in enumerate(row):
       mine = [a for a in actions if a.chunk in chunks]
       work = max([_ActionWork(a, acts[a.chunk], remat) for a in mine] or [0])
-      cells.append((buffered[t][d], work))
-    out.append(cells)
+      per_device.append((buffered[t][d], work))
+    out.append(per_device)
   return out
 
 
@@ -274,9 +274,7 @@ def _TimeEstimate(table, chunks, remat, host_parallelism, overheads):
   key = {F: 'forward_s', B: 'backward_s', W: 'weight_s'}
 
   def Cost(kind, c):
-    if kind == W and not table.split_backward:
-      return chunks[c][key[W]]  # part of the fused backward
-    return chunks[c][key[kind]] + overheads.call_s
+    return chunks[c][key[kind]]
 
   tl = table.Timeline(Cost, remat=remat, host_parallelism=host_parallelism,
                       tick_overhead=overheads.tick_s)
@@ -325,24 +323,15 @@ def StageBytesFn(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
 
   def StageBytes(k, a, b):
     act = ChunkActivations(costs, a, b)
-    acts = {k: act, k - 1: {'output_bytes': act['input_bytes']}}
-    acts = [acts.get(c, {}) for c in range(table.num_chunks)]
-    static = ChunkStatic(costs, a, b, opt)
-    return _PeakBytes(static, _OneDeviceMemory(table, acts, remat, k), opt)
+    # Chunk k-1 as far as device k sees it: the gradient of its outputs.
+    prev = {**dict.fromkeys(act, 0), 'output_bytes': act['input_bytes']}
+    acts = [act if c == k else prev for c in range(table.num_chunks)]
+    rows = TickMemory(table, acts, remat,
+                      chunks=[c for c in (k - 1, k) if c >= 0])
+    return _PeakBytes(ChunkStatic(costs, a, b, opt),
+                      [sum(row[k]) for row in rows], opt)
 
   return StageBytes
-
-
-def _OneDeviceMemory(table, acts, remat, k):
-  """Per tick, buffered + working bytes of device k = chunk k
-  (v = 1): its own buffers, the previous chunk's gradient buffer."""
-  zero = dict.fromkeys(('input_bytes', 'output_bytes', 'residual_bytes',
-                        'weight_input_bytes', 'forward_work_bytes',
-                        'forward_free_bytes', 'backward_work_bytes'), 0)
-  full = [{**zero, **a} for a in acts]
-  rows = TickMemory(table, full, remat,
-                    chunks=[c for c in (k - 1, k) if c >= 0])
-  return [sum(row[k]) for row in rows]
 
 
 def CostVector(costs, mode: str, num_micro_batches: int = 1,
@@ -428,8 +417,8 @@ def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
     if kk * pipe.virtual_stages > len(costs.cells):
       return False
     try:
-      schedule_lib.CheckConfig(pipe.schedule, kk, mm, pipe.virtual_stages)
-    except schedule_lib.ScheduleError:
+      schedule_view.CheckConfig(pipe.schedule, kk, mm, pipe.virtual_stages)
+    except schedule_view.ScheduleError:
       return False
     return _Fits(costs.Scaled(batch // mm), mode,
                  pipe.Replace(num_stages=kk, num_micro_batches=mm,

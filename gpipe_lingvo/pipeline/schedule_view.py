@@ -13,16 +13,21 @@ from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 SCHEDULES = schedule_lib.SCHEDULES
 BUFFERS = ('inputs', 'grads', 'residuals', 'weight_inputs')
+F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
+Action = schedule_lib.Action
+TickTable = schedule_lib.TickTable
+ScheduleError = schedule_lib.ScheduleError
+CheckConfig = schedule_lib.CheckConfig
 
 
 def Table(name: str, num_devices: int, num_micro_batches: int,
-          virtual_stages: int = 1) -> schedule_lib.TickTable:
+          virtual_stages: int = 1) -> TickTable:
   """The engine's tick table of a named schedule."""
   return schedule_lib.Build(name, num_devices, num_micro_batches,
                             virtual_stages)
 
 
-def BufferCounts(table: schedule_lib.TickTable, chunk: int,
+def BufferCounts(table: TickTable, chunk: int,
                  remat: Sequence[bool]) -> Dict[str, List[int]]:
   """Per buffer of `chunk` (BUFFERS), per tick: entries held.
 

@@ -23,10 +23,9 @@ import statistics
 import tempfile
 import time
 
-from gpipe_lingvo.pipeline import executor
-
+# TensorFlow is imported inside the functions: ConfigureTensorFlow must run
+# before it starts.
 _ACTION_RE = re.compile(r'/action_(\d+)([FBW])/')
-_RECOMPUTE = f'/{executor.RECOMPUTE_SCOPE}/'
 
 
 def ParseAction(name):
@@ -55,6 +54,8 @@ def _Events(xspace):
   """Op events inside actions as (line, (chunk, kind), recompute, start_s,
   end_s), and the executor's Process spans as (line, start_s, end_s,
   iteration)."""
+  from gpipe_lingvo.pipeline import executor  # pylint: disable=import-outside-toplevel
+  recompute = f'/{executor.RECOMPUTE_SCOPE}/'
   ops, spans = [], []
   for plane in xspace.planes:
     md, sm = plane.event_metadata, plane.stat_metadata
@@ -71,7 +72,7 @@ def _Events(xspace):
         else:
           action = ParseAction(name)
           if action is not None:
-            ops.append((line.id, action, _RECOMPUTE in name, start, end))
+            ops.append((line.id, action, recompute in name, start, end))
   return ops, spans
 
 
@@ -131,6 +132,41 @@ def ProfileStep(step_fn, table):
     with open(path, 'rb') as f:
       xspace.ParseFromString(f.read())
   return result, TimelineFromTrace(xspace, table)
+
+
+def ExecutorOverhead(pipe, device_type='cpu', reps=10):
+  """plan.Overheads of the executor running `pipe`'s tick table on this
+  host: the median time of a training step of the same table whose chunks
+  are one tiny dense layer each (their own work is negligible), spread over
+  its ticks. Needs the pipeline's logical devices."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  m = pipe.num_micro_batches
+  remat = ('always' if all(pipe.remat) else 'never' if not any(pipe.remat)
+           else 'except_last')
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='overhead', num_stages=pipe.num_stages, num_micro_batches=m,
+      schedule=pipe.schedule, virtual_stages=pipe.virtual_stages,
+      remat=remat, cells=[layers.FullyConnected.Params().Set(
+          name=f'fc{c}', input_dim=2, output_dim=2, activation='tanh')
+                          for c in range(pipe.num_chunks)])
+  p.topology.device_type = device_type
+  net = p.Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.ones([m, 2])
+  loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
+  step()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    step().numpy()
+    times.append(time.perf_counter() - t0)
+  return plan_lib.Overheads(
+      tick_s=statistics.median(times) / net.schedule_table.num_ticks)
 
 
 def ConfigureTensorFlow(num_devices):

@@ -15,13 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
+from gpipe_lingvo import context
 from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
-from gpipe_lingvo.pipeline import schedule as schedule_lib
+from gpipe_lingvo.pipeline import schedule_view
 
 COSTS_FILE = 'cell_costs.json'
 
@@ -59,26 +60,70 @@ def _Pipeline(net):
   return pipe, net.remat, net.partition, net.topology
 
 
+def _PlainTask(model_params):
+  """The task with its network's cells as one layers.Sequential (same
+  layer paths), params only."""
+  tp = model_params.task.Copy()
+  net = tp.network
+  tp.network = sequential.Sequential.Params().Set(
+      name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
+  return tp
+
+
 def ModelCosts(model_params, micro_batch, measure=False):
-  """Traces the task's network and loss at `micro_batch` examples."""
-  task_p = model_params.task
-  net = task_p.network
+  """Traces the task's network and loss at `micro_batch` examples. With
+  measure, per-cell times come from the trace's step statistics, scaled
+  to the forward and backward of the network as a tf.function (the
+  runtime a training step runs in; it can be a fifth slower than the
+  trace's graph session for networks of many small ops)."""
   gen = model_params.train.Instantiate()
   image = list(gen.ImageShape())
 
   def Build():
-    tp = task_p.Copy()
-    tp.network = sequential.Sequential.Params().Set(
-        name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
     with base_layer.ZeroInitForCounting():
-      task = tp.Instantiate()
+      task = _PlainTask(model_params).Instantiate()
     return task.network.cells, lambda out, lab: task.LossSums(
         out, lab[0], lab[1], micro_batch)[0]
 
-  return costs_lib.TraceNetwork(
+  costs = costs_lib.TraceNetwork(
       Build, tf.TensorSpec([micro_batch] + image, gen.params.dtype),
       (tf.TensorSpec([micro_batch], tf.int32),
        tf.TensorSpec([micro_batch], tf.float32)), measure=measure)
+  if measure:
+    costs = costs.TimesScaledTo(
+        ForwardBackwardSeconds(model_params, micro_batch))
+  return costs
+
+
+def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
+  """Median seconds of one forward and backward of the task's network and
+  loss at `micro_batch` examples, as a tf.function on the default device
+  (allocates the weights)."""
+  task = _PlainTask(model_params).Instantiate()
+  gen = model_params.train.Instantiate()
+  x = tf.random.stateless_normal([micro_batch] + list(gen.ImageShape()),
+                                 [1, 2], dtype=gen.params.dtype)
+  labels = tf.zeros([micro_batch], tf.int32)
+  weights = tf.ones([micro_batch])
+  variables = task.network.TrainableVariables()
+
+  @tf.function
+  def Step():
+    with tf.GradientTape() as tape:
+      with context.Scope(training=True, step=tf.constant(0, tf.int64),
+                         micro_batch=tf.constant(0), stats={}):
+        loss = task.LossSums(task.network.FProp(x), labels, weights,
+                             micro_batch)[0]
+    grads = tape.gradient(loss, variables)
+    return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+
+  Step().numpy()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    Step().numpy()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def MatmulFlopsPerSecond(size=512, reps=5):
@@ -164,10 +209,10 @@ def _Largest(costs, ranges, pipe, remat_policy, opt, budgets, batch):
 
 def _Runs(pipe, m):
   try:
-    schedule_lib.CheckConfig(pipe.schedule, pipe.num_stages, m,
+    schedule_view.CheckConfig(pipe.schedule, pipe.num_stages, m,
                              pipe.virtual_stages)
     return True
-  except schedule_lib.ScheduleError:
+  except schedule_view.ScheduleError:
     return False
 
 
@@ -211,10 +256,27 @@ def WritePlan(plan, logdir):
   return path
 
 
+def MeasuredOverheads(model_params):
+  """The executor's per-tick cost on this host for the model's table
+  (planning/measure.py); creates the pipeline's logical devices, so call
+  it before TensorFlow starts otherwise."""
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
+  net = model_params.task.network
+  if 'num_stages' not in dict(net.IterParams()):
+    return plan_lib.Overheads()
+  devices.ConfigureFromParams(model_params.task)
+  return measure_lib.ExecutorOverhead(Pipeline(model_params),
+                                      net.topology.device_type)
+
+
 def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
   """--mode=plan: prints the plan, writes plan.json and the pictures."""
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  plan = PlanModel(model_params, measure=measure)
+  overheads = plan_lib.Overheads()
+  if measure:
+    overheads = MeasuredOverheads(model_params)
+  plan = PlanModel(model_params, measure=measure, overheads=overheads)
   print_fn(plan_lib.FormatTable(plan))
   print_fn(Summary(plan))
   if logdir:
