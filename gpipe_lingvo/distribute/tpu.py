@@ -111,8 +111,11 @@ def MakeStrategy(resolver, device_assignment):
 
   Needs a TPU: not exercised by the tests.
   """
+  # MPMD partitioning: per-core (maximal) shardings pin the stages; SPMD
+  # mode refuses them.
   return tf.distribute.TPUStrategy(
-      resolver, experimental_device_assignment=device_assignment)
+      resolver, experimental_device_assignment=device_assignment,
+      experimental_spmd_xla_partitioning=False)
 
 
 def Start(world: world_lib.World, model_params, print_fn=print):
