@@ -93,7 +93,9 @@ class ReplicatedStep(replicas_lib.SingleProcess):
 
   def CrossReplica(self, loss, sums, grads, stats):
     """Inside the replica function: sums over the replicas through the
-    replica context (each tensor stays on the core that holds it)."""
+    replica context; not packed into one vector, which would gather every
+    stage's gradients on one core (TPUStrategy makes one cross-replica sum
+    per tensor)."""
     ctx = tf.distribute.get_replica_context()
     return replicas_lib.SumStepResults(
         lambda flat: ctx.all_reduce(SUM, flat), self.world.num_replicas,

@@ -17,7 +17,8 @@ and hands on. Two implementations:
   created under the strategy's scope on their logical core.
 """
 import contextlib
-from typing import ContextManager, Dict, List, Optional, Protocol, Sequence
+from typing import (ContextManager, Dict, Iterator, List, Optional, Protocol,
+                    Sequence)
 
 import tensorflow as tf
 
@@ -112,15 +113,16 @@ class LogicalCores:
   def Name(self, chunk: int) -> str:
     return f'logical core {self.Core(chunk)}'
 
-  def VariableScope(self, chunk: int) -> ContextManager:
-    stack = contextlib.ExitStack()
-    if self.strategy is not None:
-      stack.enter_context(self.strategy.scope())
-    if self._tpu:
-      stack.enter_context(
-          self.strategy.extended.experimental_logical_device(
-              self.Core(chunk)))
-    return stack
+  @contextlib.contextmanager
+  def VariableScope(self, chunk: int) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+      if self.strategy is not None:
+        stack.enter_context(self.strategy.scope())
+      if self._tpu:
+        stack.enter_context(
+            self.strategy.extended.experimental_logical_device(
+                self.Core(chunk)))
+      yield
 
   def OpScope(self, chunk: int) -> ContextManager:
     if self._tpu:
