@@ -2,6 +2,7 @@
 (ReplicatedStep) with logical-core placement, compiled with XLA on CPU
 under a OneDeviceStrategy, against the plain one-process step; and the
 per-host input of distribute_datasets_from_function."""
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -9,6 +10,7 @@ from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
 from gpipe_lingvo.distribute import replicated_step
 from gpipe_lingvo.distribute import strategy as strategy_lib
+from gpipe_lingvo.distribute import tpu
 from gpipe_lingvo.distribute import world as world_lib
 from gpipe_lingvo.pipeline import placement
 from tasks import digits
@@ -91,3 +93,33 @@ def testReplicatedXlaStepTrainsLikeTheDeviceScopeStep(tmp_path):
   keys = [[k for k, _ in tf.train.list_variables(tf.train.latest_checkpoint(
       str(tmp_path / where / 'ckpt')))] for where in runs]
   assert keys[0] == keys[1] and 'task/network/fc1/w/.ATTRIBUTES/VARIABLE_VALUE' in keys[0]
+
+
+def testTpuStartSaysFirstThatThePathNeverRanOnATpu(monkeypatch):
+  """tpu.Start with its two hardware calls replaced: a v3-8 Topology built
+  from coordinates, and a one-device strategy standing for TPUStrategy."""
+  coords = np.array([[[x, y, 0, c] for y in range(2) for x in range(2)
+                      for c in range(2)]], np.int32)
+  slice_ = tf.tpu.experimental.Topology(mesh_shape=[2, 2, 1, 2],
+                                        device_coordinates=coords)
+  monkeypatch.setattr(tpu, 'Connect', lambda address: (None, slice_))
+  made = {}
+
+  def MakeStrategy(resolver, assignment):
+    made['assignment'] = assignment
+    return tf.distribute.OneDeviceStrategy('/cpu:0')
+
+  monkeypatch.setattr(tpu, 'MakeStrategy', MakeStrategy)
+  p = _Params('')
+  p.task.network.topology.Set(device_type='tpu',
+                              tpu_computation_shape=[1, 1, 1, 2])
+  lines = []
+  hooks = tpu.Start(world_lib.FromParams(p, '', 'my-tpu'), p, lines.append)
+  assert lines[0] == replicated_step.UNTESTED_ON_TPU
+  assert 'never run on a TPU' in lines[0]
+  assert lines[1] == 'world: TPU my-tpu, 1 host(s)'
+  assert '  replicas R=4, stages K=2 x 1 tpu device(s) per stage' in lines
+  assert sum(l.startswith('  replica ') for l in lines) == 4 * 2
+  assert isinstance(hooks, replicated_step.ReplicatedStep)
+  assert hooks.world.num_replicas == made['assignment'].num_replicas == 4
+  assert hooks.jit_compile  # Not a TPUStrategy here; on a TPU: False.
