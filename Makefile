@@ -20,11 +20,13 @@ venv: $(VENV)/.done
 demo: $(VENV)/.done
 	$(VPY) trainer.py --model=digits.ConvNet --logdir=$(LOGDIR) --mode=train_and_eval
 
+# Two pytest workers: most of a test's time is single-threaded tracing, so
+# two processes keep both cores busy (pytest-xdist).
 test: $(VENV)/.done
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n 2 tests
 
 test-fast: $(VENV)/.done
-	$(VPY) -m pytest -q -m "not slow" tests
+	$(VPY) -m pytest -q -n 2 -m "not slow" tests
 
 bazel-install:
 	@tools/install_bazel.sh

@@ -10,7 +10,10 @@ standard TF_CONFIG naming several workers (python -m
 gpipe_lingvo.distribute.launch sets it for local runs), each worker process
 runs one replica of the whole pipeline and gradients are summed across
 workers every step (gpipe_lingvo.distribute); a TF_CONFIG that does not fit
-the params fails before the first step. --tpu addresses a TPU slice.
+the params fails before the first step. --tpu addresses a TPU slice: the
+whole step runs there as one XLA program per replica, stages pinned to
+logical cores (never run on a TPU in this project's tests; the trainer says
+so at start).
 """
 import os
 import sys
@@ -113,7 +116,7 @@ def _StartWorld(params):
   # devices now, count them once the strategy exists.
   devices.ConfigureFromParams(params.task, verify=not world.is_multi_worker)
   if world.tpu:
-    tpu_lib.Start(world, params)
+    return tpu_lib.Start(world, params)
   for line in world.Describe():
     print(line)
   if FLAGS.mode not in _CLUSTER_MODES and world.is_multi_worker:

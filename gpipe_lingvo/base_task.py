@@ -79,7 +79,9 @@ class ClassificationTask(base_layer.BaseLayer):
   def BuildOptimizer(self):
     """Creates optimizer slots; not done in __init__ so that building a
     model only to count its parameters allocates no slot memory."""
-    self.optimizer.Build(self.TrainableVariables())
+    placement = (self.network.VariablePlacement()
+                 if hasattr(self.network, 'VariablePlacement') else None)
+    self.optimizer.Build(self.TrainableVariables(), placement)
     if hasattr(self.network, 'CreateGradientAccumulators'):
       # The pipeline's gradient sums, before any train step is traced.
       self.network.CreateGradientAccumulators()

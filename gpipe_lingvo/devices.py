@@ -21,6 +21,8 @@ from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 
 DEVICE_TYPES = ('cpu', 'gpu', 'tpu')
+# How stages are pinned to their devices (pipeline/placement.py).
+PLACEMENTS = ('device_scopes', 'logical_cores')
 
 
 class DeviceError(errors.UserError, ValueError):
@@ -51,6 +53,13 @@ def TopologyParams() -> hyperparams.Params:
   p.Define('intra_op_threads', 0,
            'Threads per op (0: TensorFlow default). 1 lets stages overlap on '
            'a small CPU.')
+  p.Define('placement', '',
+           "How each stage is pinned to its devices: 'device_scopes' "
+           '(tf.device per stage; cpu, gpu), \'logical_cores\' (XLA sharding '
+           'annotations on logical cores; tpu, or on cpu/gpu a test mode '
+           'in which the whole step compiles with XLA for one device), or '
+           "'' for the device type's own (tpu: logical_cores, else "
+           'device_scopes).')
   p.Define('tpu_slice_shape', [],
            'TPU: the mesh shape of the slice as TensorFlow reports it, '
            '[x, y, z, cores per chip] (e.g. [2, 2, 1, 2] for a v3-8). [] '
@@ -101,6 +110,13 @@ def CheckTopology(topo: hyperparams.Params, num_stages: int,
                 'intra_op_threads'):
     _IntField(topo, where, field, 0)
   kind = topo.device_type
+  if topo.placement not in ('',) + PLACEMENTS:
+    _Fail(where, 'placement', f"must be one of {PLACEMENTS} or '' (the "
+          f'device type\'s own), got {topo.placement!r}.')
+  if kind == 'tpu' and topo.placement == 'device_scopes':
+    _Fail(where, 'placement', "'device_scopes' cannot place stages on a "
+          'TPU: the TPU step is one XLA program, placed by sharding '
+          "annotations; use 'logical_cores' or ''.")
   for field, only in (('num_logical_devices', 'cpu'),
                       ('gpu_memory_limit_mb', 'gpu'),
                       ('tpu_slice_shape', 'tpu'),
@@ -180,14 +196,11 @@ def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
       if not current or len(current) < count:
         tf.config.set_logical_device_configuration(
             physical[0], [tf.config.LogicalDeviceConfiguration()] * count)
-    elif len(physical) < count:
-      if not gpu_memory_limit_mb:
-        raise DeviceError(
-            f'The pipeline needs {count} GPUs but {len(physical)} exist; add '
-            'GPUs, lower num_stages, or set topology.gpu_memory_limit_mb to '
-            'split each GPU into logical ones.')
-      per = -(-count // len(physical))
-      for dev in physical:
+    else:
+      # With a memory limit every device the pipeline uses has that size,
+      # also when there are enough cards (a fixed per-device budget).
+      per = LogicalGpusPerCard(len(physical), count, gpu_memory_limit_mb)
+      for dev in physical if per else ():
         tf.config.set_logical_device_configuration(
             dev, [tf.config.LogicalDeviceConfiguration(
                 memory_limit=gpu_memory_limit_mb)] * per)
@@ -204,11 +217,50 @@ def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
         'your own script call gpipe_lingvo.devices.EnsureDevices first).')
 
 
-def StageDevices(topology, num_stages):
-  """Device name of each stage's first device."""
+def Placement(topology) -> str:
+  """The placement of a topology: its own, or its device type's."""
+  if topology.placement:
+    return topology.placement
+  return 'logical_cores' if topology.device_type == 'tpu' else 'device_scopes'
+
+
+def StageIndices(num_stages: int, devices_per_stage: int
+                 ) -> List[List[int]]:
+  """[[indices of stage k's devices (or TPU logical cores)] for each k]:
+  stage k holds [k * devices_per_stage, (k + 1) * devices_per_stage)."""
+  n = devices_per_stage
+  return [list(range(k * n, (k + 1) * n)) for k in range(num_stages)]
+
+
+def StageDeviceGroups(topology, num_stages) -> List[List[str]]:
+  """Names of the devices of each stage (StageIndices): local devices of
+  the topology's type, logical ones where a CPU split or a GPU memory limit
+  made them (TensorFlow numbers the logical GPUs of physical GPU 0 first,
+  then those of GPU 1, ...)."""
   kind = topology.device_type.upper()
-  n = topology.devices_per_stage
-  return [f'/device:{kind}:{k * n}' for k in range(num_stages)]
+  return [[f'/device:{kind}:{i}' for i in group] for group in
+          StageIndices(num_stages, topology.devices_per_stage)]
+
+
+def StageDevices(topology, num_stages) -> List[str]:
+  """Device name of each stage's first device, where its ops run (the
+  engine runs a stage on one device; the rest of its group is reserved)."""
+  return [group[0] for group in StageDeviceGroups(topology, num_stages)]
+
+
+def LogicalGpusPerCard(num_physical: int, count: int,
+                       memory_limit_mb: int) -> int:
+  """Logical GPUs to make on each physical GPU so that `count` exist: 0
+  (use the cards as they are) without a memory limit, else enough cards'
+  worth of limit-sized devices. Raises DeviceError if it cannot be done."""
+  if not memory_limit_mb:
+    if num_physical < count:
+      raise DeviceError(
+          f'The pipeline needs {count} GPUs but {num_physical} exist; add '
+          'GPUs, lower num_stages, or set topology.gpu_memory_limit_mb to '
+          'split each GPU into logical ones.')
+    return 0
+  return -(-count // num_physical)
 
 
 def FindTopologies(params, out=None):
@@ -242,7 +294,10 @@ def ConfigureFromParams(task_params, verify=True):
     CheckTopology(topo, stages, f'{name}.topology')
     if topo.device_type == 'tpu':
       continue
-    need = stages * topo.devices_per_stage
+    # Logical-core placement runs the step as one XLA program on one
+    # device; device scopes need a device per stage.
+    need = (1 if Placement(topo) == 'logical_cores'
+            else stages * topo.devices_per_stage)
     if topo.device_type == 'cpu' and topo.num_logical_devices:
       need = max(need, topo.num_logical_devices)
     EnsureDevices(topo.device_type, need, topo.gpu_memory_limit_mb,

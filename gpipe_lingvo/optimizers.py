@@ -3,6 +3,8 @@
 Our own (not Keras) so that slots are checkpointed under the layer path of
 their variable, which keeps checkpoints independent of the pipeline layout.
 """
+from typing import ContextManager, Protocol
+
 import tensorflow as tf
 
 from gpipe_lingvo import hyperparams
@@ -13,6 +15,27 @@ TYPES = ('sgd', 'momentum', 'rmsprop', 'adam')
 def SlotKey(var):
   name = var.name.split(':')[0]
   return name.replace('/', '.')
+
+
+class SlotPlacement(Protocol):
+  """Where a variable's slots are created and its update runs (a pipelined
+  network's VariablePlacement, so slots follow its stage placement)."""
+
+  def VariableScope(self, var: tf.Variable) -> ContextManager:
+    ...
+
+  def OpScope(self, var: tf.Variable) -> ContextManager:
+    ...
+
+
+class SameDevice:
+  """Slots and updates on the variable's own device."""
+
+  def VariableScope(self, var: tf.Variable) -> ContextManager:
+    return tf.device(var.device)
+
+  def OpScope(self, var: tf.Variable) -> ContextManager:
+    return tf.device(var.device)
 
 
 class Optimizer(tf.Module):
@@ -38,6 +61,7 @@ class Optimizer(tf.Module):
       raise ValueError(f'optimizer.type must be one of {TYPES}, got '
                        f'{params.type!r}.')
     self.slots = {}
+    self._placement = SameDevice()
     self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False,
                                   name='optimizer_iterations')
 
@@ -49,13 +73,17 @@ class Optimizer(tf.Module):
     return {'sgd': (), 'momentum': ('m',), 'rmsprop': ('ms', 'mom'),
             'adam': ('m', 'v')}[self.params.type]
 
-  def Build(self, variables):
-    """Creates slots next to each variable (same device), before the step."""
+  def Build(self, variables, placement: SlotPlacement = None):
+    """Creates slots next to each variable, before the step: where
+    `placement` says (default: the variable's device), which is also where
+    Apply runs each variable's update."""
+    if placement is not None:
+      self._placement = placement
     for var in variables:
       key = SlotKey(var)
       if key in self.slots:
         continue
-      with tf.device(var.device):
+      with self._placement.VariableScope(var):
         init = {'ms': tf.ones_like} if self.params.type == 'rmsprop' else {}
         self.slots[key] = {
             s: tf.Variable(init.get(s, tf.zeros_like)(var), trainable=False,
@@ -77,7 +105,7 @@ class Optimizer(tf.Module):
       if g is None:
         continue
       slots = self.slots[SlotKey(var)]
-      with tf.device(var.device):
+      with self._placement.OpScope(var):
         g = tf.cast(g, var.dtype)
         if p.type == 'sgd':
           var.assign_sub(lr * g)

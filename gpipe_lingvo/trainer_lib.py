@@ -123,7 +123,7 @@ class Trainer:
   @property
   def task(self):
     if self._task is None:
-      with errors.ParamsErrors():
+      with errors.ParamsErrors(), self.replicas.Scope():
         self._task = self.params.task.Instantiate()
     return self._task
 
@@ -152,10 +152,11 @@ class Trainer:
     return self._writers[name]
 
   def _Checkpointer(self):
-    self.task.BuildOptimizer()
-    if not hasattr(self, '_global_step'):
-      self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                      name='global_step')
+    with self.replicas.Scope():
+      self.task.BuildOptimizer()
+      if not hasattr(self, '_global_step'):
+        self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                        name='global_step')
     return checkpoints.Checkpointer(
         os.path.join(self.logdir, 'ckpt'),
         max_to_keep=self.params.task.train.keep_checkpoint_max,
@@ -232,7 +233,7 @@ class Trainer:
     the last logged window). Saves and evaluates at their intervals."""
     tp = self.params.task.train
     train_step = self._CompiledTrainStep()
-    it = iter(train_input.GetDataset())
+    it = iter(self.replicas.Dataset(train_input))
     progress = _Progress(self._Writer('train'), self._print,
                          train_input.params.batch_size, max_steps)
     while step < max_steps and not stop.signum:

@@ -143,6 +143,25 @@ def testResidualsAreOnlyWhatTheGradientsRead():
       [4, 1], [4, 8], [4, 8], [4, 8]]
 
 
+def testStaticShapesAreConstantsNotStashedTensors():
+  """A convolution's weight gradient reads the filter's shape: W computes
+  it as a constant (XLA needs it at compile time) instead of taking it from
+  B, and no static shape is kept as a residual."""
+  _, fn, _, _, _ = _Build('conv')
+  assert all(s.dtype.is_floating for s in fn.WeightInputSpecs())
+  assert all(s.dtype.is_floating for s in fn.residual_specs)
+  w_ops = fn.CountOps('W')
+  assert w_ops['Conv2DBackpropFilter'] == 2 and 'ShapeN' not in w_ops
+  with tf.Graph().as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [2, 3])
+    value = stage_function.StaticShapeValue
+    assert value(tf.raw_ops.Shape(input=x)).tolist() == [2, 3]
+    assert value(tf.raw_ops.ShapeN(input=[x, x[:1]])[1]).tolist() == [1, 3]
+    assert value(tf.raw_ops.Size(input=x)) == 6
+    y = tf.compat.v1.placeholder(tf.float32, [None, 3])
+    assert value(tf.raw_ops.Shape(input=y)) is None
+
+
 def testForwardRunsOnceAcrossAllPieces():
   """A stateful op in the forward (a counter) runs in Forward only: no
   backward piece copies forward ops."""

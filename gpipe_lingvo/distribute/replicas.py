@@ -1,7 +1,9 @@
 """Data-parallel replicas: what the trainer does differently per worker.
 
-The trainer calls these hooks; `SingleProcess` makes each a no-op, and
-`MultiWorker` implements them on a tf.distribute.MultiWorkerMirroredStrategy:
+The trainer calls these hooks; `SingleProcess` makes each a no-op,
+`replicated_step.ReplicatedStep` runs the whole step inside `strategy.run`
+(TPU), and `MultiWorker` implements them on a
+tf.distribute.MultiWorkerMirroredStrategy:
 
 - every worker runs the whole K-stage pipeline on its own local devices, on
   its shard of the global batch (InputParams);
@@ -27,8 +29,9 @@ strategy is used for its collectives only.
 """
 import hashlib
 import shutil
+import contextlib
 import tempfile
-from typing import List
+from typing import Callable, ContextManager, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -50,9 +53,17 @@ class SingleProcess:
     """The directory this process writes to."""
     return logdir
 
+  def Scope(self) -> ContextManager:
+    """Scope in which the task and every variable are created."""
+    return contextlib.nullcontext()
+
   def InputParams(self, params, split):
     del split
     return params
+
+  def Dataset(self, input_generator):
+    """The training batches the step takes."""
+    return input_generator.GetDataset()
 
   def TrainStep(self, task, batch, global_step):
     """task.CheckedTrainStep: (sums, lr, grad norm, finite flags)."""
@@ -75,6 +86,31 @@ def StateVariables(task: tf.Module, global_step: tf.Variable
       seen.add(v.ref())
       out.append(v)
   return out
+
+
+def SumStepResults(all_reduce: Callable[[List[tf.Tensor]], Sequence],
+                   num_replicas: int, loss, sums, grads, stats):
+  """A step's (loss, metric sums, grads, batch-norm stats) summed over the
+  replicas by `all_reduce` (a list of tensors -> their sums).
+
+  Each replica's loss and gradients are means over its own batch, so they
+  are averaged (the global mean, as the replicas' batches are equal);
+  metric sums and batch-norm statistics are sums and are summed.
+  """
+  r = float(num_replicas)
+  paths = sorted(stats)
+  stat_sums = [[tf.add_n(list(parts)) for parts in zip(*stats[p])]
+               for p in paths]
+  keys = sorted(sums)
+  flat = ([loss / r] + [g / r for g in grads] + [sums[k] for k in keys] +
+          [t for triple in stat_sums for t in triple])
+  out = list(all_reduce(flat))
+  loss, out = out[0], out[1:]
+  grads, out = out[:len(grads)], out[len(grads):]
+  sums = dict(zip(keys, out[:len(keys)]))
+  out = out[len(keys):]
+  stats = {p: [tuple(out[3 * i:3 * i + 3])] for i, p in enumerate(paths)}
+  return loss, sums, grads, stats
 
 
 def _Fingerprint(params_text, variables):
@@ -120,26 +156,11 @@ class MultiWorker(SingleProcess):
                                    cross_replica=self.CrossReplica)
 
   def CrossReplica(self, loss, sums, grads, stats):
-    """Sums a step's results over the workers (one collective per dtype).
-
-    Each worker's loss and gradients are means over its own batch, so they
-    are averaged (the global mean, as the replicas' batches are equal);
-    metric sums and batch-norm statistics are sums and are summed.
-    """
-    r = float(self.world.num_replicas)
-    paths = sorted(stats)
-    stat_sums = [[tf.add_n(list(parts)) for parts in zip(*stats[p])]
-                 for p in paths]
-    keys = sorted(sums)
-    flat = ([loss / r] + [g / r for g in grads] + [sums[k] for k in keys] +
-            [t for triple in stat_sums for t in triple])
-    out = collectives.AllReduceSum(self.strategy, flat)
-    loss, out = out[0], out[1:]
-    grads, out = out[:len(grads)], out[len(grads):]
-    sums = dict(zip(keys, out[:len(keys)]))
-    out = out[len(keys):]
-    stats = {p: [tuple(out[3 * i:3 * i + 3])] for i, p in enumerate(paths)}
-    return loss, sums, grads, stats
+    """Sums a step's results over the workers (one collective per dtype;
+    SumStepResults)."""
+    return SumStepResults(
+        lambda flat: collectives.AllReduceSum(self.strategy, flat),
+        self.world.num_replicas, loss, sums, grads, stats)
 
   def SyncState(self, params_text, variables, print_fn):
     """Checks that all workers run the same params, then copies the chief's

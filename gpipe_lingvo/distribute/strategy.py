@@ -1,5 +1,9 @@
 """The tf.distribute strategy of a run, from its world (TF_CONFIG) and flags.
 
+TPU: tpu.Start. One process with logical-core placement on a CPU or GPU
+(topology.placement = 'logical_cores'): a OneDeviceStrategy and the TPU
+path's hooks (replicated_step), the step compiled with XLA.
+
 CPU/GPU workers: a MultiWorkerMirroredStrategy with exactly one local
 replica per worker (the pipeline spans the worker's devices; the strategy
 only sums). Its collectives run on the worker's host CPU over gRPC (ring
@@ -13,6 +17,7 @@ variable exists: it restarts TensorFlow's runtime as a cluster member.
 import tensorflow as tf
 
 from gpipe_lingvo.distribute import replicas as replicas_lib
+from gpipe_lingvo.distribute import replicated_step
 from gpipe_lingvo.distribute import world as world_lib
 
 
@@ -43,7 +48,14 @@ def MultiWorkerStrategy(world: world_lib.World, timeout_s: float
 def Start(world: world_lib.World, timeout_s: float = 600
           ) -> replicas_lib.SingleProcess:
   """The replica hooks of this process: multi-worker if TF_CONFIG names
-  several workers, else a single process (no strategy, nothing changes)."""
-  if not world.is_multi_worker:
-    return replicas_lib.SingleProcess(world)
-  return replicas_lib.MultiWorker(world, MultiWorkerStrategy(world, timeout_s))
+  several workers; with logical-core placement on a CPU or GPU, the TPU
+  path's step (replicated_step) on one device, compiled with XLA; else a
+  single process (no strategy, nothing changes). TPU: tpu.Start."""
+  if world.is_multi_worker:
+    return replicas_lib.MultiWorker(world,
+                                    MultiWorkerStrategy(world, timeout_s))
+  if world.placement == 'logical_cores':
+    device = f'/{world.device_type or "cpu"}:0'
+    return replicated_step.ReplicatedStep(
+        world, tf.distribute.OneDeviceStrategy(device), jit_compile=True)
+  return replicas_lib.SingleProcess(world)

@@ -1,18 +1,20 @@
 """TPU slices: device assignment from the topology params, stage -> cores.
 
 A replica spans `tpu_computation_shape`, a block of the slice's mesh holding
-K x devices_per_stage logical cores; stage k runs on logical cores
-[k * devices_per_stage, (k + 1) * devices_per_stage) of every replica.
+K x devices_per_stage logical cores; stage k holds logical cores
+[k * devices_per_stage, (k + 1) * devices_per_stage) of every replica and
+runs on the first of them.
 TensorFlow's DeviceAssignment.build orders a replica's cores so that
 consecutive logical cores are neighbours in the mesh, so consecutive stages
 land on neighbouring cores.
 
-Everything here but Connect() and MakeStrategy() is arithmetic on a
+Everything here but Connect(), MakeStrategy() and Start() is arithmetic on a
 tf.tpu.experimental.Topology, which can be built from a mesh shape and
-device coordinates without hardware: that is how it is tested. No TPU run
-has been made; inside the step, stage computations are pinned to their
-logical cores by the pipeline's placement (XLA sharding annotations), not by
-this module.
+device coordinates without hardware: that is how it is tested. Inside the
+step, stage computations are pinned to their logical cores by the
+pipeline's placement (pipeline/placement.py, LogicalCores: XLA sharding
+annotations), and the step runs through replicated_step.py. No TPU run has
+been made.
 """
 import dataclasses
 from typing import List
@@ -21,15 +23,15 @@ import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import devices
-from gpipe_lingvo import errors
+from gpipe_lingvo.distribute import replicated_step
 from gpipe_lingvo.distribute import world as world_lib
 
 
 def StageLogicalCores(num_stages: int, devices_per_stage: int
                       ) -> List[List[int]]:
-  """[[logical core ids of stage k] for k in range(K)]."""
-  n = devices_per_stage
-  return [list(range(k * n, (k + 1) * n)) for k in range(num_stages)]
+  """[[logical core ids of stage k] for k in range(K)]; the pipeline's
+  LogicalCores placement runs stage k on the first of them."""
+  return devices.StageIndices(num_stages, devices_per_stage)
 
 
 def BuildDeviceAssignment(topology: tf.tpu.experimental.Topology, topo,
@@ -109,19 +111,19 @@ def MakeStrategy(resolver, device_assignment):
 
   Needs a TPU: not exercised by the tests.
   """
+  # MPMD partitioning: per-core (maximal) shardings pin the stages; SPMD
+  # mode refuses them.
   return tf.distribute.TPUStrategy(
-      resolver, experimental_device_assignment=device_assignment)
+      resolver, experimental_device_assignment=device_assignment,
+      experimental_spmd_xla_partitioning=False)
 
 
-class TpuNotReadyError(errors.UserError, RuntimeError):
-  """The TPU slice fits the params, but the step cannot run on it yet."""
-
-
-def Start(world: world_lib.World, model_params, print_fn=print) -> None:
-  """Connects to the slice, checks it against the params and prints where
-  each stage's cores are; then stops with TpuNotReadyError, because the
-  pipeline's stages are not yet pinned to logical cores inside an XLA step
-  (see docs/distribute.md). Returns nothing."""
+def Start(world: world_lib.World, model_params, print_fn=print):
+  """Connects to the slice, checks it against the params, prints the world
+  and where each stage's cores are, and returns the trainer hooks that run
+  the whole step on the slice (replicated_step.ReplicatedStep on a
+  TPUStrategy). Says first that this path has never run on a TPU."""
+  print_fn(replicated_step.UNTESTED_ON_TPU)
   found = devices.FindTopologies(model_params.task)
   owner, topo = found[0]
   k = devices.NumStages(owner)
@@ -136,9 +138,5 @@ def Start(world: world_lib.World, model_params, print_fn=print) -> None:
     print_fn(f'  replica {place.replica} stage {place.stage} logical core '
              f'{place.logical_core}: {place.host} TPU:{place.tpu_ordinal} '
              f'at {list(place.coordinates)}')
-  MakeStrategy(resolver, assignment)
-  raise TpuNotReadyError(
-      'The TPU slice, its device assignment and the stage placement fit the '
-      'params (printed above), but training on TPU needs the pipeline to pin '
-      'each stage to its logical cores inside one XLA step, which this '
-      'version does not do yet; see docs/distribute.md.')
+  return replicated_step.ReplicatedStep(world,
+                                        MakeStrategy(resolver, assignment))

@@ -101,6 +101,7 @@ class World:
   num_micro_batches: int = 1
   cluster: Optional[Cluster] = None
   tpu: str = ''
+  placement: str = 'device_scopes'
 
   @property
   def is_chief(self):
@@ -132,7 +133,7 @@ class World:
             f'({role}, replica {self.worker_index})')
     if self.tpu:
       head = f'world: TPU {self.tpu}, {self.num_workers} host(s)'
-    return [
+    lines = [
         head,
         f'  replicas R={self.num_replicas}, stages K={self.num_stages} x '
         f'{self.devices_per_stage} {where} device(s) per stage',
@@ -140,6 +141,12 @@ class World:
         f'per-replica {self.per_replica_batch} = {self.num_replicas} x '
         f'{self.num_micro_batches} micro-batches of {self.micro_batch_size}',
     ]
+    if self.placement == 'logical_cores':
+      lines.append(
+          '  placement: stages on logical cores (XLA sharding annotations), '
+          'one XLA program per replica step' +
+          ('' if self.tpu else f' on one {where} device'))
+    return lines
 
 
 def _Pipeline(task_params):
@@ -209,6 +216,12 @@ def FromParams(model_params, tf_config: str = '', tpu: str = '') -> World:
     raise WorldError("topology.device_type is 'tpu' but --tpu is not set; "
                      'pass --tpu=<TPU name or grpc://address>.')
   num_workers = len(cluster.workers) if cluster is not None else 1
+  placement = devices.Placement(topo) if topo is not None else 'device_scopes'
+  if placement == 'logical_cores' and not tpu and num_workers > 1:
+    raise WorldError(
+        "topology.placement = 'logical_cores' runs the step as one XLA "
+        'program on one device (a rehearsal of the TPU path); it does not '
+        "join CPU/GPU workers: use 'device_scopes' (or '') with TF_CONFIG.")
   world = World(
       num_workers=num_workers,
       worker_index=cluster.worker_index if cluster is not None else 0,
@@ -219,7 +232,7 @@ def FromParams(model_params, tf_config: str = '', tpu: str = '') -> World:
       global_batch=int(model_params.train.batch_size),
       num_micro_batches=(dict(owner.IterParams()).get('num_micro_batches', 1)
                          if owner is not None else 1),
-      cluster=cluster, tpu=tpu)
+      cluster=cluster, tpu=tpu, placement=placement)
   if world.num_replicas:
     CheckBatch(world)
   return world

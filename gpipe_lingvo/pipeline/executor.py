@@ -233,7 +233,8 @@ class Executor:
     info = {}
 
     def Body(*args):
-      x = tf.nest.pack_sequence_as(in_struct, list(args[:n_in]))
+      x = tf.nest.pack_sequence_as(
+          in_struct, self.placement.PinInputs(c, list(args[:n_in])))
       labels = None if label_struct is None else tf.nest.pack_sequence_as(
           label_struct, list(args[n_in:n_in + n_lab]))
       outputs, aux = self.bodies[c](x, labels, args[-2], args[-1])

@@ -50,6 +50,7 @@ TOPOLOGY_FIELDS = {
     'num_logical_devices': (NonNegativeInt, 'an int >= 0'),
     'gpu_memory_limit_mb': (NonNegativeNumber, 'a number >= 0'),
     'intra_op_threads': (NonNegativeInt, 'an int >= 0'),
+    'placement': (Text, "a placement name or '' (str)"),
 }
 
 

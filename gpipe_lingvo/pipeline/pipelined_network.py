@@ -149,8 +149,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
         1 if p.batch_norm_mode == 'full_batch' else p.num_micro_batches)
     self._chunk_device = schedule_lib.ChunkDevices(p.schedule, p.num_stages,
                                                    p.virtual_stages)
-    self._placement = placement_lib.DeviceScopes(self._CheckDevices(),
-                                                 self._chunk_device)
+    self._placement = self._MakePlacement()
     cells = list(p.cells)
     if p.batch_norm_mode:
       cells = [_OverrideBatchNormMode(c, p.batch_norm_mode) for c in cells]
@@ -224,10 +223,26 @@ class PipelinedNetwork(base_layer.BaseLayer):
           f'{len(p.partition)} entries but num_stages x virtual_stages = '
           f'{chunks} chunks; give one cell count per chunk.')
 
-  def _CheckDevices(self):
+  def _MakePlacement(self) -> placement_lib.Placement:
+    """Device scopes or logical-core annotations, as the topology says."""
     p = self.params
     topo = p.topology
     devices.CheckTopology(topo, p.num_stages, f'{self.path}.topology')
+    if devices.Placement(topo) == placement_lib.LOGICAL_CORES:
+      # Built under a strategy's scope (TPUStrategy), its variables go where
+      # the strategy puts them; no local device count applies.
+      strategy = (tf.distribute.get_strategy() if tf.distribute.has_strategy()
+                  else None)
+      return placement_lib.LogicalCores(
+          [cores[0] for cores in devices.StageIndices(
+              p.num_stages, topo.devices_per_stage)],
+          self._chunk_device, strategy)
+    return placement_lib.DeviceScopes(self._CheckDevices(),
+                                      self._chunk_device)
+
+  def _CheckDevices(self):
+    p = self.params
+    topo = p.topology
     need = p.num_stages * topo.devices_per_stage
     have = len(tf.config.list_logical_devices(topo.device_type.upper()))
     if need > have:
@@ -268,7 +283,18 @@ class PipelinedNetwork(base_layer.BaseLayer):
 
   @property
   def stage_devices(self) -> List[str]:
-    return list(self._placement.devices)
+    """Where each stage runs: a device name, or 'logical core k'."""
+    first = {}
+    for c, k in enumerate(self._chunk_device):
+      first.setdefault(k, c)
+    return [self._placement.Name(first[k]) for k in range(self.num_stages)]
+
+  def VariablePlacement(self) -> placement_lib.VariablePlacement:
+    """Where optimizer slots of each variable are created and its update
+    runs: the placement of its chunk."""
+    return placement_lib.VariablePlacement(self._placement, {
+        v.ref(): c for c in range(self.num_chunks)
+        for v in self.ChunkVariables(c)})
 
   @property
   def num_stages(self) -> int:

@@ -31,6 +31,7 @@ with at import.
 import contextlib
 from typing import Callable, ContextManager, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # TensorFlow versions (major.minor) this module is tested with.
@@ -45,19 +46,41 @@ class StageFunctionError(ValueError):
   """A chunk cannot be cut into pipeline functions."""
 
 
-def CheckTensorFlowVersion(version: str = tf.__version__) -> None:
+def CheckTensorFlowVersion(version: str = tf.__version__,
+                           supported: Sequence[str] = SUPPORTED_TF_VERSIONS,
+                           needed_by: str = 'gpipe_lingvo.pipeline') -> None:
+  """Raises UnsupportedTensorFlowError naming the supported versions if
+  `version` is not one of `supported` (major.minor)."""
   major_minor = '.'.join(version.split('.')[:2])
-  if major_minor not in SUPPORTED_TF_VERSIONS:
+  if major_minor not in supported:
     raise UnsupportedTensorFlowError(
-        f'gpipe_lingvo.pipeline needs TensorFlow '
-        f'{" or ".join(v + ".x" for v in SUPPORTED_TF_VERSIONS)}; found '
+        f'{needed_by} needs TensorFlow '
+        f'{" or ".join(v + ".x" for v in supported)}; found '
         f'{version}. Install a supported version (pip install '
-        f'"tensorflow=={SUPPORTED_TF_VERSIONS[-1]}.*").')
+        f'"tensorflow=={supported[-1]}.*").')
 
 
 CheckTensorFlowVersion()
 
 _CHEAP_OPS = ('ReadVariableOp', 'Cast', 'Identity')
+_SHAPE_OPS = ('Shape', 'ShapeN', 'Size', 'Rank')
+
+
+def StaticShapeValue(t) -> Optional[np.ndarray]:
+  """The value of a shape op's output when its input's shape is static
+  (e.g. the filter sizes a convolution's weight gradient reads), else None.
+  Pieces use it as a constant: it is never stashed, and XLA needs such
+  arguments to be compile-time constants."""
+  op = t.op
+  if op.type not in _SHAPE_OPS or op.control_inputs:
+    return None
+  x = op.inputs[t.value_index if op.type == 'ShapeN' else 0]
+  if not x.shape.is_fully_defined():
+    return None
+  dims = x.shape.as_list()
+  value = {'Shape': dims, 'ShapeN': dims, 'Size': int(np.prod(dims)),
+           'Rank': len(dims)}[op.type]
+  return np.array(value, t.dtype.as_numpy_dtype)
 
 
 def _IsFloat(dtype: tf.DType) -> bool:
@@ -86,7 +109,7 @@ class _GraphCut:
     key = _Key(t)
     if key not in self._cheap:
       op = t.op
-      if op.type == 'Const':
+      if op.type == 'Const' or StaticShapeValue(t) is not None:
         cheap = True
       elif op.type == 'Placeholder':
         cheap = key in self._captures
@@ -228,9 +251,14 @@ class StageFunction:
       graph_def = self._g1.graph.as_graph_def()
       self._nodes = {n.name: n for n in graph_def.node}
       self._library, self._versions = graph_def.library, graph_def.versions
+      self._static = {t.name: StaticShapeValue(t)
+                      for op in self._g1.graph.get_operations()
+                      for t in op.outputs
+                      if StaticShapeValue(t) is not None}
     fed = {t.name for t in feeds}
     captured = {t.name: v for t, v in zip(self._captures,
                                           self._capture_values)}
+    static = self._static
     keep, used, todo = {}, set(), [f.op.name for f in fetches
                                    if f.name not in fed]
     while todo:
@@ -245,7 +273,8 @@ class StageFunction:
       for inp in node.input:
         src = inp[1:] if inp.startswith('^') else inp
         tensor = src if ':' in src else src + ':0'
-        if not inp.startswith('^') and (tensor in fed or tensor in captured):
+        if not inp.startswith('^') and (
+            tensor in fed or tensor in captured or tensor in static):
           used.add(tensor)
         else:
           todo.append(src.split(':')[0])
@@ -262,6 +291,8 @@ class StageFunction:
         # An op on the outer value captures it here (variable handles and
         # tensors of an enclosing function alike).
         input_map[name] = tf.identity(captured[name])
+      for name in used - set(input_map):
+        input_map[name] = tf.constant(static[name])  # a static shape
       by_name = {t.name: a for t, a in zip(feeds, args)}
       out = tf.compat.v1.import_graph_def(
           graph_def, input_map=input_map,
