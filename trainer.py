@@ -63,7 +63,9 @@ flags.DEFINE_float('collective_timeout_s', 600,
                    'sooner, by heartbeats).')
 flags.DEFINE_bool('plan_measure', False,
                   '--mode=plan: run the traced cells once on this device for '
-                  'measured times and kernel workspace (allocates weights).')
+                  'measured times and kernel workspace (allocates weights), '
+                  "and the executor on the schedule's table with tiny "
+                  'chunks for its per-tick cost (creates the devices).')
 flags.DEFINE_integer('timeline_at_step', 0,
                      'Training: profile this step and write '
                      'step_timeline.png (measured beside planned) to the '

@@ -44,45 +44,68 @@ def _StepFn(model_params, batch_size):
   return lambda: Step().numpy()
 
 
+def _Params(cfg, k, m):
+  """The model's params at K=k, M=m with the worker's overrides."""
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams(cfg['model'])
+  text = [f'task.network.num_stages = {k}',
+          f'task.network.num_micro_batches = {m}']
+  if cfg.get('batch'):
+    text.append(f"train.batch_size = {cfg['batch']}")
+  for key in ('schedule', 'remat'):
+    if cfg.get(key):
+      text.append(f"task.network.{key} = \"{cfg[key]}\"")
+  if cfg.get('virtual_stages'):
+    text.append(f"task.network.virtual_stages = {cfg['virtual_stages']}")
+  hyperparams.ApplyOverrides(p, '\n'.join(text))
+  return p
+
+
 def Worker(cfg):
-  """Plans and measures one model at each (K, M); prints RESULT lines."""
+  """Plans and measures one model at each (K, M); prints RESULT lines.
+  cfg['time'] False: memory only (no executor overhead measured)."""
   sys.path.insert(0, ROOT)
   from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   configs = [tuple(c) for c in cfg['configs']]
   measure.ConfigureTensorFlow(max(k for k, _ in configs))
-  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
   costs = {}
   for k, m in configs:
-    p = model_registry.GetParams(cfg['model'])
-    text = (f'task.network.num_stages = {k}\n'
-            f'task.network.num_micro_batches = {m}')
-    if cfg.get('batch'):
-      text += f"\ntrain.batch_size = {cfg['batch']}"
-    hyperparams.ApplyOverrides(p, text)
+    p = _Params(cfg, k, m)
     b = p.train.batch_size
     if b // m not in costs:
       costs[b // m] = model_plan.ModelCosts(p, b // m, measure=True)
-    plan = model_plan.PlanModel(p, costs=costs[b // m])
+    over = plan_lib.Overheads()
+    if cfg.get('time', True):
+      over = measure.ExecutorOverhead(model_plan.Pipeline(p))
+    plan = model_plan.PlanModel(p, costs=costs[b // m], overheads=over)
     step_fn = _StepFn(p, b)
     peak, secs = measure.MeasureStep(step_fn, cfg.get('reps', 3))
     row = {'model': cfg['model'], 'k': k, 'm': m, 'batch': b,
+           'schedule': plan['schedule'], 'v': plan['virtual_stages'],
            'predicted_bytes': plan['step_activation_peak_bytes'],
            'measured_bytes': peak, 'predicted_s': plan['step_s'],
-           'measured_s': secs}
+           'measured_s': secs, 'tick_s': over.tick_s,
+           'ticks': plan['ticks']}
     if cfg.get('timeline_dir'):
-      view = schedule_view.ScheduleView(plan['schedule'], k, m)
-      _, boxes = measure.ProfileStep(step_fn, view)
-      name = cfg['model'].replace('.', '_') + f'_k{k}_m{m}'
-      row['pictures'] = [
-          plot.Timeline(plan, os.path.join(cfg['timeline_dir'],
-                                           f'{name}_timeline.png'), boxes),
-          plot.MemoryAndTime(plan, os.path.join(cfg['timeline_dir'],
-                                                f'{name}_memory.png'))]
+      row['pictures'] = _Pictures(cfg, plan, step_fn, k, m)
     print('RESULT ' + json.dumps(row), flush=True)
+
+
+def _Pictures(cfg, plan, step_fn, k, m):
+  """The plan's timeline beside a profiled step's, and its memory bars."""
+  from gpipe_lingvo.pipeline import schedule  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
+  os.makedirs(cfg['timeline_dir'], exist_ok=True)
+  table = schedule.Build(plan['schedule'], k, m, plan['virtual_stages'])
+  _, boxes = measure.ProfileStep(step_fn, table)
+  name = os.path.join(cfg['timeline_dir'],
+                      cfg['model'].replace('.', '_') + f'_k{k}_m{m}')
+  return [plot.Timeline(plan, f'{name}_timeline.png', boxes),
+          plot.MemoryAndTime(plan, f'{name}_memory.png')]
 
 
 def Run(cfg, timeout=1800):
@@ -104,18 +127,23 @@ def Accuracy(args):
   configs = [[int(x) for x in c.split(':')] for c in args.configs.split(',')]
   print('\n### Plan against a measured step (peak bytes above the pre-step '
         'level, median of 3 steps; step time median of 3)\n')
-  print('| model | K | M | batch | predicted MiB | measured MiB | ratio | '
-        'predicted ms | measured ms | ratio |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('| model | schedule | K | M | batch | predicted MiB | measured MiB '
+        '| ratio | predicted ms (executor) | measured ms | ratio |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
   for model in args.models.split(','):
     cfg = dict(model=model, configs=configs, batch=args.batch,
-               timeline_dir=args.timeline_dir)
+               timeline_dir=args.timeline_dir, schedule=args.schedule,
+               virtual_stages=args.virtual_stages, remat=args.remat)
     for r in Collect(Run(cfg)):
-      print(f"| {model} | {r['k']} | {r['m']} | {r['batch']} | "
+      v = f" v={r['v']}" if r['v'] > 1 else ''
+      print(f"| {model} | {r['schedule']}{v} | {r['k']} | {r['m']} | "
+            f"{r['batch']} | "
             f"{r['predicted_bytes'] / 2**20:.1f} | "
             f"{r['measured_bytes'] / 2**20:.1f} | "
             f"{r['predicted_bytes'] / r['measured_bytes']:.2f} | "
-            f"{r['predicted_s'] * 1e3:.0f} | {r['measured_s'] * 1e3:.0f} | "
+            f"{r['predicted_s'] * 1e3:.0f} "
+            f"({r['tick_s'] * r['ticks'] * 1e3:.0f}) | "
+            f"{r['measured_s'] * 1e3:.0f} | "
             f"{r['predicted_s'] / r['measured_s']:.2f} |", flush=True)
 
 
@@ -156,6 +184,11 @@ def main():
                   help='K:M,... measured per model')
   ap.add_argument('--batch', type=int, default=0,
                   help='batch size (0: the registered one)')
+  ap.add_argument('--schedule', default='',
+                  help='schedule override (default: the registered one)')
+  ap.add_argument('--virtual_stages', type=int, default=0,
+                  help='chunks per device override')
+  ap.add_argument('--remat', default='', help='remat policy override')
   ap.add_argument('--timeline_dir', default='',
                   help='also write timeline and memory pictures here')
   args = ap.parse_args()

@@ -1,5 +1,6 @@
-"""Planner: exact balancing under a memory budget, the plan as data, the
-trace-based costs and --mode=plan (no devices, no weights)."""
+"""Planner: exact balancing under a memory budget, the plan as data read
+from the engine's tick table, the trace-based costs, the measured timeline
+and --mode=plan (no devices, no weights)."""
 import itertools
 import json
 import math
@@ -9,16 +10,21 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.pipeline import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import plan as plan_lib
-from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import measure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every schedule the engine has, with the chunks per device it takes.
+SCHEDULES = [('gpipe', 1), ('1f1b', 1), ('1f1b_classic', 1),
+             ('interleaved_1f1b', 2), ('zb_h1', 1), ('zb_v', 2)]
 
 
 def _BruteForce(costs, num_stages, fits=None):
@@ -86,77 +92,143 @@ def testBalanceErrors():
                       [4096, 1024])
 
 
-def _ToyCosts(n=6, batch=4, res=1000, out=100, params=50):
-  """Costs of a toy network, no TensorFlow: every cell keeps `res` bytes."""
+def _ToyCosts(n=6, batch=4, res=1000, out=100, params=50, w_in=10):
+  """Costs of a toy network, no TensorFlow: every cell keeps `res` bytes,
+  hands on `out` and gives W `w_in`."""
   cells = [costs_lib.CellCost(
       name=f'c{i}', params=params, param_bytes=4 * params, out_bytes=out,
       fwd_flops=10 * (i + 1), bwd_flops=20 * (i + 1), fwd_peak=res + out,
-      residual_bytes=res, bwd_peak=res + 2 * out, fwd_s=0.001 * (i + 1),
-      bwd_s=0.002 * (i + 1)) for i in range(n)]
+      residual_bytes=res, bwd_peak=res + 2 * out, fwd_transient=out,
+      weight_input_bytes=w_in, bwd_w_flops=8 * (i + 1),
+      fwd_s=0.001 * (i + 1), bwd_s=0.002 * (i + 1),
+      bwd_w_s=0.0008 * (i + 1)) for i in range(n)]
   return costs_lib.NetworkCosts(batch, out, cells)
 
 
-@pytest.mark.parametrize('schedule', schedule_view.SCHEDULES)
-def testPlanStashFollowsTheTickTable(schedule):
-  c = _ToyCosts()
+def _Pipe(schedule, k, m, remat, v=1):
+  return plan_lib.Pipeline(schedule, k, m, tuple(remat), v)
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testPlanStashFollowsTheTickTable(schedule, v):
+  # Inputs, output gradients, residuals and B->W tensors of distinct sizes,
+  # so each buffer's entries show in the bytes.
+  c = _ToyCosts(res=10_000, out=100, w_in=1)
   k, m = 3, 6
-  ranges = partition.Partition(6, k)
-  never = plan_lib.MakePlan(c, ranges, schedule, m, [False] * m)
-  always = plan_lib.MakePlan(c, ranges, schedule, m, [True] * m)
-  peaks = schedule_view.ScheduleView(schedule, k, m).PeakStash()
-  for s, n in zip(never['stages'], peaks):
-    # Without remat each stashed micro-batch keeps its residuals.
-    assert s['stash_peak_bytes'] >= n * s['residual_bytes']
-    assert s['stashed_micro_batches'] == n
-  for sn, sa in zip(never['stages'], always['stages']):
-    assert sa['stash_peak_bytes'] < sn['stash_peak_bytes']
-  assert never['partition'] == [2, 2, 2]
-  assert json.loads(json.dumps(never)) == never  # Plans are data.
+  ranges = partition.Partition(6, k * v)
+  for remat in ([False] * m, [True] * m):
+    pipe = _Pipe(schedule, k, m, remat, v)
+    plan = plan_lib.MakePlan(c, ranges, pipe)
+    table = pipe.Table()
+    # The executor's ring buffers for this table (its own slot plan): an
+    # entry is held until its slot is written again, so a device's stash
+    # peaks with every slot of its buffers full.
+    slots = executor.Plan(table, remat)
+    want = [0] * k
+    size = lambda s: s.size if s is not None else 0
+    for ch, b in enumerate(plan['chunks']):
+      d, nxt = table.chunk_device[ch], table.chunk_device[min(ch + 1,
+                                                              k * v - 1)]
+      assert b['residual_bytes'] == 10_000 * 6 // (k * v)
+      want[d] += (size(slots.inputs[ch]) * b['input_bytes'] +
+                  size(slots.residuals[ch]) * b['residual_bytes'] +
+                  size(slots.weight_inputs[ch]) * b['weight_input_bytes'])
+      want[nxt] += size(slots.grads[ch]) * b['output_bytes']
+    got = [s['stash_peak_bytes'] for s in plan['stages']]
+    assert got == want, (remat, got, want)
+    assert [s['stashed_chunk_activations'] for s in plan['stages']] == (
+        table.PeakStash())
+    assert [s['chunks'] for s in plan['stages']] == [
+        [ch for ch in range(k * v) if table.chunk_device[ch] == d]
+        for d in range(k)]
+    # Every action of the table is on the simulated timeline, once.
+    acts = sorted((b[1], b[2], b[3]) for b in plan['timeline'])
+    assert acts == sorted((a.kind, a.chunk, a.mb) for row in table.ticks
+                          for d in row for a in d)
+  assert json.loads(json.dumps(plan)) == plan  # Plans are data.
 
 
 def testPlanStaticBytesAndTime():
   c = _ToyCosts()
-  p = plan_lib.MakePlan(c, [(0, 2), (2, 6)], 'gpipe', 2, [True, True],
-                        slots_per_weight=2, budgets=[1e9, 10])
+  pipe = _Pipe('gpipe', 2, 2, [True, True])
+  p = plan_lib.MakePlan(c, [(0, 2), (2, 6)], pipe,
+                        plan_lib.Optimizer(slots_per_weight=2),
+                        budgets=[1e9, 10])
   s0 = p['stages'][0]
   assert s0['params'] == 100 and s0['weight_bytes'] == 400
   assert s0['slot_bytes'] == 800 and s0['accumulator_bytes'] == 400
   assert math.isclose(s0['forward_s'], 0.003)
-  assert math.isclose(s0['backward_s'], 0.006)
-  assert not p['fits']  # Stage 1's budget of 10 bytes.
-  # One action at a time on a shared host: the step is all the work.
-  work = sum(2 * (s['forward_s'] * 2 + s['backward_s']) for s in p['stages'])
+  assert math.isclose(s0['backward_s'] + s0['weight_s'], 0.006)
+  assert math.isclose(s0['weight_s'], 0.0024)
+  assert not p['fits']  # Device 1's budget of 10 bytes.
+  # One action at a time on a shared host: the step is all the work, a
+  # recomputing backward also reruns the forward.
+  work = sum(2 * (2 * s['forward_s'] + s['backward_s'] + s['weight_s'])
+             for s in p['stages'])
   assert math.isclose(p['step_s'], work)
-  par = plan_lib.MakePlan(c, [(0, 2), (2, 6)], 'gpipe', 2, [True, True],
-                          host_parallelism=2)
+  over = plan_lib.MakePlan(c, [(0, 2), (2, 6)], pipe,
+                           overheads=plan_lib.Overheads(tick_s=0.01))
+  assert math.isclose(over['step_s'], work + 0.01 * over['ticks'])
+  par = plan_lib.MakePlan(c, [(0, 2), (2, 6)], pipe, host_parallelism=2)
   assert par['step_s'] < p['step_s'] and 0 < par['bubble'] < 1
 
 
-def testTimelineMatchesTheTable():
-  view = schedule_view.ScheduleView('1f1b', 2, 4)
-  boxes = view.Timeline(lambda kind, k, mb: 1.0 if kind == 'F' else 2.0)
-  assert len(boxes) == 2 * 2 * 4
-  for b in boxes:  # A backward never starts before its forward ends.
-    if b.kind == 'B':
-      f = [x for x in boxes if x.kind == 'F' and x.stage == b.stage and
-           x.mb == b.mb][0]
-      assert f.end <= b.start
+def testTimesScaledToARuntimeTotalAndTheUpdate():
+  c = _ToyCosts()
+  scaled = c.TimesScaledTo(1.0)
+  assert math.isclose(sum(x.fwd_s + x.bwd_s for x in scaled.cells), 1.0)
+  for a, b in zip(c.cells, scaled.cells):  # each cell's share is kept
+    assert math.isclose(b.bwd_w_s / b.bwd_s, a.bwd_w_s / a.bwd_s)
+    assert math.isclose(b.fwd_s / scaled.cells[0].fwd_s,
+                        a.fwd_s / c.cells[0].fwd_s)
+  # Tiny activations: the update's gradient copy (clipping) is the peak.
+  tiny = _ToyCosts(res=1, out=1, w_in=1, params=10_000)
+  pipe = _Pipe('gpipe', 2, 2, [True, True])
+  plain = plan_lib.MakePlan(tiny, [(0, 3), (3, 6)], pipe)
+  clip = plan_lib.MakePlan(tiny, [(0, 3), (3, 6)], pipe,
+                           plan_lib.Optimizer(update_copies=1))
+  for a, b in zip(plain['stages'], clip['stages']):
+    assert b['update_bytes'] == b['accumulator_bytes'] == 120_000
+    static = b['weight_bytes'] + b['slot_bytes'] + b['accumulator_bytes']
+    assert b['peak_bytes'] == static + 120_000 > a['peak_bytes']
+  assert clip['step_activation_peak_bytes'] == 240_000
 
 
 def testBudgetFailureSaysWhatWouldFit():
   c = _ToyCosts(res=10_000)
   m = 4
-  fn = plan_lib.StageBytesFn(c, 'gpipe', 2, m, [False] * m)
+  pipe = _Pipe('gpipe', 2, m, [False] * m)
+  fn = plan_lib.StageBytesFn(c, pipe)
   need = max(fn(0, 0, 3), fn(1, 3, 6))
   with pytest.raises(plan_lib.PlanError) as e:
-    plan_lib.BalancedPartition(c, 'flops', 2, 'gpipe', m, [False] * m,
-                               budgets=[need * 0.6] * 2)
+    plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[need * 0.6] * 2)
   msg = str(e.value)
   assert 'stage' in msg and 'budget' in msg and 'Would fit with' in msg
   assert "remat 'always'" in msg
-  ok = plan_lib.BalancedPartition(c, 'flops', 2, 'gpipe', m, [False] * m,
-                                  budgets=[need * 1.5] * 2)
+  ok = plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[need * 1.5] * 2)
   assert len(ok) == 2
+  # The per-device bytes the balancer uses are the plan's own.
+  plan = plan_lib.MakePlan(c, ok, pipe)
+  assert [fn(d, a, b) for d, (a, b) in enumerate(ok)] == [
+      s['peak_bytes'] for s in plan['stages']]
+
+
+def testCostPartitionOverChunks():
+  # v = 2: the K*v chunks are balanced exactly; a device's bytes are the
+  # sum of its chunks' and are checked against its budget.
+  c = _ToyCosts(n=8)
+  pipe = _Pipe('interleaved_1f1b', 2, 4, [False] * 4, 2)
+  vec = plan_lib.CostVector(c, 'flops')
+  ranges = plan_lib.BalancedPartition(c, 'flops', pipe)
+  assert len(ranges) == 4
+  assert _Bottleneck(vec, ranges) == _BruteForce(vec, 4)
+  plan = plan_lib.MakePlan(c, ranges, pipe)
+  need = max(s['peak_bytes'] for s in plan['stages'])
+  assert plan_lib.BalancedPartition(c, 'flops', pipe,
+                                    budgets=[need] * 2) == ranges
+  with pytest.raises(plan_lib.PlanError,
+                     match=r'device \d needs .* over its budget'):
+    plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[need * 0.5] * 2)
 
 
 _COSTS = {}
@@ -180,16 +252,42 @@ def testTracedCosts():
   assert stem.fwd_flops >= 2 * 8 * 32 * 32 * 3 * 16 * 9
   assert stem.out_bytes == 8 * 32 * 32 * 16 * 4
   for x in c.cells[:-1]:
-    assert x.bwd_flops > x.fwd_flops > 0
+    assert x.bwd_flops > x.bwd_w_flops > 0 and x.bwd_flops > x.fwd_flops
     assert x.residual_bytes > 0 and x.bwd_peak >= x.residual_bytes
+    assert 0 < x.weight_input_bytes
   half = c.Scaled(4)
   assert half.cells[1].residual_bytes * 2 == c.cells[1].residual_bytes
 
 
+class _Views(layers.Identity):
+  """A cell that hands on a view of its input through many Identity ops
+  (as AmoebaNet's cells pass their state dict on) after one ReLU."""
+
+  def FProp(self, inputs):
+    y = tf.nn.relu(inputs)
+    for _ in range(8):
+      y = tf.identity(y)
+    return y
+
+
+def testViewsAllocateNothing():
+  # A view shares its source's buffer: neither the kept bytes nor the
+  # peaks grow with the number of views.
+  def Build():
+    return [_Views.Params().Set(name=f'v{i}').Instantiate()
+            for i in range(2)], None
+  c = costs_lib.TraceNetwork(Build, tf.TensorSpec([4, 256], tf.float32))
+  one = 4 * 256 * 4
+  assert [x.residual_bytes for x in c.cells] == [one, one]
+  assert all(x.fwd_peak <= 2 * one and x.bwd_peak <= 3 * one
+             for x in c.cells)
+
+
 def testCostPartitionModes():
   c = _ResNetCosts()
-  flops = plan_lib.BalancedPartition(c, 'flops', 3, 'gpipe', 2, [True] * 2)
-  params = plan_lib.BalancedPartition(c, 'params', 3, 'gpipe', 2, [True] * 2)
+  pipe = _Pipe('gpipe', 3, 2, [True] * 2)
+  flops = plan_lib.BalancedPartition(c, 'flops', pipe)
+  params = plan_lib.BalancedPartition(c, 'params', pipe)
   # Parameters grow with depth (channels double), FLOPs do not: the
   # params cut gives the last stage the fewest cells.
   assert partition.Counts(params)[-1] < partition.Counts(flops)[-1]
@@ -209,12 +307,44 @@ def testPipelinedNetworkCostPartition(tmp_path):
   # The four 256x256 cells hold most parameters: balanced 3 + 3.
   assert partition.Counts(net._ranges) == [4, 2]  # pylint: disable=protected-access
   assert os.path.exists(tmp_path / 'costs.json')
+  chunked = p.Copy().Set(schedule='interleaved_1f1b', virtual_stages=2)
+  assert partition.Counts(chunked.Instantiate()._ranges) == [3, 1, 1, 1]  # pylint: disable=protected-access
   with pytest.raises(partition.PartitionError, match='needs the network'):
     p.Copy().Set(input_shape=None).Instantiate()
   q = p.Copy()
   q.topology.memory_budget_bytes = 1000
   with pytest.raises(partition.PartitionError, match='over its budget of 1000 B'):
     q.Instantiate()
+
+
+def testMeasuredTimelineNamesEveryAction():
+  # A profiled step of a small pipeline: the executor's action scopes give
+  # one box per action of the table, on its device, with its micro-batch.
+  cells = [layers.FullyConnected.Params().Set(
+      name=f'fc{i}', input_dim=32, output_dim=32, activation='tanh')
+           for i in range(4)]
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=cells, num_stages=2, num_micro_batches=2,
+      schedule='interleaved_1f1b', virtual_stages=2, remat='except_last')
+  net = p.Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.random.stateless_normal([4, 32], [1, 2])
+  loss_fn = lambda out, lab: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([4]), loss_fn, tf.constant(0, tf.int64))[0])
+  step()
+  _, boxes = measure.ProfileStep(step, net.schedule_table)
+  table = net.schedule_table
+  want = sorted((d, a.kind, a.chunk, a.mb) for row in table.ticks
+                for d, acts in enumerate(row) for a in acts)
+  assert sorted(tuple(b[:4]) for b in boxes) == want
+  for dev, kind, _, mb, start, end, rerun in boxes:
+    assert 0 <= start <= end
+    # remat except_last: every B but the last micro-batch's reruns its F.
+    assert (rerun is not None) == (kind == 'B' and mb == 0)
+    assert rerun is None or start <= rerun <= end
+  assert measure.ParseAction('a/' + executor.ActionScope('W', 12) +
+                             '/b') == (12, 'W')
 
 
 def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
@@ -237,29 +367,22 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
     assert (tmp_path / png).stat().st_size > 10_000
 
 
-def _Measure(configs):
-  """A process of its own (bench/planner_bench.py's worker): allocator
-  statistics and one inter-op thread must be set before TensorFlow
-  starts."""
-  cfg = {'model': 'cifar10.ResNet20', 'configs': configs, 'reps': 3}
-  return subprocess.Popen(
-      [sys.executable, 'bench/planner_bench.py', '--worker', json.dumps(cfg)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def testPredictedPeakMemoryWithin15PercentOfMeasured():
-  # ResNet-20 as registered (batch 128, gpipe, remat always) at K in
-  # {1, 2, 4} and M in {2, 4}; two processes run side by side.
-  procs = [_Measure([[1, 2], [2, 2], [4, 2]]),
-           _Measure([[1, 4], [2, 4], [4, 4]])]
-  rows = []
-  for proc in procs:
-    out, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-    rows += [json.loads(l[len('RESULT '):]) for l in out.splitlines()
-             if l.startswith('RESULT ')]
-  assert len(rows) == 6
+  # cifar10.ResNet20 (gpipe, remat always) at K in {1, 2, 4} and M in
+  # {2, 4}, batch 32, in one process of bench/planner_bench.py's worker:
+  # allocator statistics and one inter-op thread are set before TensorFlow
+  # starts. The bench measures both registered small models at their own
+  # batch on the full grid.
+  cfg = {'model': 'cifar10.ResNet20', 'configs': [[1, 2], [2, 4], [4, 4]],
+         'batch': 32, 'reps': 3, 'time': False}
+  out = subprocess.run(
+      [sys.executable, 'bench/planner_bench.py', '--worker', json.dumps(cfg)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(l[len('RESULT '):]) for l in out.stdout.splitlines()
+          if l.startswith('RESULT ')]
+  assert [(r['k'], r['m']) for r in rows] == [(1, 2), (2, 4), (4, 4)]
   for r in rows:
     ratio = r['predicted_bytes'] / r['measured_bytes']
     assert 0.85 <= ratio <= 1.15, (r['k'], r['m'], ratio)

@@ -124,6 +124,48 @@ def testTimelineUsesTickSemantics():
       tab.BubbleFraction())
 
 
+def testTimelineOptions():
+  tab = schedule.Build('gpipe', 2, 2)
+  costs = {'F': 1, 'B': 2, 'W': 1}
+  plain = tab.Timeline(costs)
+  # A recomputing backward reruns the forward first.
+  rem = tab.Timeline(costs, remat=[True, False])
+  for e, f in zip(plain.events, rem.events):
+    extra = 1 if e.action.kind == 'B' and e.action.mb == 0 else 0
+    assert (f.end - f.start) - (e.end - e.start) == extra
+  # Devices sharing one core: a tick is all its work, in the executor's
+  # order (every device's F, then every device's B).
+  one = tab.Timeline(costs, host_parallelism=1, tick_overhead=0.5)
+  work = sum(e.end - e.start for e in plain.events)
+  assert one.duration == pytest.approx(work + 0.5 * tab.num_ticks)
+  for t in range(tab.num_ticks):
+    evs = sorted((e for e in one.events if e.tick == t),
+                 key=lambda e: e.start)
+    assert evs[0].start == one.tick_starts[t] + 0.5
+    kinds = [e.action.kind for e in evs]
+    assert kinds == sorted(kinds, key='FBW'.index)
+    assert all(a.end == b.start for a, b in zip(evs, evs[1:]))
+  two = tab.Timeline(costs, host_parallelism=2)
+  assert plain.duration <= two.duration <= one.duration
+
+
+def testBufferLifetimes():
+  tab = schedule.Build('gpipe', 2, 2)  # F0 F1 . B1 B0 on device 0
+  tick = tab.Tick
+  life = tab.BufferLifetimes(1, [True, False])
+  assert life['inputs'] == [(tick('F', 0, 0), tick('B', 1, 0)),
+                            (tick('F', 0, 1), tick('F', 1, 1))]
+  assert life['grads'] is None and life['weight_inputs'] is None
+  assert life['residuals'] == [None, (tick('F', 1, 1), tick('B', 1, 1))]
+  first = tab.BufferLifetimes(0, [True, False])
+  assert first['inputs'] is None
+  assert first['grads'] == [(tick('B', 1, i), tick('B', 0, i))
+                            for i in range(2)]
+  zb = schedule.Build('zb_h1', 2, 2)
+  assert zb.BufferLifetimes(0, [True] * 2)['weight_inputs'] == (
+      zb.WeightStashLifetimes(0))
+
+
 def testStashCountsAndDescribe():
   tab = schedule.Build('interleaved_1f1b', 2, 4, 2)
   counts = tab.StashCounts()

@@ -34,6 +34,11 @@ CASES = {
                         util.UseMask.Params().Set(name='merge')],
                lambda: {'x': tf.random.stateless_normal([4, 8], [1, 4]),
                         'mask': tf.constant([[1] * 8, [0] * 8] * 2)}),
+    'drop_path': (lambda: [_Dense('a', act='none'),
+                           layers.DropPath.Params().Set(name='dp',
+                                                        keep_prob=0.5),
+                           _Dense('b')],
+                  lambda: tf.random.stateless_normal([4, 8], [1, 6])),
     'bfloat16': (lambda: [_Dense('a').Set(fprop_dtype=tf.bfloat16),
                           _Dense('b').Set(fprop_dtype=tf.bfloat16)],
                  lambda: tf.random.stateless_normal([4, 8], [1, 5])),
@@ -126,6 +131,16 @@ def testResidualsSkipVariableReadsAndSplitDoesNoWorkTwice():
     assert not {'Tanh', 'Relu'} & set(ops)
   # Without input gradients (the first chunk) B keeps only what W needs.
   assert fn.CountOps('B', input_grads=False)['MatMul'] == 1
+
+
+def testResidualsAreOnlyWhatTheGradientsRead():
+  """tf.gradients also builds the gradient of the drop-path mask, which
+  nothing fetches; the linear layer's output only that gradient reads is
+  not kept: the input, the scaled mask, and the last layer's input and
+  tanh output are."""
+  _, fn, _, _, _ = _Build('drop_path')
+  assert sorted(s.shape.as_list() for s in fn.residual_specs) == [
+      [4, 1], [4, 8], [4, 8], [4, 8]]
 
 
 def testStaticShapesAreConstantsNotStashedTensors():

@@ -61,17 +61,12 @@ def NetworkCosts(p, batch, measure=False):
 
 
 def Resolve(p, num_cells, num_chunks, effective_micro_batches,
-            slots_per_weight=1):
+            opt=plan_lib.Optimizer()):
   """[(start, end)] cell ranges per chunk (per stage when virtual_stages
   is 1) for PipelinedNetwork params p."""
   spec = p.partition
   if not (isinstance(spec, str) and spec in partition_lib.COST_MODES):
     return partition_lib.Partition(num_cells, num_chunks, spec)
-  if num_chunks != p.num_stages:
-    raise partition_lib.PartitionError(
-        f'{p.name}: partition {spec!r} balances one chunk per device; with '
-        f'virtual_stages={num_chunks // p.num_stages} use \'uniform\' or a '
-        'list of cell counts per chunk.')
   if not p.input_shape:
     raise partition_lib.PartitionError(
         f"partition {spec!r} traces the cells and needs the network's "
@@ -84,10 +79,12 @@ def Resolve(p, num_cells, num_chunks, effective_micro_batches,
         f'input_shape batch {batch} is not divisible by num_micro_batches='
         f'{p.num_micro_batches}.')
   costs = NetworkCosts(p, batch // m, measure=(spec == 'time'))
-  remat = executor_lib.RematFlags(p.remat, m)
+  pipe = plan_lib.Pipeline(p.schedule, p.num_stages, m,
+                           tuple(executor_lib.RematFlags(p.remat, m)),
+                           num_chunks // p.num_stages)
   try:
     return plan_lib.BalancedPartition(
-        costs, spec, p.num_stages, p.schedule, m, remat, slots_per_weight,
+        costs, spec, pipe, opt,
         Budgets(p.topology, p.num_stages))
   except plan_lib.PlanError as e:
     raise partition_lib.PartitionError(f'{p.name}: {e}') from None

@@ -48,9 +48,13 @@ class CellCost:
   residual_bytes: int = 0    # own forward tensors the backward reads
   input_residual_bytes: int = 0  # input bytes the backward reads
   bwd_peak: int = 0          # peak during the backward, residuals included
+  fwd_transient: int = 0     # forward peak when nothing is kept
+  weight_input_bytes: int = 0  # what the weight-gradient ops read from B
+  bwd_w_flops: int = 0       # FLOPs of the weight-gradient-only ops
   # Measured on the device (MeasureCells), None until then:
   fwd_s: Optional[float] = None  # forward time (seconds)
-  bwd_s: Optional[float] = None  # backward time (seconds)
+  bwd_s: Optional[float] = None  # backward time (seconds), W included
+  bwd_w_s: Optional[float] = None  # its weight-gradient-only part
   workspace_bytes: Optional[int] = None  # largest temporary of one op
 
 
@@ -81,13 +85,25 @@ class NetworkCosts:
     for c in self.cells:
       d = dataclasses.asdict(c)
       for key in ('out_bytes', 'fwd_flops', 'bwd_flops', 'fwd_peak',
-                  'residual_bytes', 'input_residual_bytes', 'bwd_peak'):
+                  'residual_bytes', 'input_residual_bytes', 'bwd_peak',
+                  'fwd_transient', 'weight_input_bytes', 'bwd_w_flops'):
         d[key] = int(round(d[key] * r))
-      for key in ('fwd_s', 'bwd_s'):
+      for key in ('fwd_s', 'bwd_s', 'bwd_w_s'):
         d[key] = None if d[key] is None else d[key] * r
       # Kernel workspaces are capped by the kernels: kept as measured.
       cells.append(CellCost(**d))
     return NetworkCosts(batch, int(round(self.input_bytes * r)), cells)
+
+
+  def TimesScaledTo(self, total_s):
+    """Costs whose forward + backward times add up to `total_s` (the
+    per-cell shares kept): the step statistics attribute time to cells,
+    a run in the runtime the training step uses gives the total."""
+    now = sum(c.fwd_s + c.bwd_s for c in self.cells)
+    r = total_s / now
+    cells = [dataclasses.replace(c, fwd_s=c.fwd_s * r, bwd_s=c.bwd_s * r,
+                                 bwd_w_s=c.bwd_w_s * r) for c in self.cells]
+    return NetworkCosts(self.batch, self.input_bytes, cells)
 
 
 def _Bytes(t):
@@ -181,7 +197,10 @@ def _Replay(ops, bufs, owned, kept=()):
       last[bufs.Root(t)] = j
   cur = peak = 0
   for j, op in enumerate(ops):
-    made = [b for b in {bufs.Root(t) for t in op.outputs} if b in owned]
+    # Only outputs with buffers of their own allocate: a view (Identity,
+    # Reshape, ...) or a merged duplicate op shares its source's buffer.
+    made = {t.name for t in op.outputs
+            if bufs.Root(t) == t.name and t.name in owned}
     for b in made:
       cur += bufs.size[b]
     peak = max(peak, cur)
@@ -210,7 +229,38 @@ def _CellMemory(fwd_ops, bwd_ops, bufs):
   fwd_peak = _Replay(fwd_ops, bufs, fwd_owned, kept=residual)
   res = sum(bufs.size[b] for b in residual)
   bwd_peak = res + _Replay(bwd_ops, bufs, bwd_owned | residual)
-  return fwd_peak, residual, outside, bwd_peak
+  transient = _Replay(fwd_ops, bufs, fwd_owned)
+  return fwd_peak, residual, outside, bwd_peak, transient
+
+
+def _Ancestors(tensors, within):
+  """Ops in `within` (a set of op names) that `tensors` depend on through
+  ops in `within`."""
+  seen, todo = set(), [t.op for t in tensors if t.op.name in within]
+  while todo:
+    op = todo.pop()
+    if op.name in seen:
+      continue
+    seen.add(op.name)
+    todo.extend(x.op for x in op.inputs if x.op.name in within)
+  return seen
+
+
+def _WeightOnly(bwd_ops, var_grads, bufs):
+  """(weight-gradient-only ops, bytes they read from the rest) of a cell's
+  backward: ops only the weight gradients need (zero-bubble's W), and the
+  buffers they read that the input-gradient part (B) or the forward made
+  (what B hands to W)."""
+  names = {op.name for op in bwd_ops}
+  leaving = [t for op in bwd_ops for t in op.outputs
+             if any(c.name not in names for c in t.consumers())
+             or not t.consumers()]
+  grads = {g.name for g in var_grads}
+  b_ops = _Ancestors([t for t in leaving if t.name not in grads], names)
+  w_ops = _Ancestors(var_grads, names) - b_ops
+  read = {bufs.Root(x) for op in bwd_ops if op.name in w_ops
+          for x in _Reads(op) if x.op.name not in w_ops}
+  return w_ops, sum(bufs.size.get(b, 0) for b in read)
 
 
 def _AssignCells(ops):
@@ -231,7 +281,7 @@ def _AssignCells(ops):
 
 
 def TraceNetwork(build: Callable, input_specs, label_specs=None,
-                 measure: bool = False, reps: int = 3) -> NetworkCosts:
+                 measure: bool = False, reps: int = 5) -> NetworkCosts:
   """Traces `build()` -> (cells, loss_fn or None) in a fresh graph.
 
   input_specs / label_specs: nests of tf.TensorSpec at micro-batch shapes.
@@ -265,10 +315,18 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
     variables = [v for c in cells for v in c.TrainableVariables()]
     grads = tf.gradients(loss, variables + [
         t for t in tf.nest.flatten(xs) if t.dtype.is_floating])
-    costs = _Analyse(graph, cells, outs)
+    var_grads, pos = [], 0
+    for c in cells:
+      n = len(c.TrainableVariables())
+      var_grads.append([tf.convert_to_tensor(g) for g in grads[pos:pos + n]
+                        if g is not None])
+      pos += n
+    costs, w_ops = _Analyse(graph, cells, outs, var_grads,
+                            [g for g in grads if g is not None])
     in_bytes = sum(_Bytes(t) for t in tf.nest.flatten(xs))
     if measure:
-      _Measure(graph, costs, [g for g in grads if g is not None], reps)
+      _Measure(graph, costs, [g for g in grads if g is not None], reps,
+               w_ops)
   return NetworkCosts(int(batch), in_bytes, costs)
 
 
@@ -277,7 +335,12 @@ def _Placeholders(specs):
       lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), specs)
 
 
-def _Analyse(graph, cells, outs):
+def _Analyse(graph, cells, outs, var_grads, grads):
+  """(CellCost per cell, names of the weight-gradient-only ops).
+
+  Gradient ops that no gradient needs (tf.gradients builds the gradient of
+  every input of an op, e.g. of a drop-path mask, and the runtime prunes
+  the ones nothing fetches) are left out: what they read is not kept."""
   flops = _Flops(graph)
   fwd_ops = [[] for _ in cells]
   bwd_ops = [[] for _ in cells]
@@ -285,16 +348,24 @@ def _Analyse(graph, cells, outs):
   bufs = _Buffers()
   for op in all_ops:
     bufs.Add(op)
+  needed = _Ancestors(grads, {op.name for op in all_ops
+                              if op.name.startswith('gradients')})
   for op, i in zip(all_ops, _AssignCells(all_ops).values()):
-    if i is not None:
-      (bwd_ops if op.name.startswith('gradients') else fwd_ops)[i].append(op)
+    if i is None:
+      continue
+    if not op.name.startswith('gradients'):
+      fwd_ops[i].append(op)
+    elif op.name in needed:
+      bwd_ops[i].append(op)
   mem = [_CellMemory(f, b, bufs) for f, b in zip(fwd_ops, bwd_ops)]
   all_residuals = set().union(*[m[1] for m in mem])
-  costs = []
+  costs, all_w_ops = [], set()
   for i, cell in enumerate(cells):
     trainable = cell.TrainableVariables()
     others = [v for v in cell.AllVariables() if not v.trainable]
-    fp, res, outside, bp = mem[i]
+    fp, res, outside, bp, transient = mem[i]
+    w_ops, w_in = _WeightOnly(bwd_ops[i], var_grads[i], bufs)
+    all_w_ops |= w_ops
     # Inputs read by the backward that no earlier cell keeps anyway.
     in_res = sum(bufs.size.get(b, 0) for b in outside - all_residuals)
     costs.append(CellCost(
@@ -306,8 +377,10 @@ def _Analyse(graph, cells, outs):
         fwd_flops=sum(flops.get(op.name, 0) for op in fwd_ops[i]),
         bwd_flops=sum(flops.get(op.name, 0) for op in bwd_ops[i]),
         fwd_peak=fp, residual_bytes=sum(bufs.size[b] for b in res),
-        input_residual_bytes=in_res, bwd_peak=bp))
-  return costs
+        input_residual_bytes=in_res, bwd_peak=bp, fwd_transient=transient,
+        weight_input_bytes=w_in,
+        bwd_w_flops=sum(flops.get(op, 0) for op in w_ops)))
+  return costs, all_w_ops
 
 
 def _Feed(graph):
@@ -317,9 +390,11 @@ def _Feed(graph):
           for op in graph.get_operations() if op.type == 'Placeholder'}
 
 
-def _Measure(graph, costs, fetches, reps):
-  """Per-cell op time and largest op workspace from step statistics (one
-  inter-op thread, so op times add up to the step's time)."""
+def _Measure(graph, costs, fetches, reps, w_ops):
+  """Per-cell op time (forward, backward, and the backward's
+  weight-gradient-only ops `w_ops`) and largest op workspace from step
+  statistics (one inter-op thread, so op times add up to the step's
+  time)."""
   cell_of = _AssignCells(graph.get_operations())
   config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
   with tf.compat.v1.Session(graph=graph, config=config) as sess:
@@ -328,6 +403,7 @@ def _Measure(graph, costs, fetches, reps):
     sess.run(fetches, feed)
     fwd = np.zeros([reps, len(costs)])
     bwd = np.zeros([reps, len(costs)])
+    bwd_w = np.zeros([reps, len(costs)])
     work = [0] * len(costs)
     for r in range(reps):
       meta = tf.compat.v1.RunMetadata()
@@ -340,6 +416,8 @@ def _Measure(graph, costs, fetches, reps):
             continue
           secs = ns.op_end_rel_micros * 1e-6
           (bwd if ns.node_name.startswith('gradients') else fwd)[r, i] += secs
+          if ns.node_name in w_ops:
+            bwd_w[r, i] += secs
           outb = sum(o.tensor_description.allocation_description
                      .allocated_bytes for o in ns.output)
           for m in ns.memory:
@@ -356,6 +434,7 @@ def _Measure(graph, costs, fetches, reps):
   for i, c in enumerate(costs):
     c.fwd_s = float(np.median(fwd[:, i])) * scale
     c.bwd_s = float(np.median(bwd[:, i])) * scale
+    c.bwd_w_s = float(np.median(bwd_w[:, i])) * scale
     c.workspace_bytes = int(work[i])
 
 

@@ -33,6 +33,16 @@ REMAT_POLICIES = ('always', 'except_last', 'never')
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
+RECOMPUTE_SCOPE = 'recompute'  # inside a B's scope: the forward it reruns
+
+
+def ActionScope(kind: str, chunk: int) -> str:
+  """Name scope of one action's ops, e.g. `action_2F` (the micro-batch
+  follows from the table and the loop iteration): profiles show it, so a
+  measured timeline can find every action (planning/measure.py)."""
+  return f'action_{chunk}{kind}'
+
+
 def RematFlags(policy: str, num_micro_batches: int) -> List[bool]:
   """Per micro-batch: True where its chunk forwards are recomputed."""
   if policy == 'always':
@@ -75,10 +85,13 @@ class Slots(NamedTuple):
   size: int
 
 
-def _Slots(intervals, keep=None) -> Slots:
-  keep = range(len(intervals)) if keep is None else keep
-  slots = [0] * len(intervals)
-  assigned, size = schedule_lib.AssignSlots([intervals[i] for i in keep])
+def _Slots(lifetimes) -> Optional[Slots]:
+  """Slots of the micro-batches a buffer holds (None entries: not held)."""
+  if lifetimes is None:
+    return None
+  keep = [i for i, life in enumerate(lifetimes) if life is not None]
+  slots = [0] * len(lifetimes)
+  assigned, size = schedule_lib.AssignSlots([lifetimes[i] for i in keep])
   for i, s in zip(keep, assigned):
     slots[i] = s
   return Slots(slots, size if keep else 0)
@@ -106,30 +119,14 @@ class Plan:
         np.int32).T.reshape(t.num_ticks, t.num_chunks)
 
   def _AssignSlots(self):
-    """Buffer slots from lifetimes in the table: a chunk's input from its
-    producer's F to its own F (to its B when recomputed); the gradient of
-    its outputs from the next chunk's B to its own B; kept residuals from F
-    to B; weight inputs from B to W."""
-    t = self.table
-    c_all, m, tick = t.num_chunks, t.num_micro_batches, t.Tick
-    last_read = lambda c, i: tick(B if self.remat[i] and not t.forward_only
-                                  else F, c, i)
-    self.inputs = [None] + [
-        _Slots([(tick(F, c - 1, i), last_read(c, i)) for i in range(m)])
-        for c in range(1, c_all)]
-    if t.forward_only:
-      self.grads = self.residuals = self.weight_inputs = [None] * c_all
-      return
-    self.grads = [_Slots([(tick(B, c + 1, i), tick(B, c, i))
-                          for i in range(m)]) for c in range(c_all - 1)]
-    self.grads.append(None)
-    kept = [i for i in range(m) if not self.remat[i]]
-    self.residuals = [_Slots([(tick(F, c, i), tick(B, c, i))
-                              for i in range(m)], kept)
-                      for c in range(c_all)]
-    self.weight_inputs = [
-        _Slots(t.WeightStashLifetimes(c)) if t.split_backward else None
-        for c in range(c_all)]
+    """Buffer slots from the table's lifetimes (TickTable.BufferLifetimes):
+    inputs, gradients of outputs, kept residuals, weight inputs."""
+    life = [self.table.BufferLifetimes(c, self.remat)
+            for c in range(self.table.num_chunks)]
+    self.inputs = [_Slots(x['inputs']) for x in life]
+    self.grads = [_Slots(x['grads']) for x in life]
+    self.residuals = [_Slots(x['residuals']) for x in life]
+    self.weight_inputs = [_Slots(x['weight_inputs']) for x in life]
 
   def Runs(self, kind: str, recompute: bool, chunk: int) -> bool:
     return bool((self.columns[(kind, recompute)][:, chunk] >= 0).any())
@@ -356,9 +353,12 @@ class _StepGraph:
       parts.update(self._Touched(kind, c, s))
     i = tf.gather(tf.constant(mb), s.t)
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
-    branches = [lambda: dict(parts)] + [
-        lambda v=v: act[v[0]](v[1], i, v[2], dict(parts), start)
-        for v in variants]
+
+    def Run(kind, c, recompute):
+      with tf.name_scope(ActionScope(kind, c)):
+        return act[kind](c, i, recompute, dict(parts), start)
+
+    branches = [lambda: dict(parts)] + [lambda v=v: Run(*v) for v in variants]
     return self._Put(s, tf.switch_case(tf.gather(tf.constant(which), s.t),
                                        branches))
 
@@ -486,7 +486,8 @@ class _StepGraph:
     with tf.control_dependencies(dys):
       xs = [tf.identity(x) for x in xs]
       i = tf.identity(i)
-    return self.fns[c].Forward(self._Args(c, i, xs))[1]
+    with tf.name_scope(RECOMPUTE_SCOPE):
+      return self.fns[c].Forward(self._Args(c, i, xs))[1]
 
   def _WriteInputGrads(self, c, i, in_grads, grads_prev):
     prev = self.fns[c - 1]

@@ -121,9 +121,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
     p.Define('partition', 'uniform',
              "'uniform' (by cell count), a list of cell counts per chunk "
              "(per stage when virtual_stages is 1), or a cost to balance "
-             "exactly: 'params', 'flops', 'memory' or 'time' "
-             '(pipeline/balance.py; within topology.memory_budget_bytes if '
-             'set; virtual_stages 1 only).')
+             "exactly over the chunks: 'params', 'flops', 'memory' or "
+             "'time' (pipeline/balance.py; within "
+             'topology.memory_budget_bytes per device if set).')
     p.Define('input_shape', None,
              'Shape [batch, ...] of the network input; cost partitions '
              'trace the cells at its micro-batch shape (the trainer fills '

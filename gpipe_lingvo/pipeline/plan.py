@@ -1,25 +1,32 @@
-"""A pipeline plan as data: memory and time of every stage before launch.
+"""A pipeline plan as data: memory and time of every device before launch.
 
 `MakePlan` combines per-cell costs (pipeline/costs.py, one trace at
-micro-batch shapes), a partition, the schedule's tick table (read through
-schedule_view) and the re-materialization policy into a JSON-able dict:
-per stage the cells, parameters, bytes of weights / optimizer slots /
-gradient accumulators, boundary and stashed activation bytes, peak working
-bytes and forward / backward time; for the step the bubble, the step time,
-examples per second and whether it fits the memory budget. Nothing here
-runs TensorFlow.
+micro-batch shapes), a partition of the cells into chunks, the schedule's
+tick table (schedule_view) and the re-materialization flags into a
+JSON-able dict: per device its chunks and cells, parameters, bytes of
+weights / optimizer slots / gradient accumulators, stashed activation bytes
+(peak over the table), peak working bytes and time; per chunk its boundary
+and residual bytes and action times; for the step the bubble, the step
+time, examples per second and whether it fits the memory budget. Nothing
+here runs TensorFlow.
 
-Memory model of one stage and one micro-batch (bytes from the trace):
+Memory model of one chunk and one micro-batch (bytes from the trace):
 - residuals R: forward tensors its backward reads (TensorFlow's own);
-- a forward holds R plus its transient tensors; a backward holds R (read
-  from the stash, or recomputed first under remat) plus the gradients in
-  flight;
-- between ticks a stage keeps, per micro-batch the table says is alive,
-  its buffered input, the gradient of its output and (without remat) R;
-- weights, one accumulator per weight and the optimizer slots persist.
-Logical devices that share a host (CPU) share one allocator: the host's
-peak adds the stages tick by tick.
+- F holds its transient tensors (and R when the micro-batch is kept); a B
+  holds R (kept, or recomputed first) plus the gradients in flight; a W
+  reads what B handed it and makes the weight gradients;
+- between ticks the executor's buffers hold, per chunk, the entries the
+  table says (schedule_view.BufferCounts): inputs, gradients of outputs,
+  kept residuals, B->W tensors; the gradient of a chunk's outputs lives on
+  the next chunk's device;
+- weights, one accumulator per weight and the optimizer slots persist;
+  after the loop the update may copy the gradients (clipping).
+A device's bytes are the sum of its chunks'. Logical devices that share a
+host (CPU) share one allocator and run one action at a time: the host's
+peak adds every device's buffers and the largest action's working bytes,
+tick by tick.
 """
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo import errors
@@ -27,217 +34,308 @@ from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import schedule_view
 
 SLOTS_PER_WEIGHT = {'sgd': 0, 'momentum': 1, 'rmsprop': 2, 'adam': 2}
+F, B, W = schedule_view.F, schedule_view.B, schedule_view.W
 
 
 class PlanError(errors.UserError, ValueError):
   """The requested pipeline does not fit; the message says what would."""
 
 
-def StageActivations(costs, a: int, b: int) -> Dict[str, int]:
-  """Activation bytes of a stage holding cells [a, b), one micro-batch."""
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  """What the plan needs of a pipeline's configuration."""
+  schedule: str
+  num_stages: int           # K devices
+  num_micro_batches: int    # M
+  remat: tuple              # per micro-batch: True where recomputed
+  virtual_stages: int = 1   # v chunks per device
+
+  @property
+  def num_chunks(self) -> int:
+    return self.num_stages * self.virtual_stages
+
+  def Table(self) -> schedule_view.TickTable:
+    return schedule_view.Table(self.schedule, self.num_stages,
+                               self.num_micro_batches, self.virtual_stages)
+
+  def Replace(self, **changes) -> 'Pipeline':
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """What the plan needs of the optimizer: its slots per weight, and the
+  copies of the gradients its update makes after the loop (1 when they
+  are clipped by their global norm)."""
+  slots_per_weight: int = 1
+  update_copies: int = 0
+
+  @classmethod
+  def FromParams(cls, p) -> 'Optimizer':
+    """From optimizer params (type, clip_gradient_norm)."""
+    return cls(SLOTS_PER_WEIGHT[p.type], int(p.clip_gradient_norm > 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Overheads:
+  """Executor costs beyond the cells' own work, measured on the device
+  (planning/measure.py ExecutorOverhead): seconds per clock tick of the
+  loop's bookkeeping, the switches over each device's actions and the
+  calls and buffer reads and writes of the actions."""
+  tick_s: float = 0.0
+
+
+def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
+  """Activation bytes of a chunk holding cells [a, b), one micro-batch.
+
+  The forward of cell j runs while the residuals of the cells before it
+  are kept; the backward of cell j runs (last cell first) while those are
+  still kept, its own are being read and the gradient of its output has
+  arrived. A cell's op workspace (measured) adds while its ops run."""
   cells = costs.cells[a:b]
-  res = 0
-  fwd_work = 0
-  bwd_extra = 0
+  res = fwd_work = fwd_free = bwd_work = 0
   for j, c in enumerate(cells):
     inputs = c.input_residual_bytes if j else 0
-    fwd_work = max(fwd_work, res + inputs + c.fwd_peak)
-    bwd_extra = max(bwd_extra, c.bwd_peak - c.residual_bytes + c.out_bytes)
+    ws = c.workspace_bytes or 0
+    fwd_work = max(fwd_work, res + inputs + c.fwd_peak + ws)
+    # Without residuals kept (ForwardOutputs), a cell holds its input
+    # (the chunk's own input sits in the buffer) and its transients.
+    fwd_free = max(fwd_free, (cells[j - 1].out_bytes if j else 0) +
+                   c.fwd_transient + ws)
+    bwd_work = max(bwd_work, res + inputs + c.bwd_peak + c.out_bytes + ws)
     res += c.residual_bytes + inputs
-  workspace = max(c.workspace_bytes or 0 for c in cells)
   return {'input_bytes': costs.input_bytes if a == 0 else
                          costs.cells[a - 1].out_bytes,
           'output_bytes': cells[-1].out_bytes,
           'residual_bytes': res,
+          'weight_input_bytes': sum(c.weight_input_bytes for c in cells),
+          'weight_grad_bytes': sum(c.param_bytes for c in cells),
           'forward_work_bytes': max(fwd_work, res),
-          'backward_work_bytes': res + bwd_extra,
-          'workspace_bytes': workspace}
+          'forward_free_bytes': fwd_free,
+          'backward_work_bytes': max(bwd_work, res)}
 
 
-def StageStatic(costs, a: int, b: int, slots_per_weight: int):
+def ChunkStatic(costs, a: int, b: int, opt: Optimizer) -> dict:
   cells = costs.cells[a:b]
   w = sum(c.param_bytes for c in cells)
   return {'cells': [c.name for c in cells],
           'params': sum(c.params for c in cells),
           'weight_bytes': w + sum(c.state_bytes for c in cells),
-          'slot_bytes': w * slots_per_weight,
+          'slot_bytes': w * opt.slots_per_weight,
           'accumulator_bytes': w}
 
 
-def _Live(intervals, t, which=None):
-  return [i for i, (s, e) in enumerate(intervals)
-          if s <= t <= e and (which is None or which[i])]
+def ChunkTimes(costs, a, b, flops_per_s=None):
+  """(F, B, W) seconds of cells [a, b) for one micro-batch: measured
+  per-cell times when the costs have them, else FLOPs at flops_per_s. B is
+  the input-gradient part of the backward, W the weight-gradient part."""
+  cells = costs.cells[a:b]
+  if all(c.fwd_s is not None for c in cells):
+    f = sum(c.fwd_s for c in cells)
+    w = sum(c.bwd_w_s or 0.0 for c in cells)
+    return f, sum(c.bwd_s for c in cells) - w, w
+  if not flops_per_s:
+    return None, None, None
+  w = sum(c.bwd_w_flops for c in cells)
+  return (sum(c.fwd_flops for c in cells) / flops_per_s,
+          (sum(c.bwd_flops for c in cells) - w) / flops_per_s,
+          w / flops_per_s)
 
 
-def TickMemory(view, acts: List[Dict[str, int]], remat: Sequence[bool]):
-  """Per tick, per stage: (stashed bytes, working bytes, op workspace)."""
+def _ActionWork(a: schedule_view.Action, act: dict, remat) -> int:
+  """Bytes an action holds beyond the buffers (which the counts cover)."""
+  if a.kind == F:
+    return (act['forward_free_bytes'] if remat[a.mb] else
+            act['forward_work_bytes'] - act['residual_bytes'])
+  if a.kind == B:
+    return act['backward_work_bytes'] - (0 if remat[a.mb] else
+                                         act['residual_bytes'])
+  return act['weight_grad_bytes']  # W: its inputs are in the buffer
+
+
+def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
+               chunks: Optional[Sequence[int]] = None):
+  """Per tick, per device: (buffered bytes, working bytes).
+
+  acts: ChunkActivations per chunk; chunks: only these chunks' buffers and
+  actions (default all)."""
+  chunks = range(table.num_chunks) if chunks is None else chunks
+  dev = table.chunk_device
+  buffered = [[0] * table.num_devices for _ in range(table.num_ticks)]
+  for c in chunks:
+    counts = schedule_view.BufferCounts(table, c, remat)
+    nxt = dev[min(c + 1, table.num_chunks - 1)]
+    where = {'inputs': (dev[c], 'input_bytes'),
+             'grads': (nxt, 'output_bytes'),  # on the next chunk's device
+             'residuals': (dev[c], 'residual_bytes'),
+             'weight_inputs': (dev[c], 'weight_input_bytes')}
+    for name, (d, key) in where.items():
+      for t, n in enumerate(counts[name]):
+        buffered[t][d] += n * acts[c][key]
   out = []
-  for t in range(view.num_ticks):
-    row = []
-    for k, act in enumerate(acts):
-      keep = [not r for r in remat]
-      stash = (len(_Live(view.InputIntervals(k), t)) * act['input_bytes'] +
-               len(_Live(view.GradIntervals(k), t)) * act['output_bytes'] +
-               len(_Live(view.StashIntervals(k), t, keep)) *
-               act['residual_bytes'])
-      work = 0
-      ws = act['workspace_bytes'] if view.TickActions(t, k) else 0
-      for kind, mb in view.TickActions(t, k):
-        if kind == 'F':
-          w = act['forward_work_bytes']
-        else:
-          w = act['backward_work_bytes']
-        if not remat[mb]:
-          w -= act['residual_bytes']  # Already counted in the stash.
-        work = max(work, w)
-      row.append((stash, work, ws))
-    out.append(row)
+  for t, row in enumerate(table.ticks):
+    per_device = []
+    for d, actions in enumerate(row):
+      mine = [a for a in actions if a.chunk in chunks]
+      work = max([_ActionWork(a, acts[a.chunk], remat) for a in mine] or [0])
+      per_device.append((buffered[t][d], work))
+    out.append(per_device)
   return out
 
 
-def StageTimes(costs, a, b, flops_per_s=None):
-  """(forward, backward) seconds of cells [a, b) for one micro-batch:
-  measured per-cell times when the costs have them, else FLOPs at
-  flops_per_s."""
-  cells = costs.cells[a:b]
-  if all(c.fwd_s is not None for c in cells):
-    return sum(c.fwd_s for c in cells), sum(c.bwd_s for c in cells)
-  if not flops_per_s:
-    return None, None
-  return (sum(c.fwd_flops for c in cells) / flops_per_s,
-          sum(c.bwd_flops for c in cells) / flops_per_s)
+def _Static(s: dict) -> int:
+  return s['weight_bytes'] + s['slot_bytes'] + s['accumulator_bytes']
 
 
-def MakePlan(costs, ranges, schedule: str, num_micro_batches: int,
-             remat: Sequence[bool], slots_per_weight: int = 1,
+def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
              budgets: Optional[Sequence[float]] = None,
              shared_host: bool = True, host_parallelism: float = 1.0,
-             flops_per_s: Optional[float] = None) -> dict:
+             flops_per_s: Optional[float] = None,
+             overheads: Overheads = Overheads()) -> dict:
   """The plan of one configuration (see the module docstring).
 
   costs: NetworkCosts at the micro-batch size; ranges: [(start, end)] per
-  stage; remat: per micro-batch, True where the forward is recomputed.
-  shared_host: all stages on one host allocator (logical CPU devices);
-  host_parallelism: how many actions the host runs at once at full speed
-  (1 when every op already uses all cores).
+  chunk; budgets: bytes per device. shared_host: all devices on one host
+  allocator (logical CPU devices); host_parallelism: how many actions the
+  host runs at once at full speed (1 when every op already uses all cores).
   """
-  k_all, m = len(ranges), num_micro_batches
-  view = schedule_view.ScheduleView(schedule, k_all, m)
-  acts = [StageActivations(costs, a, b) for a, b in ranges]
-  mem = TickMemory(view, acts, remat)
-  stages = []
-  for k, (a, b) in enumerate(ranges):
-    st = StageStatic(costs, a, b, slots_per_weight)
-    st.update(acts[k])
-    static = st['weight_bytes'] + st['slot_bytes'] + st['accumulator_bytes']
-    st['stash_peak_bytes'] = max(row[k][0] for row in mem)
-    st['working_peak_bytes'] = max(row[k][1] + row[k][2] for row in mem)
-    st['peak_bytes'] = static + max(sum(row[k]) for row in mem)
-    st['stashed_micro_batches'] = view.PeakStash()[k]
-    st['forward_s'], st['backward_s'] = StageTimes(costs, a, b, flops_per_s)
+  table = pipe.Table()
+  remat = list(pipe.remat)
+  chunks = []
+  for c, (a, b) in enumerate(ranges):
+    ch = ChunkStatic(costs, a, b, opt)
+    ch.update(ChunkActivations(costs, a, b), device=table.chunk_device[c])
+    ch['forward_s'], ch['backward_s'], ch['weight_s'] = ChunkTimes(
+        costs, a, b, flops_per_s)
+    chunks.append(ch)
+  mem = TickMemory(table, chunks, remat)
+  stages = [_Device(d, chunks, mem, table.PeakStash()[d], opt)
+            for d in range(pipe.num_stages)]
+  for d, st in enumerate(stages):
     if budgets is not None:
-      st['budget_bytes'] = budgets[k]
-    stages.append(st)
-  static_all = sum(s['weight_bytes'] + s['slot_bytes'] +
-                   s['accumulator_bytes'] for s in stages)
-  # One op runs at a time per host thread: workspaces do not add up.
-  host_step = max(sum(s for s, w, _ in row) + max(w + x for _, w, x in row)
-                  for row in mem)
+      st['budget_bytes'] = budgets[d]
+  # One action runs at a time on a shared host: working bytes do not add
+  # up. After the loop its buffers are gone and the update runs.
+  host_step = max(max(sum(s for s, _ in row) + max(w for _, w in row)
+                      for row in mem),
+                  sum(s['update_bytes'] for s in stages))
   plan = {
-      'schedule': schedule, 'num_stages': k_all, 'num_micro_batches': m,
-      'micro_batch_size': costs.batch, 'batch_size': costs.batch * m,
-      'remat': list(remat), 'partition': partition_lib.Counts(ranges),
-      'stages': stages,
+      'schedule': pipe.schedule, 'num_stages': pipe.num_stages,
+      'virtual_stages': pipe.virtual_stages,
+      'num_micro_batches': pipe.num_micro_batches,
+      'micro_batch_size': costs.batch,
+      'batch_size': costs.batch * pipe.num_micro_batches,
+      'remat': remat, 'partition': partition_lib.Counts(ranges),
+      'chunk_device': list(table.chunk_device),
+      'stages': stages, 'chunks': chunks,
       'step_activation_peak_bytes': host_step if shared_host else None,
-      'host_peak_bytes': static_all + host_step if shared_host else None,
-      'ticks': view.num_ticks,
+      'host_peak_bytes': (sum(_Static(s) for s in stages) + host_step
+                          if shared_host else None),
+      'ticks': table.num_ticks, 'host_parallelism': host_parallelism,
+      'overheads': dataclasses.asdict(overheads),
   }
-  plan.update(_TimeEstimate(view, stages, remat, host_parallelism))
+  plan.update(_TimeEstimate(table, chunks, remat, host_parallelism,
+                            overheads))
   plan['fits'] = budgets is None or all(
       s['peak_bytes'] <= s['budget_bytes'] for s in stages)
   return plan
 
 
-def _TimeEstimate(view, stages, remat, host_parallelism):
-  if any(s['forward_s'] is None for s in stages):
+def _PeakBytes(static: dict, per_tick: Sequence[int], opt: Optimizer) -> int:
+  """A device's peak: persistent bytes, plus the larger of its busiest
+  tick and the update after the loop (gradient copies)."""
+  return _Static(static) + max(max(per_tick),
+                               opt.update_copies * static['accumulator_bytes'])
+
+
+def _Device(d, chunks, mem, peak_stash, opt: Optimizer) -> dict:
+  """Device d's part of the plan: its chunks summed, its peaks."""
+  mine = [ch for ch in chunks if ch['device'] == d]
+  st = {'chunks': [c for c, ch in enumerate(chunks) if ch['device'] == d],
+        'cells': [n for ch in mine for n in ch['cells']]}
+  for key in ('params', 'weight_bytes', 'slot_bytes', 'accumulator_bytes'):
+    st[key] = sum(ch[key] for ch in mine)
+  for key in ('forward_s', 'backward_s', 'weight_s'):
+    st[key] = (None if mine[0][key] is None else
+               sum(ch[key] for ch in mine))
+  st['stash_peak_bytes'] = max(row[d][0] for row in mem)
+  st['working_peak_bytes'] = max(row[d][1] for row in mem)
+  st['update_bytes'] = opt.update_copies * st['accumulator_bytes']
+  st['peak_bytes'] = _PeakBytes(st, [sum(row[d]) for row in mem], opt)
+  st['stashed_chunk_activations'] = peak_stash
+  return st
+
+
+def _TimeEstimate(table, chunks, remat, host_parallelism, overheads):
+  """The engine's simulator (TickTable.Timeline) on the chunk times."""
+  if any(ch['forward_s'] is None for ch in chunks):
     return {'timeline': None, 'bubble': None, 'step_s': None,
             'examples_per_s': None}
+  key = {F: 'forward_s', B: 'backward_s', W: 'weight_s'}
 
-  def Cost(kind, k, mb):
-    s = stages[k]
-    if kind == 'F':
-      return s['forward_s']
-    return s['backward_s'] + (s['forward_s'] if remat[mb] else 0.0)
+  def Cost(kind, c):
+    return chunks[c][key[kind]]
 
-  boxes = view.Timeline(Cost, serial=host_parallelism <= 1)
-  span = max(bx.end for bx in boxes)
-  busy = sum(bx.end - bx.start for bx in boxes)
-  # Stages sharing a host's cores cannot run faster than its total work
-  # allows.
-  step = max(span, busy / host_parallelism)
-  return {'timeline': [[bx.stage, bx.kind, bx.mb, bx.start, bx.end]
-                       for bx in boxes],
-          'bubble': 1.0 - busy / (view.num_stages * span),
-          'step_s': step}
+  tl = table.Timeline(Cost, remat=remat, host_parallelism=host_parallelism,
+                      tick_overhead=overheads.tick_s)
+  # The schedule's own bubble: devices computing on their own.
+  own = table.Timeline(Cost, remat=remat, tick_overhead=overheads.tick_s)
+  def Box(e):
+    a = e.action
+    rerun = a.kind == B and remat[a.mb]
+    return [e.device, a.kind, a.chunk, a.mb, e.start, e.end,
+            e.start + chunks[a.chunk]['forward_s'] if rerun else None]
+
+  return {'timeline': [Box(e) for e in tl.events],
+          'bubble': own.BubbleFraction(table.num_devices),
+          'step_s': tl.duration}
 
 
 def FormatTable(plan: dict) -> str:
-  """Per-stage text table of a plan (what --mode=plan prints)."""
+  """Per-device text table of a plan (what --mode=plan prints)."""
   mib = lambda n: '-' if n is None else f'{n / 2**20:.1f}'
   ms = lambda s: '-' if s is None else f'{s * 1e3:.1f}'
-  head = ('| stage | cells | params | weights+slots+acc MiB | boundary in/out '
-          'MiB | stashed MiB (micro-batches) | peak MiB | fwd ms | bwd ms |')
-  lines = [head, '|' + '---|' * 9]
-  for k, s in enumerate(plan['stages']):
-    static = s['weight_bytes'] + s['slot_bytes'] + s['accumulator_bytes']
+  chunks = plan['chunks']
+  head = ('| device | chunks | cells | params | weights+slots+acc MiB | '
+          'boundary in/out MiB | stashed MiB (chunk activations) | peak MiB '
+          '| F ms | B ms | W ms |')
+  lines = [head, '|' + '---|' * 11]
+  for d, s in enumerate(plan['stages']):
+    bounds = ', '.join(f"{mib(chunks[c]['input_bytes'])}/"
+                       f"{mib(chunks[c]['output_bytes'])}"
+                       for c in s['chunks'])
     lines.append(
-        f"| {k} | {len(s['cells'])} ({s['cells'][0]}..{s['cells'][-1]}) | "
-        f"{s['params']:,} | {mib(static)} | {mib(s['input_bytes'])}/"
-        f"{mib(s['output_bytes'])} | {mib(s['stash_peak_bytes'])} "
-        f"({s['stashed_micro_batches']}) | {mib(s['peak_bytes'])} | "
-        f"{ms(s['forward_s'])} | {ms(s['backward_s'])} |")
+        f"| {d} | {', '.join(map(str, s['chunks']))} | {len(s['cells'])} "
+        f"({s['cells'][0]}..{s['cells'][-1]}) | {s['params']:,} | "
+        f"{mib(_Static(s))} | {bounds} | {mib(s['stash_peak_bytes'])} "
+        f"({s['stashed_chunk_activations']}) | {mib(s['peak_bytes'])} | "
+        f"{ms(s['forward_s'])} | {ms(s['backward_s'])} | "
+        f"{ms(s['weight_s'])} |")
   return '\n'.join(lines)
 
 
-def StageBytesFn(costs, schedule: str, num_stages: int,
-                 num_micro_batches: int, remat: Sequence[bool],
-                 slots_per_weight: int = 1):
-  """stage_bytes(k, a, b): peak bytes of stage k's device if it held
-  cells [a, b) (static + stash + working), for partition.Balance."""
-  view = schedule_view.ScheduleView(schedule, num_stages, num_micro_batches)
+def StageBytesFn(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
+  """stage_bytes(k, a, b): peak bytes of device k if it held cells [a, b)
+  as its one chunk (v = 1), for partition.Balance. Device k also holds the
+  gradient of chunk k-1's outputs, whose size is its own input's."""
+  table = pipe.Table()
+  remat = list(pipe.remat)
 
   def StageBytes(k, a, b):
-    act = StageActivations(costs, a, b)
-    mem = TickMemory(_OneStage(view, k), [act], remat)
-    st = StageStatic(costs, a, b, slots_per_weight)
-    static = st['weight_bytes'] + st['slot_bytes'] + st['accumulator_bytes']
-    return static + max(sum(row[0]) for row in mem)
+    act = ChunkActivations(costs, a, b)
+    # Chunk k-1 as far as device k sees it: the gradient of its outputs.
+    prev = {**dict.fromkeys(act, 0), 'output_bytes': act['input_bytes']}
+    acts = [act if c == k else prev for c in range(table.num_chunks)]
+    rows = TickMemory(table, acts, remat,
+                      chunks=[c for c in (k - 1, k) if c >= 0])
+    return _PeakBytes(ChunkStatic(costs, a, b, opt),
+                      [sum(row[k]) for row in rows], opt)
 
   return StageBytes
 
 
-class _OneStage:
-  """A ScheduleView restricted to stage k (for one stage's memory)."""
-
-  def __init__(self, view, k):
-    self._v, self._k = view, k
-    self.num_ticks = view.num_ticks
-
-  def TickActions(self, t, _):
-    return self._v.TickActions(t, self._k)
-
-  def InputIntervals(self, _):
-    return self._v.InputIntervals(self._k)
-
-  def GradIntervals(self, _):
-    return self._v.GradIntervals(self._k)
-
-  def StashIntervals(self, _):
-    return self._v.StashIntervals(self._k)
-
-
 def CostVector(costs, mode: str, num_micro_batches: int = 1,
-               slots_per_weight: int = 1) -> List[float]:
+               opt: Optimizer = Optimizer()) -> List[float]:
   """Per-cell cost the balancer equalises for partition `mode`."""
   cells = costs.cells
   if mode == 'params':
@@ -252,7 +350,8 @@ def CostVector(costs, mode: str, num_micro_batches: int = 1,
   if mode == 'memory':
     # Persistent bytes plus the activations a stage keeps per micro-batch
     # in flight (its residuals, at most M of them).
-    return [float(c.param_bytes * (2 + slots_per_weight) + c.state_bytes +
+    return [float(c.param_bytes * (2 + opt.slots_per_weight) +
+                  c.state_bytes +
                   num_micro_batches * (c.residual_bytes +
                                        c.input_residual_bytes))
             for c in cells]
@@ -260,54 +359,81 @@ def CostVector(costs, mode: str, num_micro_batches: int = 1,
                   f'{partition_lib.COST_MODES}.')
 
 
-def BalancedPartition(costs, mode: str, num_stages: int, schedule: str,
-                      num_micro_batches: int, remat: Sequence[bool],
-                      slots_per_weight: int = 1,
+def BalancedPartition(costs, mode: str, pipe: Pipeline,
+                      opt: Optimizer = Optimizer(),
                       budgets: Optional[Sequence[float]] = None):
-  """Exact min-max cut of the cells by `mode`, within the per-stage memory
-  budgets if given; a cut that cannot fit raises PlanError saying what
-  would (more stages, more micro-batches, remat)."""
-  vec = CostVector(costs, mode, num_micro_batches, slots_per_weight)
-  fn = None
-  if budgets is not None:
-    fn = StageBytesFn(costs, schedule, num_stages, num_micro_batches, remat,
-                      slots_per_weight)
+  """Exact min-max cut of the cells into the pipeline's chunks by `mode`.
+
+  One chunk per device (v = 1): only cuts whose every device fits its
+  budget are searched. Several chunks per device (v > 1): the cut that
+  minimises the most expensive chunk is chosen, then each device's bytes
+  (the sum of its chunks') are checked against its budget. A cut that
+  cannot fit raises PlanError saying what would (more stages, more
+  micro-batches, remat)."""
+  vec = CostVector(costs, mode, pipe.num_micro_batches, opt)
   try:
-    return partition_lib.Balance(vec, num_stages, fn, budgets)
+    if pipe.virtual_stages == 1:
+      fn = (None if budgets is None else
+            StageBytesFn(costs, pipe, opt))
+      return partition_lib.Balance(vec, pipe.num_chunks, fn, budgets)
+    ranges = partition_lib.Balance(vec, pipe.num_chunks)
   except partition_lib.BudgetError as e:
-    raise PlanError(f'{e}. {Suggest(costs, mode, num_stages, schedule, num_micro_batches, remat, slots_per_weight, budgets)}') from None
+    raise PlanError(f'{e}. {Suggest(costs, mode, pipe, opt, budgets)}') from None
+  if budgets is not None:
+    plan = MakePlan(costs, ranges, pipe, opt, budgets)
+    over = [d for d, s in enumerate(plan['stages'])
+            if s['peak_bytes'] > budgets[d]]
+    if over:
+      d = max(over, key=lambda x: plan['stages'][x]['peak_bytes'] /
+              budgets[x])
+      raise PlanError(
+          f'the cut of {len(costs.cells)} cells into {pipe.num_chunks} '
+          f'chunks balanced as {partition_lib.Counts(ranges)} does not fit '
+          f"the memory budget: device {d} needs "
+          f"{partition_lib.FormatBytes(plan['stages'][d]['peak_bytes'])}, "
+          f'over its budget of {partition_lib.FormatBytes(budgets[d])}. '
+          f'{Suggest(costs, mode, pipe, opt, budgets)}')
+  return ranges
 
 
-def Suggest(costs, mode, num_stages, schedule, num_micro_batches, remat,
-            slots_per_weight, budgets):
-  """What would fit: more stages, more micro-batches (same batch), or
-  re-materialization, each tried with the same budget per device."""
+def _Fits(costs, mode, pipe, opt, budgets) -> bool:
+  try:
+    BalancedPartition(costs, mode, pipe, opt, budgets)
+    return True
+  except (PlanError, partition_lib.PartitionError):
+    return False
+
+
+def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
+  """What would fit: re-materialization, more micro-batches (same batch),
+  or more stages, each tried with the same budget per device."""
   tips = []
   per_device = max(budgets)
-  batch = costs.batch * num_micro_batches
+  m, k = pipe.num_micro_batches, pipe.num_stages
+  batch = costs.batch * m
+  remat_all = all(pipe.remat)
 
-  def Fits(k, m, flags):
-    c = costs.Scaled(batch // m)
-    try:
-      partition_lib.Balance(
-          CostVector(c, mode, m, slots_per_weight), k,
-          StageBytesFn(c, schedule, k, m, flags, slots_per_weight),
-          [per_device] * k)
-      return True
-    except partition_lib.PartitionError:
+  def Fits(kk, mm, flags):
+    if kk * pipe.virtual_stages > len(costs.cells):
       return False
+    try:
+      schedule_view.CheckConfig(pipe.schedule, kk, mm, pipe.virtual_stages)
+    except schedule_view.ScheduleError:
+      return False
+    return _Fits(costs.Scaled(batch // mm), mode,
+                 pipe.Replace(num_stages=kk, num_micro_batches=mm,
+                              remat=tuple(flags)),
+                 opt, [per_device] * kk)
 
-  if not all(remat) and Fits(num_stages, num_micro_batches,
-                             [True] * num_micro_batches):
+  if not remat_all and Fits(k, m, [True] * m):
     tips.append("remat 'always'")
-  for m in range(num_micro_batches + 1, batch + 1):
-    if batch % m == 0 and Fits(num_stages, m, [True] * m if all(remat)
-                               else [False] * m):
-      tips.append(f'num_micro_batches={m}')
+  for mm in range(m + 1, batch + 1):
+    if batch % mm == 0 and Fits(k, mm, [remat_all] * mm):
+      tips.append(f'num_micro_batches={mm}')
       break
-  for k in range(num_stages + 1, min(len(costs.cells), 4 * num_stages) + 1):
-    if Fits(k, num_micro_batches, remat):
-      tips.append(f'num_stages={k}')
+  for kk in range(k + 1, min(len(costs.cells), 4 * k) + 1):
+    if Fits(kk, m, pipe.remat):
+      tips.append(f'num_stages={kk}')
       break
   if not tips:
     return ('Nothing tried fits (more stages, more micro-batches, remat); '

@@ -408,6 +408,35 @@ class TickTable:
     return [(self.Tick(B, chunk, i), self.Tick(W, chunk, i))
             for i in range(self.num_micro_batches)]
 
+  def BufferLifetimes(self, chunk: int, remat: Sequence[bool]
+                      ) -> Dict[str, Optional[List[Optional[Tuple[int, int]]]]]:
+    """Ticks [write, last read] of each micro-batch's entry in the buffers
+    of `chunk` (the executor sizes its ring buffers from these; None: the
+    chunk has no such buffer, or the micro-batch has no entry):
+      inputs: the chunk's input, from the previous chunk's F to its own F
+              (to its B when recomputed); chunk 0 reads the batch;
+      grads: the gradient of its outputs, from the next chunk's B to its
+             own B; none for the last chunk;
+      residuals: kept micro-batches only (remat[i] False), F to B;
+      weight_inputs: what B hands to W (split backward only), B to W.
+    """
+    c, m, tick = chunk, self.num_micro_batches, self.Tick
+    training = not self.forward_only
+    last_read = lambda i: tick(B if remat[i] and training else F, c, i)
+    out = {'inputs': None, 'grads': None, 'residuals': None,
+           'weight_inputs': None}
+    if c > 0:
+      out['inputs'] = [(tick(F, c - 1, i), last_read(i)) for i in range(m)]
+    if not training:
+      return out
+    if c < self.num_chunks - 1:
+      out['grads'] = [(tick(B, c + 1, i), tick(B, c, i)) for i in range(m)]
+    out['residuals'] = [None if remat[i] else (tick(F, c, i), tick(B, c, i))
+                        for i in range(m)]
+    if self.split_backward:
+      out['weight_inputs'] = self.WeightStashLifetimes(c)
+    return out
+
   def StashCounts(self) -> List[List[int]]:
     """counts[t][c]: micro-batches whose activations of chunk c are held
     at tick t (multiply by a chunk's stash bytes for memory)."""
@@ -430,7 +459,8 @@ class TickTable:
 
   # -- time ------------------------------------------------------------------------
 
-  def _CostFn(self, costs: Costs) -> Callable[[Action], float]:
+  def _CostFn(self, costs: Costs, remat: Optional[Sequence[bool]]
+              ) -> Callable[[Action], float]:
     if costs is None:
       base = lambda kind, chunk: 1.0
     elif callable(costs):
@@ -445,10 +475,21 @@ class TickTable:
       c = base(a.kind, a.chunk)
       if a.kind == B and not split:
         c += base(W, a.chunk)  # a full backward: input and weight gradients
+      if a.kind == B and remat is not None and remat[a.mb]:
+        c += base(F, a.chunk)  # the forward rerun first
       return c
     return Cost
 
-  def Timeline(self, costs: Costs = None) -> Timeline:
+  def _SlotOrder(self, device_action: Tuple[int, Action]) -> Tuple[int, int]:
+    """The executor's order within a tick: slot by slot (F, B, W; one slot
+    when one action runs per tick), device by device."""
+    d, a = device_action
+    return (0 if self.one_action_per_tick else (F, B, W).index(a.kind), d)
+
+  def Timeline(self, costs: Costs = None,
+               remat: Optional[Sequence[bool]] = None,
+               host_parallelism: Optional[float] = None,
+               tick_overhead: float = 0.0) -> Timeline:
     """Start and end of every action under the executor's tick semantics:
     a tick lasts as long as its busiest device; a device runs its actions
     of the tick back to back from the tick's start.
@@ -457,19 +498,40 @@ class TickTable:
     a dict {(kind, chunk): seconds}, or a callable(kind, chunk). 'B' is the
     input-gradient part and 'W' the weight-gradient part; a schedule without
     W actions runs both in its B. Default: 1 for each.
+    remat: per micro-batch, True where B first reruns the chunk's forward
+    (its B then also costs F).
+    host_parallelism: None when every device computes on its own. A number
+    p when the devices share one host's compute (logical CPU devices): a
+    tick lasts at least its total work / p; with p = 1 the tick's actions
+    run one after another in the executor's order (every device's F, then
+    every device's B, then W).
+    tick_overhead: fixed time of each tick's bookkeeping, before its actions.
     """
-    cost = self._CostFn(costs)
+    cost = self._CostFn(costs, remat)
+    serial = host_parallelism is not None and host_parallelism <= 1
     events, starts, now = [], [], 0.0
     for t, row in enumerate(self.ticks):
       starts.append(now)
-      longest = 0.0
+      begin = now + tick_overhead
+      if serial:
+        at = begin
+        for d, a in sorted(((d, a) for d, acts in enumerate(row)
+                            for a in acts), key=self._SlotOrder):
+          events.append(TimelineEvent(d, t, a, at, at + cost(a)))
+          at += cost(a)
+        now = at
+        continue
+      longest = total = 0.0
       for d, acts in enumerate(row):
-        at = now
+        at = begin
         for a in acts:
           events.append(TimelineEvent(d, t, a, at, at + cost(a)))
           at += cost(a)
-        longest = max(longest, at - now)
-      now += longest
+        longest = max(longest, at - begin)
+        total += at - begin
+      if host_parallelism is not None:
+        longest = max(longest, total / host_parallelism)
+      now = begin + longest
     return Timeline(events, now, starts)
 
   def BubbleFraction(self, costs: Costs = None) -> float:

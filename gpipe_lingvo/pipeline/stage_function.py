@@ -210,9 +210,15 @@ class StageFunction:
     t, g1 = self._t, self._g1
     cut = _GraphCut(g1.graph, t['num_forward_ops'], self._captures)
     self._cut = cut
+    ops = g1.graph.get_operations()
+    fetches = [g for g in t['in_grads'] if g is not None] + t['var_grads']
+    # tf.gradients also builds gradients nothing fetches (e.g. of a
+    # drop-path mask): what only they read is not kept.
+    needed = cut.Walk(fetches, [x for op in ops[:t['num_forward_ops']]
+                                for x in op.outputs])
     residuals = {}
-    for op in g1.graph.get_operations()[t['num_forward_ops']:]:
-      for x in op.inputs:
+    for op in ops[t['num_forward_ops']:]:
+      for x in op.inputs if id(op) in needed else ():
         if cut.IsForward(x.op) and not cut.IsCheap(x):
           residuals.setdefault(_Key(x), x)
     self._residuals = list(residuals.values())
@@ -226,7 +232,6 @@ class StageFunction:
             'are not supported).')
     self.residual_specs = [tf.TensorSpec(r.shape, r.dtype)
                            for r in self._residuals]
-    fetches = [g for g in t['in_grads'] if g is not None] + t['var_grads']
     stops = self._residuals + t['dys']
     for op in cut.Walk(fetches, stops).values():
       if cut.IsForward(op) and op.type != 'Placeholder':

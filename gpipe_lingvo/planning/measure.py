@@ -10,10 +10,11 @@ or oneDNN's; both must be set before TensorFlow starts
 (ConfigureTensorFlow), so bench/planner_bench.py measures in processes of
 its own.
 
-Timeline: the profiled step's op events are grouped by clock tick (the
-executor loop's iteration number) and by the branch (`cond_N/then`) each
-stage action runs in; in each tick the branches that ran, in their order
-in the graph, are the tick table's forwards then backwards in stage order.
+Timeline: the executor runs every action's ops under a name scope naming
+its chunk and kind (`executor.ActionScope`, e.g. `action_2B/`; the forward
+a B reruns under `recompute/` inside it), one loop iteration per clock
+tick. A profiled step's op events are grouped by (tick, chunk, kind); the
+tick table gives the micro-batch and the device.
 """
 import glob
 import os
@@ -22,7 +23,15 @@ import statistics
 import tempfile
 import time
 
-_BRANCH_RE = re.compile(r'while/cond(?:_(\d+))?/then/')
+# TensorFlow is imported inside the functions: ConfigureTensorFlow must run
+# before it starts.
+_ACTION_RE = re.compile(r'/action_(\d+)([FBW])/')
+
+
+def ParseAction(name):
+  """(chunk, kind) of an op named inside an action's scope, else None."""
+  m = _ACTION_RE.search(name)
+  return (int(m.group(1)), m.group(2)) if m else None
 
 
 def MeasureStep(step_fn, reps=3):
@@ -42,8 +51,11 @@ def MeasureStep(step_fn, reps=3):
 
 
 def _Events(xspace):
-  """(thread events, iteration spans) of the host plane: ops as
-  (name, start_s, end_s) and executor Process spans with iter_num."""
+  """Op events inside actions as (line, (chunk, kind), recompute, start_s,
+  end_s), and the executor's Process spans as (line, start_s, end_s,
+  iteration)."""
+  from gpipe_lingvo.pipeline import executor  # pylint: disable=import-outside-toplevel
+  recompute = f'/{executor.RECOMPUTE_SCOPE}/'
   ops, spans = [], []
   for plane in xspace.planes:
     md, sm = plane.event_metadata, plane.stat_metadata
@@ -56,57 +68,54 @@ def _Events(xspace):
         if name == 'ExecutorState::Process':
           for s in ev.stats:
             if sm[s.metadata_id].name == 'iter_num':
-              it = int(s.int64_value or s.uint64_value or s.str_value or 0)
-              spans.append((line.id, start, end, it))
-        elif _BRANCH_RE.search(name) and 'PartitionedCall/' in name:
-          # Ops of a stage function (forward or backward) in a branch.
-          ops.append((line.id, name, start, end))
+              spans.append((line.id, start, end, int(s.int64_value)))
+        else:
+          action = ParseAction(name)
+          if action is not None:
+            ops.append((line.id, action, recompute in name, start, end))
   return ops, spans
 
 
-def TimelineFromTrace(xspace, view):
-  """Boxes [stage, kind, mb, start, end] (seconds from the first) of one
-  profiled step, matched to the tick table in `view` (ScheduleView)."""
+def TimelineFromTrace(xspace, table):
+  """Boxes [device, kind, chunk, mb, start, end, recompute_end] (seconds
+  from the first; recompute_end None unless a B reran its forward) of one
+  profiled step, matched to the tick table: an op's tick is the loop
+  iteration of the executor span around it."""
   ops, spans = _Events(xspace)
   by_line = {}
   for line, s, e, it in spans:
     by_line.setdefault(line, []).append((s, e, it))
-  groups = {}  # (tick, branch) -> [start, end, recompute_end]
-  for line, name, s, e in ops:
-    tick = None
-    for ps, pe, it in by_line.get(line, []):
-      if ps <= s and e <= pe:
-        tick = it
-    if tick is None:
+  cols = {}
+
+  def Mb(kind, c, t):
+    if (kind, c) not in cols:
+      cols[(kind, c)] = table.Column(kind, c)
+    return cols[(kind, c)][t]
+
+  groups = {}  # (tick, chunk, kind) -> [start, end, recompute_end]
+  for line, (c, kind), recompute, s, e in ops:
+    ticks = [it for ps, pe, it in by_line.get(line, []) if ps <= s and e <= pe]
+    if not ticks or not 0 <= ticks[-1] < table.num_ticks:
       continue
-    branch = int(_BRANCH_RE.search(name).group(1) or 0)
-    g = groups.setdefault((tick, branch), [s, e, None, 0])
-    g[0], g[1], g[3] = min(g[0], s), max(g[1], e), g[3] + 1
-    if '/gradients/' not in name and 'StatefulPartitionedCall' in name:
+    t = ticks[-1]
+    if Mb(kind, c, t) < 0:
+      continue  # bookkeeping of a branch that did not run
+    g = groups.setdefault((t, c, kind), [s, e, None])
+    g[0], g[1] = min(g[0], s), max(g[1], e)
+    if recompute:
       g[2] = max(g[2] or s, e)
-  boxes = []
-  for t in range(view.num_ticks):
-    acts = [(kind, k, mb) for k in range(view.num_stages)
-            for kind, mb in view.TickActions(t, k)]
-    acts = sorted(acts, key=lambda a: (a[0] != 'F', a[1]))
-    # Branches that did not run still show a few bookkeeping ops: the
-    # ones that ran are those with the most ops.
-    ran = sorted((b for tick, b in groups if tick == t),
-                 key=lambda b: -groups[(t, b)][3])[:len(acts)]
-    if len(ran) != len(acts):
-      continue  # Cannot match this tick's branches to actions.
-    for (kind, k, mb), b in zip(acts, sorted(ran)):
-      s, e = groups[(t, b)][:2]
-      boxes.append([k, kind, mb, s, e])
+  boxes = [[table.chunk_device[c], kind, c, Mb(kind, c, t), s, e, r] for (t, c, kind), (s, e, r) in sorted(groups.items())]
   if boxes:
-    t0 = min(b[3] for b in boxes)
+    t0 = min(b[4] for b in boxes)
     for b in boxes:
-      b[3] -= t0
       b[4] -= t0
+      b[5] -= t0
+      if b[6] is not None:
+        b[6] -= t0
   return boxes
 
 
-def ProfileStep(step_fn, view):
+def ProfileStep(step_fn, table):
   """Runs step_fn once under TensorFlow's profiler; returns (its result,
   its boxes)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -122,7 +131,42 @@ def ProfileStep(step_fn, view):
     xspace = xplane_pb2.XSpace()
     with open(path, 'rb') as f:
       xspace.ParseFromString(f.read())
-  return result, TimelineFromTrace(xspace, view)
+  return result, TimelineFromTrace(xspace, table)
+
+
+def ExecutorOverhead(pipe, device_type='cpu', reps=10):
+  """plan.Overheads of the executor running `pipe`'s tick table on this
+  host: the median time of a training step of the same table whose chunks
+  are one tiny dense layer each (their own work is negligible), spread over
+  its ticks. Needs the pipeline's logical devices."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  m = pipe.num_micro_batches
+  remat = ('always' if all(pipe.remat) else 'never' if not any(pipe.remat)
+           else 'except_last')
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='overhead', num_stages=pipe.num_stages, num_micro_batches=m,
+      schedule=pipe.schedule, virtual_stages=pipe.virtual_stages,
+      remat=remat, cells=[layers.FullyConnected.Params().Set(
+          name=f'fc{c}', input_dim=2, output_dim=2, activation='tanh')
+                          for c in range(pipe.num_chunks)])
+  p.topology.device_type = device_type
+  net = p.Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.ones([m, 2])
+  loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
+  step()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    step().numpy()
+    times.append(time.perf_counter() - t0)
+  return plan_lib.Overheads(
+      tick_s=statistics.median(times) / net.schedule_table.num_ticks)
 
 
 def ConfigureTensorFlow(num_devices):

@@ -15,12 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
+from gpipe_lingvo import context
 from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.pipeline import schedule_view
 
 COSTS_FILE = 'cell_costs.json'
 
@@ -40,37 +42,88 @@ def PrepareNetworkParams(model_params, logdir=''):
     net.cell_costs_path = os.path.join(logdir, COSTS_FILE)
 
 
+def Pipeline(model_params) -> plan_lib.Pipeline:
+  """The pipeline configuration of a model's training step."""
+  return _Pipeline(model_params.task.network)[0]
+
+
 def _Pipeline(net):
-  """(K, M, schedule, remat policy, partition, topology) of network params;
+  """(plan.Pipeline, remat policy, partition, topology) of network params;
   a plain network is one stage and one micro-batch without remat."""
   keys = dict(net.IterParams())
   if 'num_stages' not in keys:
-    return 1, 1, 'gpipe', 'never', 'uniform', None
+    return plan_lib.Pipeline('gpipe', 1, 1, (False,)), 'never', 'uniform', None
   m = 1 if net.batch_norm_mode == 'full_batch' else net.num_micro_batches
-  return (net.num_stages, m, net.schedule, net.remat, net.partition,
-          net.topology)
+  pipe = plan_lib.Pipeline(net.schedule, net.num_stages, m,
+                           tuple(executor_lib.RematFlags(net.remat, m)),
+                           net.virtual_stages)
+  return pipe, net.remat, net.partition, net.topology
+
+
+def _PlainTask(model_params):
+  """The task with its network's cells as one layers.Sequential (same
+  layer paths), params only."""
+  tp = model_params.task.Copy()
+  net = tp.network
+  tp.network = sequential.Sequential.Params().Set(
+      name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
+  return tp
 
 
 def ModelCosts(model_params, micro_batch, measure=False):
-  """Traces the task's network and loss at `micro_batch` examples."""
-  task_p = model_params.task
-  net = task_p.network
+  """Traces the task's network and loss at `micro_batch` examples. With
+  measure, per-cell times come from the trace's step statistics, scaled
+  to the forward and backward of the network as a tf.function (the
+  runtime a training step runs in; it can be a fifth slower than the
+  trace's graph session for networks of many small ops)."""
   gen = model_params.train.Instantiate()
   image = list(gen.ImageShape())
 
   def Build():
-    tp = task_p.Copy()
-    tp.network = sequential.Sequential.Params().Set(
-        name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
     with base_layer.ZeroInitForCounting():
-      task = tp.Instantiate()
+      task = _PlainTask(model_params).Instantiate()
     return task.network.cells, lambda out, lab: task.LossSums(
         out, lab[0], lab[1], micro_batch)[0]
 
-  return costs_lib.TraceNetwork(
+  costs = costs_lib.TraceNetwork(
       Build, tf.TensorSpec([micro_batch] + image, gen.params.dtype),
       (tf.TensorSpec([micro_batch], tf.int32),
        tf.TensorSpec([micro_batch], tf.float32)), measure=measure)
+  if measure:
+    costs = costs.TimesScaledTo(
+        ForwardBackwardSeconds(model_params, micro_batch))
+  return costs
+
+
+def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
+  """Median seconds of one forward and backward of the task's network and
+  loss at `micro_batch` examples, as a tf.function on the default device
+  (allocates the weights)."""
+  task = _PlainTask(model_params).Instantiate()
+  gen = model_params.train.Instantiate()
+  x = tf.random.stateless_normal([micro_batch] + list(gen.ImageShape()),
+                                 [1, 2], dtype=gen.params.dtype)
+  labels = tf.zeros([micro_batch], tf.int32)
+  weights = tf.ones([micro_batch])
+  variables = task.network.TrainableVariables()
+
+  @tf.function
+  def Step():
+    with tf.GradientTape() as tape:
+      with context.Scope(training=True, step=tf.constant(0, tf.int64),
+                         micro_batch=tf.constant(0), stats={}):
+        loss = task.LossSums(task.network.FProp(x), labels, weights,
+                             micro_batch)[0]
+    grads = tape.gradient(loss, variables)
+    return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+
+  Step().numpy()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    Step().numpy()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def MatmulFlopsPerSecond(size=512, reps=5):
@@ -87,33 +140,34 @@ def MatmulFlopsPerSecond(size=512, reps=5):
   return 2 * size ** 3 / float(np.median(times))
 
 
-def PlanModel(model_params, measure=False, costs=None):
+def PlanModel(model_params, measure=False, costs=None,
+              overheads=plan_lib.Overheads()):
   """The plan dict of a model's training step (see pipeline/plan.py)."""
   net = model_params.task.network
-  k, m, schedule, remat_policy, spec, topo = _Pipeline(net)
+  pipe, remat_policy, spec, topo = _Pipeline(net)
+  k, m = pipe.num_stages, pipe.num_micro_batches
   batch = model_params.train.batch_size
   if batch % m:
     raise plan_lib.PlanError(f'batch size {batch} is not divisible by '
                              f'num_micro_batches={m}.')
-  slots = plan_lib.SLOTS_PER_WEIGHT[model_params.task.train.optimizer.type]
-  remat = executor_lib.RematFlags(remat_policy, m)
+  opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
   budgets = balance.Budgets(topo, k) if topo is not None else None
   if costs is None:
     costs = ModelCosts(model_params, batch // m,
                        measure=measure or spec == 'time')
   cells = len(costs.cells)
   if isinstance(spec, str) and spec in partition_lib.COST_MODES:
-    ranges = plan_lib.BalancedPartition(costs, spec, k, schedule, m, remat,
-                                        slots, budgets)
+    ranges = plan_lib.BalancedPartition(costs, spec, pipe, opt, budgets)
   else:
-    ranges = partition_lib.Partition(cells, k, spec)
+    ranges = partition_lib.Partition(cells, pipe.num_chunks, spec)
   cpu = topo is None or topo.device_type == 'cpu'
   threads = topo.intra_op_threads if topo is not None else 0
   host_parallelism = min(k, os.cpu_count() or 1) if threads == 1 else 1
   rate = None if costs.cells[0].fwd_s is not None else MatmulFlopsPerSecond()
-  plan = plan_lib.MakePlan(costs, ranges, schedule, m, remat, slots, budgets,
-                           shared_host=cpu, host_parallelism=host_parallelism,
-                           flops_per_s=rate)
+  plan = plan_lib.MakePlan(costs, ranges, pipe, opt, budgets,
+                           shared_host=cpu,
+                           host_parallelism=host_parallelism if cpu else None,
+                           flops_per_s=rate, overheads=overheads)
   plan['model'] = model_params.model
   plan['partition_spec'] = spec if isinstance(spec, str) else list(spec)
   plan['time_source'] = ('measured cell times' if rate is None else
@@ -122,48 +176,62 @@ def PlanModel(model_params, measure=False, costs=None):
   if plan['step_s']:
     plan['examples_per_s'] = batch / plan['step_s']
   if budgets is not None:
-    plan.update(_Largest(costs, ranges, schedule, m, remat_policy, slots,
-                         budgets, batch))
+    plan.update(_Largest(costs, ranges, pipe, remat_policy, opt, budgets,
+                         batch))
   return plan
 
 
-def _Largest(costs, ranges, schedule, m, remat_policy, slots, budgets,
-             batch):
+def _Largest(costs, ranges, pipe, remat_policy, opt, budgets, batch):
   """Largest batch that fits at this M, and smallest M that fits at this
   batch (activation bytes scale with the micro-batch)."""
-  remat = executor_lib.RematFlags(remat_policy, m)
 
-  def Fits(micro, mm, flags):
-    p = plan_lib.MakePlan(costs.Scaled(micro), ranges, schedule, mm, flags,
-                          slots, budgets)
-    return p['fits']
+  def Fits(micro, p):
+    return plan_lib.MakePlan(costs.Scaled(micro), ranges, p, opt,
+                             budgets)['fits']
 
   lo, hi = 0, 1
-  while Fits(hi, m, remat) and hi < 2 ** 20:
+  while Fits(hi, pipe) and hi < 2 ** 20:
     lo, hi = hi, hi * 2
   while hi - lo > 1:
     mid = (lo + hi) // 2
-    lo, hi = (mid, hi) if Fits(mid, m, remat) else (lo, mid)
+    lo, hi = (mid, hi) if Fits(mid, pipe) else (lo, mid)
   smallest_m = None
   for mm in range(1, batch + 1):
-    if batch % mm == 0 and Fits(batch // mm, mm,
-                                executor_lib.RematFlags(remat_policy, mm)):
+    if batch % mm or not _Runs(pipe, mm):
+      continue
+    flags = tuple(executor_lib.RematFlags(remat_policy, mm))
+    if Fits(batch // mm, pipe.Replace(num_micro_batches=mm, remat=flags)):
       smallest_m = mm
       break
-  return {'largest_batch_that_fits': lo * m,
+  return {'largest_batch_that_fits': lo * pipe.num_micro_batches,
           'smallest_micro_batches_that_fit': smallest_m}
+
+
+def _Runs(pipe, m):
+  try:
+    schedule_view.CheckConfig(pipe.schedule, pipe.num_stages, m,
+                             pipe.virtual_stages)
+    return True
+  except schedule_view.ScheduleError:
+    return False
 
 
 def Summary(plan):
   """The step lines printed under the stage table."""
   mib = lambda n: f'{n / 2**20:.1f} MiB'
-  out = [f"{plan['model']}: K={plan['num_stages']}, M="
+  v = plan['virtual_stages']
+  out = [f"{plan['model']}: K={plan['num_stages']}, "
+         f"{f'v={v}, ' if v > 1 else ''}M="
          f"{plan['num_micro_batches']} ({plan['schedule']}, micro-batch "
          f"{plan['micro_batch_size']}), partition {plan['partition']} "
          f"({plan['partition_spec']})"]
   if plan['step_s'] is not None:
-    out.append(f"bubble {plan['bubble']:.3f}; estimated step "
-               f"{plan['step_s'] * 1e3:.1f} ms, "
+    shared = plan['host_parallelism']
+    host = ('' if shared is None else
+            f", the devices sharing the host's cores ({shared:g} action"
+            f"{'s' if shared != 1 else ''} at a time)")
+    out.append(f"bubble {plan['bubble']:.3f} (the schedule's); estimated "
+               f"step {plan['step_s'] * 1e3:.1f} ms{host}, "
                f"{plan['examples_per_s']:.1f} examples/s "
                f"({plan['time_source']})")
   if plan['host_peak_bytes'] is not None:
@@ -188,10 +256,27 @@ def WritePlan(plan, logdir):
   return path
 
 
+def MeasuredOverheads(model_params):
+  """The executor's per-tick cost on this host for the model's table
+  (planning/measure.py); creates the pipeline's logical devices, so call
+  it before TensorFlow starts otherwise."""
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
+  net = model_params.task.network
+  if 'num_stages' not in dict(net.IterParams()):
+    return plan_lib.Overheads()
+  devices.ConfigureFromParams(model_params.task)
+  return measure_lib.ExecutorOverhead(Pipeline(model_params),
+                                      net.topology.device_type)
+
+
 def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
   """--mode=plan: prints the plan, writes plan.json and the pictures."""
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  plan = PlanModel(model_params, measure=measure)
+  overheads = plan_lib.Overheads()
+  if measure:
+    overheads = MeasuredOverheads(model_params)
+  plan = PlanModel(model_params, measure=measure, overheads=overheads)
   print_fn(plan_lib.FormatTable(plan))
   print_fn(Summary(plan))
   if logdir:
@@ -207,12 +292,10 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
 def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
   """Runs one training step under the profiler and draws its measured
   timeline beside the plan's (training with --timeline_at_step)."""
-  from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  k, m, schedule, _, _, _ = _Pipeline(model_params.task.network)
-  result, boxes = measure_lib.ProfileStep(
-      step_fn, schedule_view.ScheduleView(schedule, k, m))
+  result, boxes = measure_lib.ProfileStep(step_fn,
+                                          Pipeline(model_params).Table())
   plan = PlanModel(model_params)
   path = plot.Timeline(plan, os.path.join(logdir, 'step_timeline.png'),
                        boxes or None)
