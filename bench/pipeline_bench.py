@@ -336,29 +336,44 @@ def Bubble(args):
 
 
 def Schedules(args):
-  """Measured step time and peak memory of every schedule."""
+  """Measured step time and peak memory of every schedule. Times come from
+  processes with TensorFlow's default CPU allocator (what training uses),
+  `--rounds` per schedule, the schedules alternating within a round so
+  that a slow spell of a shared machine hits them all; the table gives
+  medians and the spread. Peak bytes come from one more process each with
+  the BFC allocator, which keeps statistics but changes the timings."""
   base = dict(net='dense', cells=8, width=args.width, batch=args.batch,
-              reps=args.reps, memory=True, table=True, intra=1, m=8,
-              remat=args.remat)
-  plain = Run(dict(base, kind='plain', inter=1))
+              table=True, intra=1, m=8, remat=args.remat)
+  timed, mem = dict(base, reps=args.reps), dict(base, memory=True)
+  plain = Run(dict(timed, kind='plain', inter=1))
+  plain_mem = Run(dict(mem, kind='plain', inter=1))
   print('\n### Step time and peak memory per schedule (8 dense '
         f'{args.width}x{args.width} tanh cells, batch {args.batch}, M=8, '
-        f'remat {args.remat}, one intra-op thread)\n')
+        f'remat {args.remat}, one intra-op thread, median of {args.rounds} '
+        'alternating runs)\n')
   print(f'Un-pipelined step (one thread): {plain["step_s"]*1e3:.0f} ms, '
-        f'peak {plain["peak_mib"]:.1f} MiB.\n')
-  print('| K | schedule | v | step (ms) | vs 1f1b | cores busy | peak (MiB) '
-        '| simulated bubble (F=B=W) | peak stash per device (chunks) |')
-  print('|---|---|---|---|---|---|---|---|---|')
+        f'peak {plain_mem["peak_mib"]:.1f} MiB.\n')
+  print('| K | schedule | v | step (ms) | runs (ms) | vs 1f1b | cores busy | '
+        'peak (MiB) | simulated bubble (F=B=W) | peak stash per device '
+        '(chunks) |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  med = statistics.median
   for k in (2, 4):
-    rows = []
-    for name, v in SCHEDULE_ROWS:
-      r = Run(dict(base, kind='pipe', k=k, schedule=name, v=v))
-      rows.append((name, v, r))
-    ref = [r for name, _, r in rows if name == '1f1b'][0]['step_s']
-    for name, v, r in rows:
-      print(f'| {k} | {name} | {v} | {r["step_s"]*1e3:.0f} | '
-            f'{r["step_s"]/ref:.2f}x | {r["cores_busy"]:.2f} | '
-            f'{r["peak_mib"]:.1f} | {r["bubble"]:.3f} | {r["peak_stash"]} |')
+    runs = {row: [] for row in SCHEDULE_ROWS}
+    for _ in range(args.rounds):
+      for name, v in SCHEDULE_ROWS:
+        runs[(name, v)].append(
+            Run(dict(timed, kind='pipe', k=k, schedule=name, v=v)))
+    ref = med(r['step_s'] for r in runs[('1f1b', 1)])
+    for (name, v), rs in runs.items():
+      m = Run(dict(mem, kind='pipe', k=k, schedule=name, v=v))
+      steps = sorted(r['step_s'] * 1e3 for r in rs)
+      print(f'| {k} | {name} | {v} | {med(steps):.0f} | '
+            f'{", ".join(f"{t:.0f}" for t in steps)} | '
+            f'{med(steps) / 1e3 / ref:.2f}x | '
+            f'{med(r["cores_busy"] for r in rs):.2f} | '
+            f'{m["peak_mib"]:.1f} | {m["bubble"]:.3f} | '
+            f'{m["peak_stash"]} |', flush=True)
 
 
 def Stage(args):
@@ -483,6 +498,8 @@ def main():
   ap.add_argument('--sections', default=','.join(SECTIONS))
   ap.add_argument('--batch', type=int, default=2048)
   ap.add_argument('--reps', type=int, default=5)
+  ap.add_argument('--rounds', type=int, default=3,
+                  help='alternating runs per schedule (section schedules)')
   ap.add_argument('--width', type=int, default=512,
                   help='width of the dense cells (bubble, schedules, stage)')
   ap.add_argument('--remat', default='never',
