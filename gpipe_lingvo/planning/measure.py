@@ -34,6 +34,18 @@ def ParseAction(name):
   return (int(m.group(1)), m.group(2)) if m else None
 
 
+def MedianSeconds(fn, reps=5):
+  """Median wall seconds of `fn()` over `reps` calls after one warm-up call
+  (tracing, first allocations); `fn` must return once its work is done."""
+  fn()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
 def MeasureStep(step_fn, reps=3):
   """(median peak bytes above the pre-step level, median seconds)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -159,14 +171,9 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
   step = tf.function(lambda: net.ComputeLossAndGradients(
       x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-  step()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    step().numpy()
-    times.append(time.perf_counter() - t0)
   return plan_lib.Overheads(
-      tick_s=statistics.median(times) / net.schedule_table.num_ticks)
+      tick_s=MedianSeconds(lambda: step().numpy(), reps) /
+      net.schedule_table.num_ticks)
 
 
 def ConfigureTensorFlow(num_devices):

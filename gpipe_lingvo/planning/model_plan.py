@@ -9,9 +9,7 @@ prints it and writes plan.json and the pictures to the logdir.
 """
 import json
 import os
-import time
 
-import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
@@ -23,6 +21,7 @@ from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
 from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import measure as measure_lib
 
 COSTS_FILE = 'cell_costs.json'
 
@@ -117,13 +116,7 @@ def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
     grads = tape.gradient(loss, variables)
     return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
 
-  Step().numpy()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    Step().numpy()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return measure_lib.MedianSeconds(lambda: Step().numpy(), reps)
 
 
 def MatmulFlopsPerSecond(size=512, reps=5):
@@ -131,13 +124,8 @@ def MatmulFlopsPerSecond(size=512, reps=5):
   estimates when cell times were not measured."""
   a = tf.random.stateless_normal([size, size], [1, 2])
   f = tf.function(lambda x: tf.matmul(x, x))
-  f(a).numpy()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    f(a).numpy()
-    times.append(time.perf_counter() - t0)
-  return 2 * size ** 3 / float(np.median(times))
+  return 2 * size ** 3 / measure_lib.MedianSeconds(lambda: f(a).numpy(),
+                                                    reps)
 
 
 def PlanModel(model_params, measure=False, costs=None,
@@ -261,7 +249,6 @@ def MeasuredOverheads(model_params):
   (planning/measure.py); creates the pipeline's logical devices, so call
   it before TensorFlow starts otherwise."""
   from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
   net = model_params.task.network
   if 'num_stages' not in dict(net.IterParams()):
     return plan_lib.Overheads()
@@ -292,7 +279,6 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
 def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
   """Runs one training step under the profiler and draws its measured
   timeline beside the plan's (training with --timeline_at_step)."""
-  from gpipe_lingvo.planning import measure as measure_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
   result, boxes = measure_lib.ProfileStep(step_fn,
                                           Pipeline(model_params).Table())
