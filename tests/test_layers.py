@@ -37,14 +37,15 @@ def test_initial_values_depend_only_on_path_and_seed():
   assert not np.allclose(a.vars.w.numpy(), c.vars.w.numpy())
 
 
-def test_sequential_names_variables_by_layer_path():
+def test_sequential_names_variables_by_layer_path(tmp_path):
   p = layers.Sequential.Params().Set(name='net', cells=[
       layers.FullyConnected.Params().Set(name='fc1', input_dim=4, output_dim=3),
       layers.BatchNorm.Params().Set(name='bn', dim=3),
   ])
   net = p.Instantiate()
   ckpt = tf.train.Checkpoint(net=net)
-  keys = {k for k, _ in tf.train.list_variables(ckpt.write('/tmp/gl_seq_ckpt'))}
+  path = ckpt.write(str(tmp_path / 'ckpt'))
+  keys = {k for k, _ in tf.train.list_variables(path)}
   assert 'net/fc1/w/.ATTRIBUTES/VARIABLE_VALUE' in keys
   assert 'net/bn/moving_mean/.ATTRIBUTES/VARIABLE_VALUE' in keys
   assert [v.name for v in net.TrainableVariables()] == [
