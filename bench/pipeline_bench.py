@@ -218,7 +218,8 @@ def Worker(cfg):
         name='net', cells=cells, num_stages=cfg['k'],
         num_micro_batches=cfg['m'], schedule=cfg.get('schedule', 'gpipe'),
         virtual_stages=cfg.get('v', 1), remat=cfg.get('remat', 'never'),
-        parallel_iterations=cfg.get('parallel_iterations', 1)).Instantiate()
+        parallel_iterations=cfg.get('parallel_iterations', 1),
+        execution=cfg.get('execution', 'ticks')).Instantiate()
     net.CreateGradientAccumulators()
     variables = net.TrainableVariables()
 
@@ -336,39 +337,42 @@ def Bubble(args):
 
 
 def Schedules(args):
-  """Measured step time and peak memory of every schedule. Times come from
-  processes with TensorFlow's default CPU allocator (what training uses),
-  `--rounds` per schedule, the schedules alternating within a round so
-  that a slow spell of a shared machine hits them all; the table gives
-  medians and the spread. Peak bytes come from one more process each with
-  the BFC allocator, which keeps statistics but changes the timings."""
+  """Measured step time and peak memory of every schedule under each
+  execution. Times come from processes with TensorFlow's default CPU
+  allocator (what training uses), `--rounds` per row, all rows alternating
+  within a round so that a slow spell of a shared machine hits them all;
+  the table gives medians, the spread, and the ratio to 1f1b under the same
+  execution. Peak bytes come from one more process per row with the BFC
+  allocator, which keeps statistics but changes the timings."""
   base = dict(net='dense', cells=8, width=args.width, batch=args.batch,
               table=True, intra=1, m=8, remat=args.remat)
   timed, mem = dict(base, reps=args.reps), dict(base, memory=True)
+  executions = args.executions.split(',')
   plain = Run(dict(timed, kind='plain', inter=1))
   plain_mem = Run(dict(mem, kind='plain', inter=1))
-  print('\n### Step time and peak memory per schedule (8 dense '
+  print('\n### Step time and peak memory per schedule and execution (8 dense '
         f'{args.width}x{args.width} tanh cells, batch {args.batch}, M=8, '
         f'remat {args.remat}, one intra-op thread, median of {args.rounds} '
         'alternating runs)\n')
   print(f'Un-pipelined step (one thread): {plain["step_s"]*1e3:.0f} ms, '
         f'peak {plain_mem["peak_mib"]:.1f} MiB.\n')
-  print('| K | schedule | v | step (ms) | runs (ms) | vs 1f1b | cores busy | '
-        'peak (MiB) | simulated bubble (F=B=W) | peak stash per device '
-        '(chunks) |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('| K | schedule | v | execution | step (ms) | runs (ms) | vs 1f1b | '
+        'cores busy | peak (MiB) | simulated bubble (F=B=W) | peak stash per '
+        'device (chunks) |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
   med = statistics.median
+  rows = [(name, v, ex) for ex in executions for name, v in SCHEDULE_ROWS]
   for k in (2, 4):
-    runs = {row: [] for row in SCHEDULE_ROWS}
+    runs = {row: [] for row in rows}
     for _ in range(args.rounds):
-      for name, v in SCHEDULE_ROWS:
-        runs[(name, v)].append(
-            Run(dict(timed, kind='pipe', k=k, schedule=name, v=v)))
-    ref = med(r['step_s'] for r in runs[('1f1b', 1)])
-    for (name, v), rs in runs.items():
-      m = Run(dict(mem, kind='pipe', k=k, schedule=name, v=v))
+      for name, v, ex in rows:
+        runs[(name, v, ex)].append(Run(dict(
+            timed, kind='pipe', k=k, schedule=name, v=v, execution=ex)))
+    for (name, v, ex), rs in runs.items():
+      ref = med(r['step_s'] for r in runs[('1f1b', 1, ex)])
+      m = Run(dict(mem, kind='pipe', k=k, schedule=name, v=v, execution=ex))
       steps = sorted(r['step_s'] * 1e3 for r in rs)
-      print(f'| {k} | {name} | {v} | {med(steps):.0f} | '
+      print(f'| {k} | {name} | {v} | {ex} | {med(steps):.0f} | '
             f'{", ".join(f"{t:.0f}" for t in steps)} | '
             f'{med(steps) / 1e3 / ref:.2f}x | '
             f'{med(r["cores_busy"] for r in rs):.2f} | '
@@ -498,6 +502,9 @@ def main():
   ap.add_argument('--sections', default=','.join(SECTIONS))
   ap.add_argument('--batch', type=int, default=2048)
   ap.add_argument('--reps', type=int, default=5)
+  ap.add_argument('--executions', default='ticks,dataflow',
+                  help='schedules section: executions to measure, '
+                  'comma-separated')
   ap.add_argument('--rounds', type=int, default=3,
                   help='alternating runs per schedule (section schedules)')
   ap.add_argument('--width', type=int, default=512,

@@ -49,14 +49,15 @@ def _Net(num_chunks=3):
   return _NETS[num_chunks]
 
 
-def _Executor(chunk_device, bodies_last=True):
+def _Executor(chunk_device, bodies_last=True, execution='ticks'):
   ws, acc = _Net(len(chunk_device))
   bodies = [_Tanh(w, bodies_last and c == len(ws) - 1)
             for c, w in enumerate(ws)]
   where = placement.DeviceScopes(
       [f'/device:CPU:{d}' for d in range(max(chunk_device) + 1)],
       chunk_device)
-  return executor.Executor(bodies, where, [[w] for w in ws], acc), ws
+  return executor.Executor(bodies, where, [[w] for w in ws], acc,
+                           execution=execution), ws
 
 
 def _Data(m=4):
@@ -76,13 +77,14 @@ def _Reference(ws, x, y):
   return loss, tape.gradient(loss, ws), last_in
 
 
+@pytest.mark.parametrize('execution', executor.EXECUTIONS)
 @pytest.mark.parametrize('name,k,v,remat', [
     ('gpipe', 3, 1, 'always'), ('1f1b', 3, 1, 'except_last'),
     ('interleaved_1f1b', 1, 3, 'never'), ('zb_h1', 3, 1, 'never'),
     ('zb_h1', 3, 1, 'always')])
-def testTrainEqualsTapeForAnyTable(name, k, v, remat):
+def testTrainEqualsTapeForAnyTable(name, k, v, remat, execution):
   tab = schedule.Build(name, k, 4, v)
-  ex, ws = _Executor(tab.chunk_device)
+  ex, ws = _Executor(tab.chunk_device, execution=execution)
   x, y = _Data()
   plan = executor.Plan(tab, executor.RematFlags(remat, 4))
   res = tf.function(ex.Train, autograph=False)(plan, x, y,
@@ -95,7 +97,8 @@ def testTrainEqualsTapeForAnyTable(name, k, v, remat):
     np.testing.assert_allclose(res.grads[w.ref()], g, rtol=1e-5, atol=1e-6)
 
 
-def testHandWrittenActionListsRun():
+@pytest.mark.parametrize('execution', executor.EXECUTIONS)
+def testHandWrittenActionListsRun(execution):
   """Any valid per-device lists run, e.g. the backward of micro-batch 1
   before micro-batch 0 and a W deferred to the end."""
   acts = [[Action('F', 0, 0), Action('F', 0, 1), Action('B', 0, 1),
@@ -105,7 +108,7 @@ def testHandWrittenActionListsRun():
           [Action('F', 2, 0), Action('B', 2, 0), Action('F', 2, 1),
            Action('B', 2, 1), Action('W', 2, 1), Action('W', 2, 0)]]
   tab = schedule.TickTable(acts, 2, [0, 1, 2], one_action_per_tick=True)
-  ex, ws = _Executor(tab.chunk_device)
+  ex, ws = _Executor(tab.chunk_device, execution=execution)
   x, y = _Data(2)
   res = tf.function(ex.Train, autograph=False)(
       executor.Plan(tab, [False, True]), x, y, tf.constant(0, tf.int64))
@@ -115,9 +118,10 @@ def testHandWrittenActionListsRun():
     np.testing.assert_allclose(res.grads[w.ref()], g, rtol=1e-5, atol=1e-6)
 
 
-def testForwardOnlyTable():
+@pytest.mark.parametrize('execution', executor.EXECUTIONS)
+def testForwardOnlyTable(execution):
   chunk_device = [0, 1, 0]
-  ex, ws = _Executor(chunk_device, bodies_last=False)
+  ex, ws = _Executor(chunk_device, bodies_last=False, execution=execution)
   x, _ = _Data(3)
   tab = schedule.BuildForwardOnly(chunk_device, 3)
   out, stats = tf.function(ex.Forward, autograph=False)(

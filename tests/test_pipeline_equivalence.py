@@ -29,11 +29,11 @@ def _Reference():
   return _REF
 
 
-def _Pipelined(k, m, schedule, remat, cells=None, v=1):
+def _Pipelined(k, m, schedule, remat, cells=None, v=1, execution='ticks'):
   return pipelined_network.PipelinedNetwork.Params().Set(
       name='net', cells=cells or util.ConvDenseCells(), num_stages=k,
       num_micro_batches=m, schedule=schedule, remat=remat,
-      virtual_stages=v).Instantiate()
+      virtual_stages=v, execution=execution).Instantiate()
 
 
 _REMAT = ['always', 'except_last', 'never']
@@ -55,12 +55,20 @@ _CASES += [
     for (s, v), k, m, r in itertools.product(
         [('interleaved_1f1b', 2), ('zb_h1', 1), ('zb_v', 2)], [2, 4], [4, 8],
         _REMAT)]
+# The same table again with execution='dataflow' (the actions unrolled and
+# chained per device); fast: gpipe and 1f1b at K=2, M=4 and the fast
+# configuration of each newer schedule, under every policy (15 cases).
+_FAST_DATAFLOW = {('gpipe', 2, 4), ('1f1b', 2, 4)} | _FAST_NEW
+_CASES = [pytest.param(*c.values, 'ticks', marks=c.marks) for c in _CASES] + [
+    pytest.param(k, m, s, v, r, 'dataflow',
+                 marks=() if (s, k, m) in _FAST_DATAFLOW else pytest.mark.slow)
+    for k, m, s, v, r in (c.values for c in _CASES)]
 
 
-@pytest.mark.parametrize('k,m,schedule,v,remat', _CASES)
-def testLossAndGradientsMatchUnpipelined(k, m, schedule, v, remat):
+@pytest.mark.parametrize('k,m,schedule,v,remat,execution', _CASES)
+def testLossAndGradientsMatchUnpipelined(k, m, schedule, v, remat, execution):
   ref = _Reference()
-  net = _Pipelined(k, m, schedule, remat, v=v)
+  net = _Pipelined(k, m, schedule, remat, v=v, execution=execution)
   assert [v.name for v in net.TrainableVariables()] == ref['names']
   x, lab = util.Batch()
   loss, sums, grads, _ = net.ComputeLossAndGradients(

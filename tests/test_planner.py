@@ -355,9 +355,12 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
        '--model_params_override=task.network.num_stages = 8',
        '--model_params_override=task.network.partition = "flops"',
        '--model_params_override=task.network.topology.memory_budget_bytes'
-       ' = 200000000'],
+       ' = 200000000',
+       '--model_params_override=task.network.execution = "dataflow"'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
+  # The time model is the tick loop's; the plan says so for dataflow.
+  assert "runs execution='dataflow'" in out.stdout
   plan = json.loads((tmp_path / 'plan.json').read_text())
   assert plan['num_stages'] == 8 and len(plan['stages']) == 8
   assert sum(plan['partition']) == 11 and plan['partition_spec'] == 'flops'

@@ -72,6 +72,8 @@ def trained(tmp_path_factory):
     ('task.network.parallel_iterations = 0',
      ['parallel_iterations must be an int >= 1']),
     ('task.network.partition = [True, 6]', ["partition must be 'uniform'"]),
+    ('task.network.execution = "fast"', ["unknown execution 'fast'",
+                                         "'dataflow', 'ticks'"]),
     ('task.train.save_interval_steps = 0',
      ['save_interval_steps must be an int >= 1, got 0']),
 ])

@@ -25,15 +25,20 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Protocol,
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import dataflow
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
 
 REMAT_POLICIES = ('always', 'except_last', 'never')
+# 'ticks': one tf.while_loop over the table's lockstep ticks (this module);
+# 'dataflow': the table's actions unrolled, chained per device (dataflow.py).
+EXECUTIONS = ('dataflow', 'ticks')
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
-RECOMPUTE_SCOPE = 'recompute'  # inside a B's scope: the forward it reruns
+# Inside a B's scope: the forward it reruns (both executions).
+RECOMPUTE_SCOPE = dataflow.RECOMPUTE_SCOPE
 
 
 def ActionScope(kind: str, chunk: int) -> str:
@@ -168,25 +173,31 @@ class Executor:
   bodies: one per chunk; placement: where each chunk runs; variables: the
   trainable variables of each chunk; accumulator_fn(variable, chunk): a
   persistent variable of the same shape into which the gradient is summed
-  (training only).
+  (training only, execution 'ticks').
   """
 
   def __init__(self, bodies: Sequence[StageBody],
                placement: placement_lib.Placement,
                variables: Sequence[Sequence[tf.Variable]],
                accumulator_fn: Optional[Callable] = None,
-               parallel_iterations: int = 1):
+               parallel_iterations: int = 1, execution: str = 'ticks'):
+    if execution not in EXECUTIONS:
+      raise ValueError(f'Unknown execution {execution!r}; use one of '
+                       f'{EXECUTIONS}.')
     self.bodies = list(bodies)
     self.placement = placement
     self.variables = [list(v) for v in variables]
     self.accumulator_fn = accumulator_fn
     self.parallel_iterations = parallel_iterations
+    self.execution = execution
 
   @tf.autograph.experimental.do_not_convert
   def Train(self, plan: Plan, x_mb, labels_mb, step) -> StepResult:
     """x_mb, labels_mb: nests with leaves [M, b, ...]."""
     step = tf.cast(step, tf.int64)
     fns, _ = self.TraceStages(x_mb, labels_mb, backward=True)
+    if self.execution == 'dataflow':
+      return self._TrainDataflow(fns, plan, x_mb, labels_mb, step)
     run = _StepGraph(self, fns, plan, x_mb, labels_mb, step)
     state = run.Loop(run.AllocateBuffers())
     return run.CollectTraining(state)
@@ -197,8 +208,39 @@ class Executor:
     statistics the forwards recorded."""
     step = tf.cast(step, tf.int64)
     fns, out_struct = self.TraceStages(x_mb, None, backward=False)
+    if self.execution == 'dataflow':
+      run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
+                                  plan.remat, x_mb, None, step).Run()
+      _, stats = self.UnpackAux(run.Aux())
+      return tf.nest.pack_sequence_as(out_struct, run.StackedOutputs()), stats
     run = _StepGraph(self, fns, plan, x_mb, None, step)
     return run.CollectForward(run.Loop(run.AllocateBuffers()), out_struct)
+
+  def _TrainDataflow(self, fns, plan: Plan, x_mb, labels_mb, step
+                     ) -> StepResult:
+    accs = {v.ref(): self.accumulator_fn(v, c) for c, fn in enumerate(fns)
+            for v in fn.variables}
+    run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
+                                plan.remat, x_mb, labels_mb, step,
+                                accs).Run()
+    grads = {}
+    with tf.control_dependencies(run.last_ops):
+      for c, fn in enumerate(fns):
+        with self.placement.OpScope(c):
+          for v in fn.variables:
+            grads[v.ref()] = accs[v.ref()].read_value()
+    sums, stats = self.UnpackAux(run.Aux())
+    return StepResult(run.loss, sums, grads, stats)
+
+  def UnpackAux(self, aux_per_chunk) -> Tuple[Any, Dict[str, list]]:
+    """(metric sums of the last chunk, {layer path: statistics}) from
+    each chunk's summed aux outputs."""
+    aux = [self.bodies[c].UnpackAux(a) for c, a in enumerate(aux_per_chunk)]
+    stats = {}
+    for _, chunk_stats in aux:
+      for path, tuples in chunk_stats.items():
+        stats.setdefault(path, []).extend(tuples)
+    return aux[-1][0], stats
 
   def TraceStages(self, x_mb, labels_mb, backward: bool
                   ) -> Tuple[List[stage_function.StageFunction], Any]:
@@ -503,15 +545,6 @@ class _StepGraph:
 
   # -- results -----------------------------------------------------------------------
 
-  def _Aux(self, state: _State):
-    aux = [self.ex.bodies[c].UnpackAux(state.aux[c])
-           for c in range(self.c_all)]
-    stats = {}
-    for _, chunk_stats in aux:
-      for path, tuples in chunk_stats.items():
-        stats.setdefault(path, []).extend(tuples)
-    return aux[-1][0], stats
-
   def CollectTraining(self, state: _State) -> StepResult:
     grads = {}
     with tf.control_dependencies([state.loss]):
@@ -519,11 +552,11 @@ class _StepGraph:
         with self.scope(c):
           for v in fn.variables:
             grads[v.ref()] = self.accs[v.ref()].read_value()
-    sums, stats = self._Aux(state)
+    sums, stats = self.ex.UnpackAux(state.aux)
     return StepResult(state.loss, sums, grads, stats)
 
   def CollectForward(self, state: _State, out_struct):
     with self.scope(self.c_all - 1):
       flat = [ta.stack() for ta in state.outputs]
-    _, stats = self._Aux(state)
+    _, stats = self.ex.UnpackAux(state.aux)
     return tf.nest.pack_sequence_as(out_struct, flat), stats

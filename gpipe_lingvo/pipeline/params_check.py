@@ -41,6 +41,7 @@ PIPELINE_FIELDS = {
     'virtual_stages': (PositiveInt, 'an int >= 1'),
     'parallel_iterations': (PositiveInt, 'an int >= 1'),
     'schedule': (Text, 'a schedule name (str)'),
+    'execution': (Text, "'dataflow' or 'ticks' (str)"),
     'remat': (Text, 'a remat policy name (str)'),
     'batch_norm_mode': (Text, "a batch-norm mode name or '' (str)"),
 }

@@ -135,8 +135,15 @@ class PipelinedNetwork(base_layer.BaseLayer):
              f'If set, one of {normalization.MODES}, applied to every '
              "BatchNorm inside the cells ('' keeps each layer's own mode; a "
              'string default so that text overrides can set it).')
+    p.Define('execution', 'ticks',
+             f'How the schedule runs, one of {executor_lib.EXECUTIONS}: '
+             "'ticks' is one tf.while_loop over lockstep clock ticks; "
+             "'dataflow' unrolls the table's actions, chained per device, so "
+             'devices do not wait for each other at tick ends (see '
+             'docs/engine.md).')
     p.Define('parallel_iterations', 1,
-             'Ticks the step loop may run ahead; 1 keeps memory lowest.')
+             "Ticks the step loop may run ahead (execution='ticks'); 1 "
+             'keeps memory lowest.')
     return p
 
   def __init__(self, params, parent_path=''):
@@ -197,6 +204,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
     if p.schedule not in schedule_lib.SCHEDULES:
       raise ValueError(f'{self.path}: unknown schedule {p.schedule!r}; use '
                        f'one of {schedule_lib.SCHEDULES}.')
+    if p.execution not in executor_lib.EXECUTIONS:
+      raise ValueError(f'{self.path}: unknown execution {p.execution!r}; use '
+                       f'one of {executor_lib.EXECUTIONS}.')
     if p.remat not in executor_lib.REMAT_POLICIES:
       raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
                        f'one of {executor_lib.REMAT_POLICIES}.')
@@ -312,7 +322,8 @@ class PipelinedNetwork(base_layer.BaseLayer):
         [[v for v in self.ChunkVariables(c) if v.trainable]
          for c in range(self.num_chunks)],
         self._GradAccumulator,
-        parallel_iterations=self.params.parallel_iterations)
+        parallel_iterations=self.params.parallel_iterations,
+        execution=self.params.execution)
 
   # -- forward -----------------------------------------------------------------
 

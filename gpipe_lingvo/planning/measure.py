@@ -25,13 +25,25 @@ import time
 
 # TensorFlow is imported inside the functions: ConfigureTensorFlow must run
 # before it starts.
-_ACTION_RE = re.compile(r'/action_(\d+)([FBW])/')
+# Bookkeeping ops left out of an action's box: variable reads and constants
+# can run before the action starts (dataflow execution gates only the
+# arguments of its calls), transfers between devices after it ends.
+_NOT_WORK = (':ReadVariableOp', ':Const', ':_Send', ':_Recv', ':_HostSend',
+             ':_HostRecv')
+_ACTION_RE = re.compile(r'(?:^|/)action_(\d+)([FBW])/(?:mb(\d+)/)?')
 
 
 def ParseAction(name):
   """(chunk, kind) of an op named inside an action's scope, else None."""
   m = _ACTION_RE.search(name)
   return (int(m.group(1)), m.group(2)) if m else None
+
+
+def ParseMicroBatch(name):
+  """The micro-batch an op's name gives (execution='dataflow' names each
+  action's micro-batch; the tick loop's do not), else None."""
+  m = _ACTION_RE.search(name)
+  return int(m.group(3)) if m and m.group(3) is not None else None
 
 
 def MedianSeconds(fn, reps=5):
@@ -64,8 +76,8 @@ def MeasureStep(step_fn, reps=3):
 
 def _Events(xspace):
   """Op events inside actions as (line, (chunk, kind), recompute, start_s,
-  end_s), and the executor's Process spans as (line, start_s, end_s,
-  iteration)."""
+  end_s, micro-batch or None), and the executor's Process spans as (line,
+  start_s, end_s, iteration)."""
   from gpipe_lingvo.pipeline import executor  # pylint: disable=import-outside-toplevel
   recompute = f'/{executor.RECOMPUTE_SCOPE}/'
   ops, spans = [], []
@@ -81,10 +93,11 @@ def _Events(xspace):
           for s in ev.stats:
             if sm[s.metadata_id].name == 'iter_num':
               spans.append((line.id, start, end, int(s.int64_value)))
-        else:
+        elif not name.endswith(_NOT_WORK):
           action = ParseAction(name)
           if action is not None:
-            ops.append((line.id, action, recompute in name, start, end))
+            ops.append((line.id, action, recompute in name, start, end,
+                        ParseMicroBatch(name)))
   return ops, spans
 
 
@@ -92,7 +105,9 @@ def TimelineFromTrace(xspace, table):
   """Boxes [device, kind, chunk, mb, start, end, recompute_end] (seconds
   from the first; recompute_end None unless a B reran its forward) of one
   profiled step, matched to the tick table: an op's tick is the loop
-  iteration of the executor span around it."""
+  iteration of the executor span around it, or (execution='dataflow',
+  whose op names give the micro-batch) the tick of its action. A W run
+  fused with its B has no box of its own: its time is in the B's."""
   ops, spans = _Events(xspace)
   by_line = {}
   for line, s, e, it in spans:
@@ -105,11 +120,17 @@ def TimelineFromTrace(xspace, table):
     return cols[(kind, c)][t]
 
   groups = {}  # (tick, chunk, kind) -> [start, end, recompute_end]
-  for line, (c, kind), recompute, s, e in ops:
-    ticks = [it for ps, pe, it in by_line.get(line, []) if ps <= s and e <= pe]
-    if not ticks or not 0 <= ticks[-1] < table.num_ticks:
-      continue
-    t = ticks[-1]
+  for line, (c, kind), recompute, s, e, mb in ops:
+    if mb is not None:
+      t = table.Tick(kind, c, mb)
+      if t is None:
+        continue
+    else:
+      ticks = [it for ps, pe, it in by_line.get(line, [])
+               if ps <= s and e <= pe]
+      if not ticks or not 0 <= ticks[-1] < table.num_ticks:
+        continue
+      t = ticks[-1]
     if Mb(kind, c, t) < 0:
       continue  # bookkeeping of a branch that did not run
     g = groups.setdefault((t, c, kind), [s, e, None])

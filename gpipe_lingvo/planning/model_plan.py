@@ -266,6 +266,11 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
   plan = PlanModel(model_params, measure=measure, overheads=overheads)
   print_fn(plan_lib.FormatTable(plan))
   print_fn(Summary(plan))
+  if dict(model_params.task.network.IterParams()).get('execution') == (
+      'dataflow'):
+    print_fn("note: times model execution='ticks' (lockstep clock ticks); "
+             "this network runs execution='dataflow', which has neither the "
+             'per-tick cost nor the lockstep waits.')
   if logdir:
     print_fn(f'wrote {WritePlan(plan, logdir)}')
     if plan['timeline']:

@@ -1,0 +1,78 @@
+"""execution='dataflow': each device runs its actions one at a time, in the
+table's order; adjacent B and W of one micro-batch run fused."""
+import pytest
+import tensorflow as tf
+
+from gpipe_lingvo import layers
+from gpipe_lingvo.pipeline import dataflow
+from gpipe_lingvo.pipeline import pipelined_network
+from gpipe_lingvo.pipeline import schedule
+from gpipe_lingvo.planning import measure
+
+
+def testFusedBackwardsAreTheAdjacentPairs():
+  tab = schedule.Build('zb_h1', 2, 8)
+  # Device 0 (the first stage) runs each W right after its B; device 1
+  # defers every W past the next forward.
+  assert dataflow.FusedBackwards(tab) == {(0, i) for i in range(8)}
+  assert not dataflow.FusedBackwards(schedule.Build('1f1b', 2, 8))
+  for name, v in (('zb_h1', 1), ('zb_v', 2)):
+    tab = schedule.Build(name, 4, 8, v)
+    for c, i in dataflow.FusedBackwards(tab):
+      order = [a for row in tab.ticks for a in row[tab.chunk_device[c]]]
+      at = order.index(schedule.Action('B', c, i))
+      assert order[at + 1] == schedule.Action('W', c, i)
+
+
+def testDeviceOrderBuildsProducersFirst():
+  tab = schedule.Build('zb_v', 2, 4, 2)
+  built = set()
+  for _, a in dataflow.DeviceOrder(tab):
+    if a.kind == 'F' and a.chunk > 0:
+      assert schedule.Action('F', a.chunk - 1, a.mb) in built
+    if a.kind == 'B' and a.chunk < tab.num_chunks - 1:
+      assert schedule.Action('B', a.chunk + 1, a.mb) in built
+    if a.kind == 'W':
+      assert schedule.Action('B', a.chunk, a.mb) in built
+    built.add(a)
+  assert len(built) == 3 * tab.num_chunks * 4
+
+
+@pytest.mark.parametrize('name,v,remat', [('zb_h1', 1, 'always'),
+                                          ('1f1b', 1, 'never'),
+                                          ('zb_v', 2, 'except_last')])
+def testEachDeviceFinishesItsActionsInTableOrder(name, v, remat):
+  """From a profile of one step: on every device the actions end in the
+  order of the table (a W fused with its B has no box of its own). Control
+  edges that TensorFlow drops when it inlines the calls would let a
+  device's backwards run before its forwards, and this fail."""
+  cells = [layers.FullyConnected.Params().Set(
+      name=f'fc{i}', input_dim=64, output_dim=64, activation='tanh')
+           for i in range(4)]
+  net = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=cells, num_stages=2, num_micro_batches=4,
+      schedule=name, virtual_stages=v, remat=remat,
+      execution='dataflow').Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.random.stateless_normal([64, 64], [1, 2])
+  loss_fn = lambda out, lab: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([64]), loss_fn, tf.constant(0, tf.int64))[0])
+  step()
+  _, boxes = measure.ProfileStep(step, net.schedule_table)
+  tab = net.schedule_table
+  fused = dataflow.FusedBackwards(tab)
+  for d in range(tab.num_devices):
+    want = [(a.kind, a.chunk, a.mb) for row in tab.ticks for a in row[d]
+            if not (a.kind == 'W' and (a.chunk, a.mb) in fused)]
+    got = [tuple(b[1:4]) for b in sorted(boxes, key=lambda b: b[5])
+           if b[0] == d]
+    assert got == want, f'device {d}'
+
+
+def testOpNamesGiveTheMicroBatch():
+  scope = dataflow.ActionScope('outer', schedule.Action('W', 3, 5))
+  name = scope + 'piece/MatMul'
+  assert measure.ParseAction(name) == (3, 'W')
+  assert measure.ParseMicroBatch(name) == 5
+  assert measure.ParseMicroBatch('a/action_3W/MatMul') is None
