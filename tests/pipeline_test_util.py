@@ -3,6 +3,8 @@ import tensorflow as tf
 
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import layers
+from gpipe_lingvo.pipeline import pipelined_network
+from gpipe_lingvo.planning import measure
 
 
 class CountingCell(base_layer.BaseLayer):
@@ -101,3 +103,21 @@ def LossFn(global_batch):
     s = tf.reduce_sum(per * w)
     return s / global_batch, {'loss': s, 'num': tf.reduce_sum(w)}
   return Fn
+
+
+def ProfiledTanhStep(width, batch, **pipeline):
+  """(boxes, tick table) of one profiled training step of four tanh
+  layers of `width` units, pipelined with the given params."""
+  cells = [layers.FullyConnected.Params().Set(
+      name=f'fc{i}', input_dim=width, output_dim=width, activation='tanh')
+           for i in range(4)]
+  net = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=cells, **pipeline).Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.random.stateless_normal([batch, width], [1, 2])
+  loss_fn = lambda out, lab: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([batch]), loss_fn, tf.constant(0, tf.int64))[0])
+  step()
+  _, boxes = measure.ProfileStep(step, net.schedule_table)
+  return boxes, net.schedule_table

@@ -1,13 +1,11 @@
 """execution='dataflow': each device runs its actions one at a time, in the
 table's order; adjacent B and W of one micro-batch run fused."""
 import pytest
-import tensorflow as tf
 
-from gpipe_lingvo import layers
 from gpipe_lingvo.pipeline import dataflow
-from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import schedule
 from gpipe_lingvo.planning import measure
+from tests import pipeline_test_util as util
 
 
 def testFusedBackwardsAreTheAdjacentPairs():
@@ -46,21 +44,9 @@ def testEachDeviceFinishesItsActionsInTableOrder(name, v, remat):
   order of the table (a W fused with its B has no box of its own). Control
   edges that TensorFlow drops when it inlines the calls would let a
   device's backwards run before its forwards, and this fail."""
-  cells = [layers.FullyConnected.Params().Set(
-      name=f'fc{i}', input_dim=64, output_dim=64, activation='tanh')
-           for i in range(4)]
-  net = pipelined_network.PipelinedNetwork.Params().Set(
-      name='net', cells=cells, num_stages=2, num_micro_batches=4,
-      schedule=name, virtual_stages=v, remat=remat,
-      execution='dataflow').Instantiate()
-  net.CreateGradientAccumulators()
-  x = tf.random.stateless_normal([64, 64], [1, 2])
-  loss_fn = lambda out, lab: (tf.reduce_sum(out), {})
-  step = tf.function(lambda: net.ComputeLossAndGradients(
-      x, tf.zeros([64]), loss_fn, tf.constant(0, tf.int64))[0])
-  step()
-  _, boxes = measure.ProfileStep(step, net.schedule_table)
-  tab = net.schedule_table
+  boxes, tab = util.ProfiledTanhStep(
+      64, 64, num_stages=2, num_micro_batches=4, schedule=name,
+      virtual_stages=v, remat=remat, execution='dataflow')
   fused = dataflow.FusedBackwards(tab)
   for d in range(tab.num_devices):
     want = [(a.kind, a.chunk, a.mb) for row in tab.ticks for a in row[d]

@@ -20,6 +20,7 @@ from gpipe_lingvo.pipeline import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import plan as plan_lib
 from gpipe_lingvo.planning import measure
+from tests import pipeline_test_util as util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every schedule the engine has, with the chunks per device it takes.
@@ -320,21 +321,9 @@ def testPipelinedNetworkCostPartition(tmp_path):
 def testMeasuredTimelineNamesEveryAction():
   # A profiled step of a small pipeline: the executor's action scopes give
   # one box per action of the table, on its device, with its micro-batch.
-  cells = [layers.FullyConnected.Params().Set(
-      name=f'fc{i}', input_dim=32, output_dim=32, activation='tanh')
-           for i in range(4)]
-  p = pipelined_network.PipelinedNetwork.Params().Set(
-      name='net', cells=cells, num_stages=2, num_micro_batches=2,
-      schedule='interleaved_1f1b', virtual_stages=2, remat='except_last')
-  net = p.Instantiate()
-  net.CreateGradientAccumulators()
-  x = tf.random.stateless_normal([4, 32], [1, 2])
-  loss_fn = lambda out, lab: (tf.reduce_sum(out), {})
-  step = tf.function(lambda: net.ComputeLossAndGradients(
-      x, tf.zeros([4]), loss_fn, tf.constant(0, tf.int64))[0])
-  step()
-  _, boxes = measure.ProfileStep(step, net.schedule_table)
-  table = net.schedule_table
+  boxes, table = util.ProfiledTanhStep(
+      32, 4, num_stages=2, num_micro_batches=2, schedule='interleaved_1f1b',
+      virtual_stages=2, remat='except_last')
   want = sorted((d, a.kind, a.chunk, a.mb) for row in table.ticks
                 for d, acts in enumerate(row) for a in acts)
   assert sorted(tuple(b[:4]) for b in boxes) == want
