@@ -57,7 +57,7 @@ def testEachDeviceFinishesItsActionsInTableOrder(name, v, remat):
 
 
 def testOpNamesGiveTheMicroBatch():
-  scope = dataflow.ActionScope('outer', schedule.Action('W', 3, 5))
+  scope = dataflow.MicroBatchScope('outer', schedule.Action('W', 3, 5))
   name = scope + 'piece/MatMul'
   assert measure.ParseAction(name) == (3, 'W')
   assert measure.ParseMicroBatch(name) == 5

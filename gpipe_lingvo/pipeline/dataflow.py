@@ -35,11 +35,19 @@ def DeviceOrder(table: schedule_lib.TickTable
           for d in range(table.num_devices) for a in table.ticks[t][d]]
 
 
-def ActionScope(outer: str, a: schedule_lib.Action) -> str:
-  """Absolute name scope of one action's ops, e.g. `.../action_2F/mb5/`:
-  a profile then names chunk, kind and micro-batch of every op
-  (planning/measure.py), with no loop iteration to map it through."""
-  return f'{outer + "/" if outer else ""}action_{a.chunk}{a.kind}/mb{a.mb}/'
+def ActionScope(kind: str, chunk: int) -> str:
+  """Name scope of one action's ops in either execution, e.g. `action_2F`:
+  profiles show it, so a measured timeline can find every action
+  (planning/measure.py)."""
+  return f'action_{chunk}{kind}'
+
+
+def MicroBatchScope(outer: str, a: schedule_lib.Action) -> str:
+  """Absolute name scope of one dataflow action's ops, e.g.
+  `.../action_2F/mb5/`: a profile then names the micro-batch of every op
+  too, with no loop iteration to map it through."""
+  return (f'{outer + "/" if outer else ""}{ActionScope(a.kind, a.chunk)}'
+          f'/mb{a.mb}/')
 
 
 def _Done(results) -> list:
@@ -52,14 +60,25 @@ def _Done(results) -> list:
           for r in results]
 
 
+def ZeroAccumulators(fns, accs, scope) -> List[list]:
+  """Per chunk, the ops setting its variables' accumulators to zero (each
+  where the chunk lives); both executions start a step with them."""
+  out = []
+  for c, fn in enumerate(fns):
+    with scope(c):
+      out.append([accs[v.ref()].assign(tf.zeros_like(accs[v.ref()]),
+                                       read_value=False)
+                  for v in fn.variables])
+  return out
+
+
 def FusedBackwards(table: schedule_lib.TickTable) -> set:
   """(chunk, micro-batch) of each W that its device runs right after the
   B of the same chunk and micro-batch. Such a pair runs as one fused
   backward: the same work in the same order, without stashing W's inputs
   or paying for the split (as PyTorch's pipelining merges them)."""
   fused = set()
-  for d in range(table.num_devices):
-    order = [a for t in range(table.num_ticks) for a in table.ticks[t][d]]
+  for order in table.actions:  # each device's list, in the order it runs
     for a, nxt in zip(order, order[1:]):
       if a.kind == B and nxt == schedule_lib.Action(W, a.chunk, a.mb):
         fused.add((a.chunk, a.mb))
@@ -92,31 +111,25 @@ class DataflowStep:
     self.weight_inputs: Dict[Tuple[int, int], list] = {}
     self.aux: List[Optional[list]] = [None] * self.c_all
     self.loss = None
-    self._after: list = []  # what the action being built must wait for
     self.outputs: Dict[int, list] = {}
+    self._after: list = []  # what the action being built must wait for
+    self._fused = FusedBackwards(table)
 
   def Run(self) -> 'DataflowStep':
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
     last = [[] for _ in range(self.table.num_devices)]
     if self.accs is not None:
-      for c, fn in enumerate(self.fns):
-        with self.scope(c):
-          last[self.table.chunk_device[c]] += [
-              self.accs[v.ref()].assign(tf.zeros_like(v), read_value=False)
-              for v in fn.variables]
-    fused = FusedBackwards(self.table)
+      zeroed = ZeroAccumulators(self.fns, self.accs, self.scope)
+      for c, ops in enumerate(zeroed):
+        last[self.table.chunk_device[c]] += ops
     outer = tf.compat.v1.get_default_graph().get_name_scope()
     for d, a in DeviceOrder(self.table):
-      if a.kind == W and (a.chunk, a.mb) in fused:
+      if a.kind == W and (a.chunk, a.mb) in self._fused:
         continue  # ran with its B
       self._after = last[d]
-      with tf.name_scope(ActionScope(outer, a)):
+      with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
-          if a.kind == B:
-            done = self._Backward(a.chunk, a.mb, (a.chunk, a.mb) in fused)
-          else:
-            done = act[a.kind](a.chunk, a.mb)
-          last[d] = _Done(done)
+          last[d] = _Done(act[a.kind](a.chunk, a.mb))
     self.last_ops = [x for ops in last for x in ops]
     return self
 
@@ -164,7 +177,7 @@ class DataflowStep:
     return outs + res + self.aux[c] + (
         [self.loss] if c == self.c_all - 1 and self.loss is not None else [])
 
-  def _Backward(self, c: int, i: int, fused: bool = False) -> list:
+  def _Backward(self, c: int, i: int) -> list:
     fn = self.fns[c]
     if c == self.c_all - 1:
       dys = [tf.ones([], fn.output_specs[0].dtype)]
@@ -178,7 +191,7 @@ class DataflowStep:
         res = fn.Forward(args)[1]
     else:
       res = self._Gate(self.residuals.pop((c, i)))
-    if self.table.split_backward and not fused:
+    if self.table.split_backward and (c, i) not in self._fused:
       in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
       self.weight_inputs[(c, i)] = w_in
       done = list(w_in)

@@ -37,15 +37,11 @@ EXECUTIONS = ('dataflow', 'ticks')
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
-# Inside a B's scope: the forward it reruns (both executions).
+# Scopes both executions name their ops with: an action's (the micro-batch
+# follows from the table and the loop iteration here), and inside a B's the
+# forward it reruns.
+ActionScope = dataflow.ActionScope
 RECOMPUTE_SCOPE = dataflow.RECOMPUTE_SCOPE
-
-
-def ActionScope(kind: str, chunk: int) -> str:
-  """Name scope of one action's ops, e.g. `action_2F` (the micro-batch
-  follows from the table and the loop iteration): profiles show it, so a
-  measured timeline can find every action (planning/measure.py)."""
-  return f'action_{chunk}{kind}'
 
 
 def RematFlags(policy: str, num_micro_batches: int) -> List[bool]:
@@ -173,7 +169,7 @@ class Executor:
   bodies: one per chunk; placement: where each chunk runs; variables: the
   trainable variables of each chunk; accumulator_fn(variable, chunk): a
   persistent variable of the same shape into which the gradient is summed
-  (training only, execution 'ticks').
+  (training only).
   """
 
   def __init__(self, bodies: Sequence[StageBody],
@@ -218,19 +214,28 @@ class Executor:
 
   def _TrainDataflow(self, fns, plan: Plan, x_mb, labels_mb, step
                      ) -> StepResult:
-    accs = {v.ref(): self.accumulator_fn(v, c) for c, fn in enumerate(fns)
-            for v in fn.variables}
+    accs = self.Accumulators(fns)
     run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
                                 plan.remat, x_mb, labels_mb, step,
                                 accs).Run()
+    grads = self.ReadGradients(fns, accs, run.last_ops)
+    sums, stats = self.UnpackAux(run.Aux())
+    return StepResult(run.loss, sums, grads, stats)
+
+  def Accumulators(self, fns) -> Dict[Any, tf.Variable]:
+    """variable.ref() -> the variable its gradient is summed in."""
+    return {v.ref(): self.accumulator_fn(v, c) for c, fn in enumerate(fns)
+            for v in fn.variables}
+
+  def ReadGradients(self, fns, accs, after) -> Dict[Any, tf.Tensor]:
+    """The summed gradients, read where each chunk lives once `after` ran."""
     grads = {}
-    with tf.control_dependencies(run.last_ops):
+    with tf.control_dependencies(after):
       for c, fn in enumerate(fns):
         with self.placement.OpScope(c):
           for v in fn.variables:
             grads[v.ref()] = accs[v.ref()].read_value()
-    sums, stats = self.UnpackAux(run.Aux())
-    return StepResult(run.loss, sums, grads, stats)
+    return grads
 
   def UnpackAux(self, aux_per_chunk) -> Tuple[Any, Dict[str, list]]:
     """(metric sums of the last chunk, {layer path: statistics}) from
@@ -341,14 +346,10 @@ class _StepGraph:
 
   def _Accumulators(self):
     """Zeroed accumulators; the loop starts after the zeroing."""
-    zeroed = []
-    for c, fn in enumerate(self.fns):
-      for v in fn.variables:
-        a = self.ex.accumulator_fn(v, c)
-        self.accs[v.ref()] = a
-        with self.scope(c):
-          zeroed.append(a.assign(tf.zeros_like(a), read_value=False))
-    return zeroed
+    self.accs = self.ex.Accumulators(self.fns)
+    return [op for ops in dataflow.ZeroAccumulators(self.fns, self.accs,
+                                                    self.scope)
+            for op in ops]
 
   # -- the loop -------------------------------------------------------------------
 
@@ -546,12 +547,7 @@ class _StepGraph:
   # -- results -----------------------------------------------------------------------
 
   def CollectTraining(self, state: _State) -> StepResult:
-    grads = {}
-    with tf.control_dependencies([state.loss]):
-      for c, fn in enumerate(self.fns):
-        with self.scope(c):
-          for v in fn.variables:
-            grads[v.ref()] = self.accs[v.ref()].read_value()
+    grads = self.ex.ReadGradients(self.fns, self.accs, [state.loss])
     sums, stats = self.ex.UnpackAux(state.aux)
     return StepResult(state.loss, sums, grads, stats)
 
