@@ -70,6 +70,16 @@ class BaseInputGenerator:
     """[H, W, C] of the images this generator yields (no data needed)."""
     raise NotImplementedError
 
+  def BatchSpecs(self, batch_size=None):
+    """tf.TensorSpec nest of one batch as GetDataset yields it (no data
+    read): what planners and tracers build placeholders from. batch_size
+    defaults to this shard's batch; planners pass a micro-batch size."""
+    n = self.shard_batch_size if batch_size is None else batch_size
+    return {'image': tf.TensorSpec([n] + list(self.ImageShape()),
+                                   tf.as_dtype(self.params.dtype)),
+            'label': tf.TensorSpec([n], tf.int32),
+            'weight': tf.TensorSpec([n], tf.float32)}
+
   def _Examples(self):
     """Unbatched dataset of (image, label) after decoding, before augmenting."""
     raise NotImplementedError

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tasks import cifar
+from tasks import digits
 from tasks import imagenet
 from tasks import synthetic_archives
 from tasks import tfds_data
@@ -298,3 +299,15 @@ def test_prepare_data_cli(tmp_path, capsys):
   assert gen.num_examples == 3
   with pytest.raises(SystemExit):  # imagenet needs archives
     prepare_data.Run(['--dataset=imagenet2012', f'--data_dir={d}/x'])
+
+
+def test_batch_specs_match_the_dataset():
+  """BatchSpecs (what planners trace) describes the batches GetDataset
+  yields, without reading data."""
+  gen = digits.TrainParams(batch_size=16).Instantiate()
+  batch = next(iter(gen.GetDataset()))
+  specs = gen.BatchSpecs()
+  assert sorted(specs) == sorted(batch)
+  for k, spec in specs.items():
+    assert spec.shape == batch[k].shape and spec.dtype == batch[k].dtype, k
+  assert gen.BatchSpecs(4)['image'].shape[0] == 4
