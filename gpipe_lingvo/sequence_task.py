@@ -68,9 +68,8 @@ class SequenceTask(base_task.BaseTask):
       return
     emb = self.embedding.params
     have = input_generator.VocabSizes()
-    want = {'target': emb.target_vocab_size}
-    if self.has_source:
-      want['source'] = emb.source_vocab_size
+    want = {'source': emb.source_vocab_size} if self.has_source else {}
+    want['target'] = emb.target_vocab_size
     for side, size in want.items():
       if have[side] != size:
         raise InputMismatchError(
