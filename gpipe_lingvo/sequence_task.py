@@ -139,10 +139,10 @@ class SequenceTask(base_task.BaseTask):
 
   def Decode(self, input_generator):
     """(hypotheses, references): detokenised greedy decodes of every
-    sentence of the split, and their reference texts."""
+    sentence of the split, and their reference texts. The input generator
+    provides SentenceBatches() and Detokenize(ids)."""
     max_len = (self.params.decode_max_length or
                self.embedding.params.max_length)
-    tok = input_generator.Tokenizer('en')
     p = self.params
 
     @tf.function(autograph=False)
@@ -156,9 +156,7 @@ class SequenceTask(base_task.BaseTask):
                         batch['src_positions']).numpy()
       for row, keep, ref in zip(out, batch['weight'], batch['target']):
         if keep:
-          ids = [int(i) for i in row]
-          ids = ids[:ids.index(p.eos_id)] if p.eos_id in ids else ids
-          hyps.append(tok.decode([i for i in ids if i > 0]))
+          hyps.append(input_generator.Detokenize(row))
           refs.append(ref.decode('utf-8') if isinstance(ref, bytes) else ref)
     return hyps, refs
 

