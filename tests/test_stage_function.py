@@ -75,9 +75,13 @@ def _Reference(body, flat_x, variables, dys):
   return outs, aux, grads[:len(floats)], grads[len(floats):]
 
 
-def _Close(a, b, dtype):
-  tol = dict(rtol=2e-2, atol=2e-2) if dtype == tf.bfloat16 else dict(
-      rtol=1e-5, atol=1e-6)
+def _Close(a, b, dtype, scale=1.0):
+  """`scale` is the magnitude of the values the compared ones are sums of:
+  a gradient that cancels to ~0 (batch norm's shift) keeps rounding noise
+  of that size, whatever the summation order oneDNN picks."""
+  scale = max(1.0, scale)
+  tol = dict(rtol=2e-2, atol=2e-2 * scale) if dtype == tf.bfloat16 else dict(
+      rtol=1e-5, atol=1e-5 * scale)
   np.testing.assert_allclose(tf.cast(a, tf.float32), tf.cast(b, tf.float32),
                              **tol)
 
@@ -111,9 +115,11 @@ def testPiecesEqualGradientTape(case):
     assert [j for j, g in enumerate(grads) if g is not None] == float_pos
     for j, r in zip(float_pos, ref_in):
       _Close(grads[j], r, out_dtype)
+  scale = max(float(tf.reduce_max(tf.abs(tf.cast(r, tf.float32))))
+              for r in ref_var)
   for grads in (var_g, w_var):
     for g, r in zip(grads, ref_var):
-      _Close(g, r, out_dtype)
+      _Close(g, r, out_dtype, scale)
 
 
 def testResidualsSkipVariableReadsAndSplitDoesNoWorkTwice():
