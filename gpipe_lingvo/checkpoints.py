@@ -132,14 +132,18 @@ def Candidates(directory):
 
 
 class Checkpointer:
-  """Saves and restores `objects` (a tf.train.Checkpoint) under `directory`,
-  in files ckpt-N (N: the step)."""
+  """Saves and restores `objects` (the model: a tf.train.Checkpoint of them)
+  under `directory`, in files ckpt-N (N: the step). Objects attached with
+  Attach() are saved along and restored by their owners (the input
+  position)."""
 
   def __init__(self, directory, max_to_keep=5, print_fn=print, **objects):
     self.directory = directory
     self.max_to_keep = max_to_keep
     self._print = print_fn
-    self.checkpoint = tf.train.Checkpoint(**objects)
+    self._objects = objects
+    self._attached = {}
+    self._checkpoint = None
     self._manager = None
     self._variables = None
     # The newest checkpoint this process restored or wrote; every variable
@@ -149,9 +153,26 @@ class Checkpointer:
   # -- what the model holds ----------------------------------------------------
 
   @property
+  def checkpoint(self):
+    """The tf.train.Checkpoint every save writes: the model's objects and
+    the attached ones. It never reads: a read that fails leaves deferred
+    restorations behind (e.g. of the save counter, created at the first
+    save), which would later read the failed checkpoint."""
+    if self._checkpoint is None:
+      self._checkpoint = tf.train.Checkpoint(**self._objects, **self._attached)
+    return self._checkpoint
+
+  def Attach(self, name, trackable):
+    """Saves `trackable` as `name` in every later checkpoint."""
+    self._attached[name] = trackable
+    self._checkpoint = None
+    self._manager = None
+
+  @property
   def variables(self):
+    """{key: variable} of the model (the attached objects excluded)."""
     if self._variables is None:
-      self._variables = VariablesByKey(self.checkpoint)
+      self._variables = VariablesByKey(tf.train.Checkpoint(**self._objects))
     return self._variables
 
   def NonFiniteVariables(self):
@@ -167,9 +188,15 @@ class Checkpointer:
     return [k for (k, _), ok in zip(floats, flags) if not ok]
 
   def SizeBytes(self):
-    """Bytes of variable data a checkpoint of these objects holds."""
-    return sum(v.shape.num_elements() * v.dtype.size
+    """Bytes a checkpoint needs: the size of the newest one written or
+    read (it holds the attached objects too, e.g. the input iterator), at
+    least the model's variable data."""
+    size = sum(v.shape.num_elements() * v.dtype.size
                for v in self.variables.values())
+    if self.latest_finite:
+      size = max(size, sum(tf.io.gfile.stat(f).length for f in
+                           tf.io.gfile.glob(self.latest_finite + '.*')))
+    return size
 
   def Mismatch(self, path, reader):
     """None, or a sentence naming the first model variable that is missing
@@ -223,7 +250,8 @@ class Checkpointer:
     if mismatch:
       raise ModelMismatchError(mismatch)
     try:
-      status = self.checkpoint.read(path)
+      # A checkpoint object of its own per read (see `checkpoint`).
+      status = tf.train.Checkpoint(**self._objects).read(path)
       status.assert_existing_objects_matched().expect_partial()
     except Exception as e:  # pylint: disable=broad-except
       # Truncated data raises DataLossError, IndexError, ValueError...

@@ -45,6 +45,9 @@ class SingleProcess:
   """One process, one replica: every hook is a no-op."""
 
   is_chief = True
+  # Checkpoints may hold this process's input iterator (input_position): one
+  # process reads the whole input.
+  saves_input_iterator = True
 
   def __init__(self, world=None):
     self.world = world
@@ -61,8 +64,11 @@ class SingleProcess:
     del split
     return params
 
-  def Dataset(self, input_generator):
-    """The training batches the step takes."""
+  def Dataset(self, input_generator, start=0):
+    """The training batches the step takes, from position `start` of the
+    global stream (the examples read before a resumed run's step)."""
+    if start:
+      return input_generator.GetDatasetFrom(start)
     return input_generator.GetDataset()
 
   def TrainStep(self, task, batch, global_step):
@@ -76,12 +82,13 @@ class SingleProcess:
     del wait_for_peers
 
 
-def StateVariables(task: tf.Module, global_step: tf.Variable
-                   ) -> List[tf.Variable]:
-  """Everything a checkpoint holds, in an order every worker agrees on;
-  the global step last."""
+def StateVariables(task: tf.Module, global_step: tf.Variable,
+                   extra: Sequence[tf.Variable] = ()) -> List[tf.Variable]:
+  """Everything a checkpoint holds (the task's variables, `extra` such as
+  the input position, the step), in an order every worker agrees on; the
+  global step last."""
   seen, out = set(), []
-  for v in list(task.variables) + [global_step]:
+  for v in list(task.variables) + list(extra) + [global_step]:
     if v.ref() not in seen:
       seen.add(v.ref())
       out.append(v)
@@ -123,6 +130,10 @@ def _Fingerprint(params_text, variables):
 class MultiWorker(SingleProcess):
   """One replica per worker process, summed by a MultiWorkerMirroredStrategy."""
 
+  # The chief's checkpoint cannot hold the other workers' iterators: every
+  # worker skips to the position of the restored step instead.
+  saves_input_iterator = False
+
   def __init__(self, world, strategy):
     super().__init__(world)
     self.strategy = strategy
@@ -138,8 +149,10 @@ class MultiWorker(SingleProcess):
     return self._tmp
 
   def InputParams(self, params, split):
-    """The training input reads this worker's shard: its share of the
-    files/examples and global_batch / R examples per batch. Evaluation
+    """The training input reads this worker's shard: global_batch / R
+    examples per batch, either from its share of the files (a TFDS
+    sub-split) or as its slice of each global batch of the whole stream
+    (base_input_generator.SHARDS_IN_EXAMPLES). Evaluation
     reads the whole split on every worker (no collective, so workers stay
     in step) and only the chief's results are written."""
     if split != 'train':
