@@ -19,7 +19,9 @@ before it updates the state file, so a process killed mid-save leaves the
 previous checkpoints intact; the partial directory is removed at the next
 start.
 """
+import contextlib
 import errno
+import gc
 import os
 import re
 import shutil
@@ -54,8 +56,11 @@ def CheckpointNumber(path):
   return int(m.group(1)) if m else -1
 
 
-def _FirstLine(e, limit=160):
-  text = str(e).strip().splitlines()
+def ErrorLine(e, limit=160):
+  """`Type: first line of the message`, without TensorFlow's
+  {{function_node ...}} prefix."""
+  text = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '',
+                str(e).strip()).splitlines()
   return f'{type(e).__name__}: {text[0][:limit] if text else ""}'
 
 
@@ -82,6 +87,44 @@ def VariablesByKey(root):
     for name, child in view.children(obj).items():
       queue.append((path + (name,), child))
   return out
+
+
+@contextlib.contextmanager
+def QuietTfLogger():
+  """TensorFlow's Python warnings off: a read that fails leaves restore
+  statuses whose deletion lists every value not restored, and the state
+  file update warns of its deprecation; we say what happened ourselves."""
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel('ERROR')
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def ReadQuietly(make_checkpoint, path, match_existing=False):
+  """Reads checkpoint `path` into a tf.train.Checkpoint that
+  make_checkpoint() builds (values the checkpoint holds beyond its objects
+  are ignored); returns None, or the first line of the error.
+
+  After a failed read, the objects it touched are freed before TensorFlow
+  can warn about every value not restored: the caller says what failed.
+  """
+  with QuietTfLogger():
+    try:
+      status = make_checkpoint().read(path)
+      if match_existing:
+        status.assert_existing_objects_matched()
+      status.expect_partial()
+      return None
+    except Exception as e:  # pylint: disable=broad-except
+      # Truncated or corrupt data raises DataLossError, IndexError,
+      # ValueError...
+      error = ErrorLine(e)
+    status = None
+    gc.collect()
+  return error
 
 
 def _MB(n):
@@ -245,17 +288,15 @@ class Checkpointer:
     try:
       reader = tf.train.load_checkpoint(path)
     except (tf.errors.OpError, ValueError, OSError) as e:
-      return f'cannot read its index ({_FirstLine(e)})'
+      return f'cannot read its index ({ErrorLine(e)})'
     mismatch = self.Mismatch(path, reader)
     if mismatch:
       raise ModelMismatchError(mismatch)
-    try:
-      # A checkpoint object of its own per read (see `checkpoint`).
-      status = tf.train.Checkpoint(**self._objects).read(path)
-      status.assert_existing_objects_matched().expect_partial()
-    except Exception as e:  # pylint: disable=broad-except
-      # Truncated data raises DataLossError, IndexError, ValueError...
-      return f'cannot read its values ({_FirstLine(e)})'
+    # A checkpoint object of its own per read (see `checkpoint`).
+    error = ReadQuietly(lambda: tf.train.Checkpoint(**self._objects), path,
+                        match_existing=True)
+    if error:
+      return f'cannot read its values ({error})'
     bad = self.NonFiniteVariables() if require_finite else []
     if bad:
       return f'holds non-finite values ({bad[0]}' + (
@@ -361,18 +402,15 @@ class Checkpointer:
             os.path.basename(p) for p in
             state.all_model_checkpoint_paths] == names:
       return
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel('ERROR')  # Not its deprecation notice: we rebuild the
-    try:                      # state from files, the manager cannot.
+    # The deprecated v1 call: the manager cannot rebuild the state file
+    # from the files.
+    with QuietTfLogger():
       tf.compat.v1.train.update_checkpoint_state(
           self.directory, os.path.basename(restored),
           all_model_checkpoint_paths=names,
           all_model_checkpoint_timestamps=[
               tf.io.gfile.stat(p + '.index').mtime_nsec / 1e9
               for _, p in keep])
-    finally:
-      logger.setLevel(level)
     self._manager = None
     self._print(f'Rebuilt {state_file} from the files (it was '
                 f'{"stale" if state is not None else "missing"}).')

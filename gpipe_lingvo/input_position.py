@@ -28,14 +28,11 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
+from gpipe_lingvo import checkpoints
+
 _PREFIX = 'input/'
 _SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 ITERATOR_KEY = 'input/iterator/.ATTRIBUTES/ITERATOR_STATE'
-
-
-def _FirstLine(e, limit=160):
-  text = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {text[0][:limit] if text else ""}'
 
 
 def ParamsHash(params) -> int:
@@ -71,7 +68,7 @@ def CanSave(dataset: tf.data.Dataset) -> Optional[str]:
     try:
       tf.train.Checkpoint(iterator=iter(dataset)).write(os.path.join(d, 'it'))
     except (tf.errors.OpError, ValueError, TypeError) as e:
-      return _FirstLine(e)
+      return checkpoints.ErrorLine(e)
   return None
 
 
@@ -144,13 +141,16 @@ class TrainInput:
                     'iterator.')
         return
       it = iter(self.replicas.Dataset(self.generator))
-      holder = tf.Module()
-      holder.iterator = it
-      try:
-        tf.train.Checkpoint(input=holder).read(path).expect_partial()
-      except (tf.errors.OpError, ValueError) as e:
+
+      def Holder():
+        holder = tf.Module()
+        holder.iterator = it
+        return tf.train.Checkpoint(input=holder)
+
+      error = checkpoints.ReadQuietly(Holder, path)
+      if error:
         self._print(f'Input: the iterator saved in {name} cannot be '
-                    f'restored ({_FirstLine(e)}); skipping to its position '
+                    f'restored ({error}); skipping to its position '
                     f'(example {examples}) instead.')
         return
       self._iterator = it

@@ -1,0 +1,237 @@
+"""Exact resume through real trainer processes and real signals: a run
+stopped by SIGTERM at a random step, or SIGKILLed after a save or in the
+middle of one, and resumed, ends with bitwise the weights of an
+uninterrupted run (CPU, one process), for every task's input and both ways
+an input resumes (its tf.data iterator restored: digits, ImageNet; a skip
+to its position: CIFAR). The processes are forked from a server that
+imported trainer.py once (tests/trainer_forks.py)."""
+import os
+import random
+import re
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import tasks_data
+from tests import trainer_forks
+
+# TensorFlow's own: the object graph, and how many saves this process made.
+_NOT_TRAINING = ('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter/')
+LOG_EVERY_STEP = 'task.train.log_interval_steps = 1'
+DIGITS = ('--model=digits.ConvNet', '--mode=train', '--model_params_override='
+          f'task.train.save_interval_steps = 3; {LOG_EVERY_STEP}')
+
+
+@pytest.fixture(scope='module')
+def forks():
+  server = trainer_forks.TrainerForks()
+  yield server
+  server.Close()
+
+
+def _Tensors(prefix):
+  """{key: value} of a checkpoint's variables (the input iterator's state,
+  a variant, is restored into an iterator, not read)."""
+  reader = tf.train.load_checkpoint(prefix)
+  return {k: reader.get_tensor(k)
+          for k, dtype in reader.get_variable_to_dtype_map().items()
+          if dtype != tf.variant and not k.startswith(_NOT_TRAINING)}
+
+
+def _AssertSameTraining(got, want):
+  """Every variable of checkpoint `got` (weights, batch-norm statistics,
+  optimizer slots, step, input position) is bitwise that of `want`."""
+  a, b = _Tensors(got), _Tensors(want)
+  assert sorted(a) == sorted(b)
+  differ = [k for k in a if not np.array_equal(a[k], b[k])]
+  assert not differ, (f'{len(differ)} of {len(a)} differ, e.g. {differ[0]}: '
+                      f'max |diff| {np.abs(a[differ[0]] - b[differ[0]]).max()}')
+
+
+def _Newest(logdir):
+  """The step of the newest checkpoint (0: none yet)."""
+  ckpt = os.path.join(logdir, 'ckpt')
+  steps = [int(m.group(1)) for m in (
+      re.fullmatch(r'ckpt-(\d+)\.index', f)
+      for f in (os.listdir(ckpt) if os.path.isdir(ckpt) else ())) if m]
+  return max(steps, default=0)
+
+
+class _Chain:
+  """One logdir trained to max_steps by a chain of trainer processes, each
+  interrupted in its own way; checks what each left behind and what the
+  next one says about it."""
+
+  def __init__(self, forks, root, args, max_steps, save_every=3):
+    self.forks, self.root = forks, str(root)
+    self.logdir = os.path.join(self.root, 'log')
+    self.args = [f'--logdir={self.logdir}', f'--max_steps={max_steps}', *args]
+    self.max_steps, self.save_every = max_steps, save_every
+    self.expect = []  # Lines the next run must print.
+    self.done = []  # (kind, step) of each interruption.
+
+  def Start(self, pause=None):
+    child = self.forks.Start(self.root, *self.args, pause=pause)
+    for line in self.expect:
+      child.WaitFor(lambda l, line=line: l == line)
+    self.expect = []
+    return child
+
+  def Finish(self):
+    child = self.Start()
+    assert child.Wait() == 0, child.Text()[-3000:]
+    return child
+
+  def Interrupt(self, kind, rng):
+    """Runs one process and interrupts it: 'term' (SIGTERM at a step),
+    'kill' (SIGKILL at a step), 'kill_saved' (SIGKILL after a save), or
+    '<term|kill>_<merge|state|sweep>' (during a save, at that point)."""
+    start = _Newest(self.logdir)
+    target = start + rng.randint(1, self.save_every + 1)
+    # A save of a step >= target comes before the last step.
+    assert target + self.save_every < self.max_steps, (kind, target)
+    sig = signal.SIGTERM if kind.startswith('term') else signal.SIGKILL
+    point = kind.split('_')[1] if kind.count('_') else None
+    if point in trainer_forks.POINTS:
+      child = self.Start(pause=(point, target))
+      where = child.WaitPaused()
+      step = int(where.split('-')[1])
+      self._CheckPaused(point, step)
+      child.Signal(sig)
+      if sig == signal.SIGTERM:
+        child.Release()  # The save finishes, then the run stops.
+    else:
+      child = self.Start()
+      if kind == 'kill_saved':
+        line = child.WaitFor(lambda l: l.startswith('Saved checkpoint') and
+                             int(l.rsplit('-', 1)[1]) >= target)
+        step = int(line.rsplit('-', 1)[1])
+      else:
+        child.WaitFor(lambda l: l.startswith(f'step {target:6d} '))
+        step = target
+      child.Signal(sig)
+    status = child.Wait()
+    text = child.Text()
+    if sig == signal.SIGTERM:
+      assert status == 143, text[-3000:]
+      stopped = re.search(r'Stopped by SIGTERM at step (\d+); saved (\S+)\.',
+                          text)
+      assert stopped and int(stopped.group(1)) >= step, text[-3000:]
+      assert stopped.group(2).endswith(f'ckpt-{stopped.group(1)}')
+    else:
+      assert status == -signal.SIGKILL, text[-3000:]
+      self._AfterKill(point, step)
+    newest = _Newest(self.logdir)
+    self.expect.append(
+        f'Resumed from {self.logdir}/ckpt/ckpt-{newest} at step {newest}.'
+        if newest else 'Training from step 0 to '
+        f'{self.max_steps} (a checkpoint every {self.save_every} steps in '
+        f'{self.logdir}/ckpt).')
+    self.done.append((kind, step))
+
+  def _CheckPaused(self, point, step):
+    ckpt = os.path.join(self.logdir, 'ckpt')
+    files = os.listdir(ckpt)
+    state = tf.train.get_checkpoint_state(ckpt)
+    named = state and os.path.basename(state.model_checkpoint_path)
+    if point == 'merge':
+      assert f'ckpt-{step}_temp' in files and f'ckpt-{step}.index' not in files
+    else:
+      assert f'ckpt-{step}.index' in files
+      assert (named == f'ckpt-{step}') == (point == 'sweep'), (point, named)
+
+  def _AfterKill(self, point, step):
+    ckpt = os.path.join(self.logdir, 'ckpt')
+    if point == 'merge':
+      self.expect.append(f'Removed {ckpt}/ckpt-{step}_temp, left by a save '
+                         'that did not finish.')
+    elif point == 'state':
+      self.expect.append(f'Rebuilt {ckpt}/checkpoint from the files (it was '
+                         'stale).')
+
+
+def _Uninterrupted(forks, root, args, max_steps):
+  chain = _Chain(forks, root, args, max_steps)
+  chain.Finish()
+  return os.path.join(chain.logdir, 'ckpt', f'ckpt-{max_steps}')
+
+
+def _Soak(forks, tmp_path, kinds, max_steps, seed):
+  """Interrupts one digits run once per entry of `kinds`, resumes it to
+  max_steps and compares it with an uninterrupted run."""
+  rng = random.Random(seed)
+  want = _Uninterrupted(forks, tmp_path / 'whole', DIGITS, max_steps)
+  chain = _Chain(forks, tmp_path / 'chain', DIGITS, max_steps)
+  for kind in kinds:
+    chain.Interrupt(kind, rng)
+  last = chain.Finish()
+  assert len(chain.done) == len(kinds)
+  assert f'Input: restored the iterator of ckpt-' in last.Text()
+  _AssertSameTraining(
+      os.path.join(chain.logdir, 'ckpt', f'ckpt-{max_steps}'), want)
+  return chain
+
+
+KINDS = ('term', 'kill', 'kill_saved', 'kill_merge', 'kill_state',
+         'kill_sweep', 'term_merge', 'term_state', 'term_sweep')
+
+
+def testSoakShort(forks, tmp_path):
+  """Five interruptions over one run: SIGTERM at a step, SIGKILL after a
+  save, and three during a save (each point, both signals)."""
+  _Soak(forks, tmp_path, ['term', 'kill_merge', 'term_state', 'kill_saved',
+                          'kill_sweep'], max_steps=40, seed=7)
+
+
+@pytest.mark.slow
+def testSoak30Interruptions(forks, tmp_path):
+  """30 interruptions at random steps, SIGTERM and SIGKILL mixed, 12 of
+  them during a save."""
+  rng = random.Random(30)
+  kinds = [rng.choice(KINDS[:3]) for _ in range(18)] + [
+      rng.choice(KINDS[3:]) for _ in range(12)]
+  rng.shuffle(kinds)
+  chain = _Soak(forks, tmp_path, kinds, max_steps=200, seed=30)
+  assert sum(k.startswith('term') for k, _ in chain.done) >= 5
+  assert sum(k.startswith('kill') for k, _ in chain.done) >= 5
+
+
+def _TaskResumes(forks, tmp_path, args, max_steps, resume_line):
+  """SIGTERM at a random step, resume; SIGKILL after a save, resume to the
+  end: the same weights as an uninterrupted run."""
+  rng = random.Random(max_steps)
+  want = _Uninterrupted(forks, tmp_path / 'whole', args, max_steps)
+  chain = _Chain(forks, tmp_path / 'chain', args, max_steps)
+  chain.Interrupt('term', rng)
+  chain.Interrupt('kill_saved', rng)
+  last = chain.Finish()
+  assert re.search(resume_line, last.Text()), last.Text()[-3000:]
+  _AssertSameTraining(
+      os.path.join(chain.logdir, 'ckpt', f'ckpt-{max_steps}'), want)
+
+
+def testPipelinedDigitsResumesExactly(forks, tmp_path):
+  args = ('--model=digits.ConvNetPipelined',) + DIGITS[1:]
+  _TaskResumes(forks, tmp_path, args, 16, r'Input: restored the iterator '
+               r'of ckpt-\d+ \(example \d+ of the training stream\)\.')
+
+
+def testCifarResumesExactlyBySkipping(forks, tmp_path):
+  data_dir = tasks_data.Cifar('cifar10')[0]
+  args = ('--model=cifar10.SmallConvNet', '--mode=train',
+          f'--data_dir={data_dir}', '--model_params_override='
+          f'task.train.save_interval_steps = 3; {LOG_EVERY_STEP}')
+  _TaskResumes(forks, tmp_path, args, 16, r'Input: skipping to example \d+ '
+               r'of the training stream \(the position of ckpt-\d+\)\.')
+
+
+def testImageNetResumesExactlyFromTheIterator(forks, tmp_path):
+  data_dir = tasks_data.ImageNet()
+  args = ('--model=imagenet.SmallConvNet', '--mode=train',
+          f'--data_dir={data_dir}', '--model_params_override='
+          f'task.train.save_interval_steps = 3; {LOG_EVERY_STEP}; '
+          'train.batch_size = 4')
+  _TaskResumes(forks, tmp_path, args, 16, r'Input: restored the iterator '
+               r'of ckpt-\d+')
