@@ -122,6 +122,10 @@ class _Chain:
       assert stopped.group(2).endswith(f'ckpt-{stopped.group(1)}')
     else:
       assert status == -signal.SIGKILL, text[-3000:]
+      # The lock file names the killed trainer; its lock died with it (the
+      # next run takes the logdir at once).
+      with open(os.path.join(self.logdir, 'trainer.lock')) as f:
+        assert f.read().startswith(f'pid {child.pid} ')
       self._AfterKill(point, step)
     newest = _Newest(self.logdir)
     self.expect.append(
