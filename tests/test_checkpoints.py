@@ -214,7 +214,8 @@ def test_checkpoint_without_input_position_restores_as_before(tmp_path):
 
 
 
-def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
+def test_non_finite_step_is_neither_applied_nor_saved_and_resumes(tmp_path):
+  _Trainer(tmp_path, save_interval_steps=2).Train(max_steps=4)
   t = _Trainer(tmp_path, save_interval_steps=1)
   t.params.task.train.lr_schedule.learning_rate = 1e6
   with pytest.raises(checkpoints.NonFiniteError) as e:
@@ -222,7 +223,7 @@ def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
   msg = str(e.value)
   step = int(msg.split()[1])
   assert msg.startswith(f'Step {step} was not applied: not finite: ')
-  assert step >= 2, msg
+  assert step >= 6, msg
   named = str(tmp_path / 'ckpt' / f'ckpt-{step - 1}')
   assert f'The newest checkpoint is {named} (step {step - 1})' in msg
   # No checkpoint on disk holds a NaN or an Inf, the named one included.
@@ -236,6 +237,27 @@ def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
     np.testing.assert_array_equal(
         var.numpy(), reader.get_tensor(key + '/.ATTRIBUTES/VARIABLE_VALUE'),
         err_msg=key)
+  # Rerun as it was: the same training (weights and input position
+  # restored) reaches the same non-finite step.
+  again = _Trainer(tmp_path, save_interval_steps=1)
+  again.params.task.train.lr_schedule.learning_rate = 1e6
+  with pytest.raises(checkpoints.NonFiniteError) as e:
+    again.Train(max_steps=20)
+  assert str(e.value) == msg
+  # The run had diverged before the named checkpoint: as the message says,
+  # move the newer checkpoints out and rerun with the learning rate as it
+  # was: restore, train, save, and the next run restores that.
+  for n in range(5, step):
+    for f in (tmp_path / 'ckpt').glob(f'ckpt-{n}.*'):
+      f.unlink()
+  logs = []
+  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=8)
+  assert f'Resumed from {tmp_path}/ckpt/ckpt-4 at step 4.' in logs
+  logs = []
+  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=10)
+  assert f'Resumed from {tmp_path}/ckpt/ckpt-8 at step 8.' in logs
+  assert all(_NonFinite(p) == [] for p in
+             checkpoints.Candidates(str(tmp_path / 'ckpt')))
 
 
 def test_model_that_does_not_match_the_checkpoint_is_named(tmp_path):

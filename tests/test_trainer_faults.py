@@ -129,31 +129,39 @@ def _CanMountTmpfs(where):
 
 
 def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
-  """A real ENOSPC: a 10 MB tmpfs (mounted in a user and mount namespace, no
-  root needed) holds two checkpoints of 4.3 MB (1.2 MB of variables, the
-  rest the input iterator's state) and not a third."""
+  """A real ENOSPC: a 13.7 MB tmpfs (mounted in a user and mount namespace,
+  no root needed) with a 4 MB file on it holds two checkpoints of 4.3 MB
+  (1.2 MB of variables, the rest the input iterator's state) and not a
+  third. With the file removed, the rerun restores, trains and saves one
+  more, which restores in turn."""
   mnt = tmp_path / 'mnt'
   mnt.mkdir()
   if not shutil.which('unshare') or not _CanMountTmpfs(mnt):
     pytest.skip('cannot mount a tmpfs in a user namespace here')
   logdir = mnt / 'log'
-  left = tmp_path / 'left'
-  # Train until the disk is full, then copy out what is left (the tmpfs
-  # goes with the namespace).
-  script = (f'mount -t tmpfs -o size=10000k tmpfs {mnt} && "$@"; rc=$?; '
-            f'cp -r {logdir}/ckpt {left}; exit $rc')
+  left, after = tmp_path / 'left', tmp_path / 'after'
+  # Train until the disk is full and copy out what is left; free 4 MB and
+  # rerun until it is full again; copy out (the tmpfs goes with the
+  # namespace).
+  script = (f'mount -t tmpfs -o size=14000k tmpfs {mnt} && '
+            f'head -c 4194304 /dev/zero > {mnt}/other && "$@"; rc=$?; '
+            f'cp -r {logdir}/ckpt {left}; rm {mnt}/other; echo RERUN; "$@"; '
+            f'echo $rc $? > {tmp_path}/codes; cp -r {logdir}/ckpt {after}')
   t = _Trainer(f'--logdir={logdir}', '--model=digits.ConvNet', '--mode=train',
                '--max_steps=100', '--model_params_override='
                'task.train.save_interval_steps = 5',
                prefix=('unshare', '-Urm', 'sh', '-c', script, 'sh'))
-  assert t.Finish() == 1
-  error = [l for l in t.lines if l.startswith('ERROR: ')]
+  t.Finish()
+  assert (tmp_path / 'codes').read_text().split() == ['1', '1'], t.lines
+  cut = t.lines.index('RERUN')
+  first, rerun = t.lines[:cut], t.lines[cut + 1:]
+  error = [l for l in first if l.startswith('ERROR: ')]
   assert len(error) == 1 and error[0].startswith(
       'ERROR: Disk full: checkpoint ckpt-'), t.lines
   assert 'No space left on device' in error[0]
   assert ' MB is free' in error[0] and 'needs about ' in error[0]
   assert not any('Traceback' in l for l in t.lines)
-  saved = [l.rsplit('/', 1)[1] for l in t.lines
+  saved = [l.rsplit('/', 1)[1] for l in first
            if l.startswith('Saved checkpoint')]
   assert saved and f'checkpoint is {logdir}/ckpt/{saved[-1]} ' in error[0]
   failed = error[0].split()[4]
@@ -171,3 +179,19 @@ def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
     for key, dtype in reader.get_variable_to_dtype_map().items():
       if dtype != tf.variant:  # The input iterator: restored, not read.
         reader.get_tensor(key)
+  # The rerun resumed from the newest, trained and saved the checkpoint
+  # that did not fit before, and stopped at the next full disk.
+  last = int(saved[-1].split('-')[1])
+  assert f'Resumed from {logdir}/ckpt/{saved[-1]} at step {last}.' in rerun
+  assert f'Saved checkpoint {logdir}/ckpt/{failed}' in rerun
+  assert [l for l in rerun if l.startswith('ERROR: Disk full: checkpoint '
+                                           f'ckpt-{last + 10} ')], rerun
+  # Which restores, input position included.
+  model = tf.Module()
+  step = tf.Variable(0, dtype=tf.int64)
+  examples = tf.Variable(0, dtype=tf.int64)
+  model.examples = examples
+  tf.train.Checkpoint(global_step=step, input=model).read(
+      str(after / failed)).expect_partial()
+  assert (int(step.numpy()), int(examples.numpy())) == (
+      last + 5, (last + 5) * 64)
