@@ -211,11 +211,11 @@ class Trainer:
       with stop_signals.StopSignals() as stop:
         self._print(_StartLine(restored, step, max_steps,
                                tp.save_interval_steps, ckpt.directory))
-        step, last = self._TrainLoop(ckpt, position, step, max_steps,
-                                     evaluate_splits, stop)
+        step, last, stopped = self._TrainLoop(ckpt, position, step, max_steps,
+                                              evaluate_splits, stop)
         if checkpoints.CheckpointNumber(ckpt.latest_finite or '') != step:
           self._Save(ckpt, position, step)
-      if stop.signum:
+      if stopped:
         raise stop.Stopped(step, ckpt.latest_finite)
       results = {'train': last}
       for split in evaluate_splits:
@@ -238,13 +238,17 @@ class Trainer:
   def _TrainLoop(self, ckpt, position, step, max_steps, evaluate_splits,
                  stop):
     """Steps until max_steps or a stop signal; returns (step, metrics of
-    the last logged window). Saves and evaluates at their intervals."""
+    the last logged window, whether a signal stopped it). Saves and
+    evaluates at their intervals. Workers of a multi-worker run stop after
+    the same step, once any of them received a signal."""
     tp = self.params.task.train
     train_step = self._CompiledTrainStep()
     it = position.Iterator(step)
     progress = _Progress(self._Writer('train'), self._print,
                          position.generator.params.batch_size, max_steps)
-    while step < max_steps and not stop.signum:
+    stopped = False
+    while step < max_steps and not stopped:
+      self.replicas.VoteStop(stop.signum is not None)
       batch = next(it)
       if step + 1 == self.timeline_at_step:
         sums, lr, norm, finite = model_plan.ProfiledStep(
@@ -252,6 +256,7 @@ class Trainer:
       else:
         sums, lr, norm, finite = train_step(batch)
       sums = {k: v.numpy() for k, v in sums.items()}
+      stopped = self.replicas.StopAgreed(sums, stop.signum is not None)
       finite = {k: bool(v) for k, v in finite.items()}
       if not all(finite.values()):
         raise ckpt.NonFiniteStep(step + 1, finite, float(sums['total_loss']),
@@ -265,7 +270,7 @@ class Trainer:
           step % tp.eval_interval_steps == 0 and step < max_steps):
         for split in evaluate_splits:
           self._EvaluateNow(split, step)
-    return step, progress.last
+    return step, progress.last, stopped
 
   def _Save(self, ckpt, position, step):
     """The chief saves; other workers hold the same state and save none."""

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gpipe_lingvo import model_registry
+from gpipe_lingvo import trainer_lib
+from gpipe_lingvo.distribute import replicas as replicas_lib
 from tests import tasks_data
 from tests import trainer_forks
 
@@ -239,3 +242,34 @@ def testImageNetResumesExactlyFromTheIterator(forks, tmp_path):
           'train.batch_size = 4')
   _TaskResumes(forks, tmp_path, args, 16, r'Input: restored the iterator '
                r'of ckpt-\d+')
+
+
+class _FirstOfTwoShards(replicas_lib.SingleProcess):
+  """Worker 0 of a 2-worker run, alone: reads shard 0 of 2 of the
+  training input (its files, for TFDS), sums with no one."""
+  saves_input_iterator = False
+
+  def InputParams(self, params, split):
+    if split != 'train':
+      return params
+    return params.Copy().Set(shard_index=0, num_shards=2)
+
+
+def testResumingTfdsInputWithAnotherNumberOfShardsSaysSo(tmp_path):
+  """TFDS inputs shard by files: a run resumed with another number of
+  workers reads other batches than an uninterrupted one, and says so in one
+  line (in-memory inputs such as digits do not: test_distribute_multiworker
+  resumes 2 workers in one process)."""
+  p = model_registry.GetParams('cifar10.SmallConvNet')
+  p.train.data_dir = p.test.data_dir = tasks_data.Cifar('cifar10')[0]
+  p.task.train.log_interval_steps = 100
+  trainer_lib.Trainer(p, str(tmp_path), print_fn=lambda _: None,
+                      replicas=_FirstOfTwoShards()).Train(max_steps=2)
+  logs = []
+  trainer_lib.Trainer(p, str(tmp_path), print_fn=logs.append).Train(
+      max_steps=3)
+  assert logs[1] == (
+      'Input: ckpt-2 was written by a run reading the training data in 2 '
+      'shard(s) and this run reads 1: each shard starts at the same '
+      'position in its own part of the data, so the batches differ from '
+      'those of an uninterrupted run from here on.')

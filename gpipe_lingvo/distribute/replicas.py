@@ -78,6 +78,15 @@ class SingleProcess:
   def SyncState(self, params_text, variables, print_fn):
     del params_text, variables, print_fn
 
+  def VoteStop(self, signalled: bool) -> None:
+    """Before a step: whether this process received a stop signal."""
+    del signalled
+
+  def StopAgreed(self, sums, signalled: bool) -> bool:
+    """After a step (its metric sums): whether the run stops now."""
+    del sums
+    return signalled
+
   def Close(self, wait_for_peers=False):
     del wait_for_peers
 
@@ -127,6 +136,9 @@ def _Fingerprint(params_text, variables):
   return [float(int.from_bytes(digest[:6], 'big')), float(size)]
 
 
+_STOP_VOTES = 'stop_votes'  # Not a metric: popped by StopAgreed.
+
+
 class MultiWorker(SingleProcess):
   """One replica per worker process, summed by a MultiWorkerMirroredStrategy."""
 
@@ -139,6 +151,11 @@ class MultiWorker(SingleProcess):
     self.strategy = strategy
     self.is_chief = world.is_chief
     self._tmp = None
+    # This worker's vote to stop, summed over the workers with the step's
+    # results: every worker learns after the same step that one of them
+    # received a signal, so all stop there (a worker that stopped alone
+    # would leave the others waiting in the next step's sum).
+    self._stop_vote = tf.Variable(0.0, trainable=False, name='stop_vote')
 
   def Logdir(self, logdir):
     if self.is_chief:
@@ -168,9 +185,18 @@ class MultiWorker(SingleProcess):
       return task.CheckedTrainStep(batch, global_step,
                                    cross_replica=self.CrossReplica)
 
+  def VoteStop(self, signalled):
+    self._stop_vote.assign(1.0 if signalled else 0.0)
+
+  def StopAgreed(self, sums, signalled):
+    del signalled
+    return sums.pop(_STOP_VOTES) > 0
+
   def CrossReplica(self, loss, sums, grads, stats):
     """Sums a step's results over the workers (one collective per dtype;
-    SumStepResults)."""
+    SumStepResults), and the workers' votes to stop."""
+    sums = dict(sums)
+    sums[_STOP_VOTES] = self._stop_vote.read_value()
     return SumStepResults(
         lambda flat: collectives.AllReduceSum(self.strategy, flat),
         self.world.num_replicas, loss, sums, grads, stats)
