@@ -58,10 +58,11 @@ def CheckpointNumber(path):
 
 def ErrorLine(e, limit=160):
   """`Type: first line of the message`, without TensorFlow's
-  {{function_node ...}} prefix."""
+  {{function_node ...}} prefix and empty ` name:` suffix."""
   text = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '',
                 str(e).strip()).splitlines()
-  return f'{type(e).__name__}: {text[0][:limit] if text else ""}'
+  first = re.sub(r'\s+name:\s*$', '', text[0]) if text else ''
+  return f'{type(e).__name__}: {first[:limit]}'
 
 
 def _Escape(name):

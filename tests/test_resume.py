@@ -273,3 +273,21 @@ def testResumingTfdsInputWithAnotherNumberOfShardsSaysSo(tmp_path):
       'shard(s) and this run reads 1: each shard starts at the same '
       'position in its own part of the data, so the batches differ from '
       'those of an uninterrupted run from here on.')
+
+
+def testTrainStepHoldsNoRandomNumberState():
+  """Nothing but the step to save for random numbers: every random op of
+  the pipelined training step (dropout here; drop-path the same) is
+  stateless, seeded from (step, micro-batch, layer path)."""
+  p = model_registry.GetParams('digits.ConvNetPipelined')
+  t = trainer_lib.Trainer(p, '', print_fn=lambda _: None)
+  t._Checkpointer()  # pylint: disable=protected-access
+  step = t._CompiledTrainStep()  # pylint: disable=protected-access
+  graph = step.get_concrete_function(
+      p.train.Instantiate().BatchSpecs()).graph.as_graph_def()
+  ops = {n.op for n in graph.node}
+  for f in graph.library.function:
+    ops |= {n.op for n in f.node_def}
+  random = sorted(o for o in ops if 'Random' in o or 'Multinomial' in o)
+  assert 'StatelessRandomUniformV2' in random  # The dropout masks.
+  assert [o for o in random if not o.startswith('Stateless')] == [], random
