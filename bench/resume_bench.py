@@ -8,9 +8,10 @@ For each training input: read a little more than one epoch (the cache is
 then full), save the iterator in a checkpoint as the trainer does (its
 `input/iterator` entry) and time its restore up to the first batch; then
 time a new pipeline skipping to a later position (several epochs) up to its
-first batch. The state is also measured at two smaller shuffle buffers,
-which gives the bytes each buffered example adds (what decides the size at
-the default buffer of 10000 examples).
+first batch. The state is also measured at two smaller shuffle buffers
+without prefetching, which gives the bytes each buffered example adds
+(what decides the size at the default buffer of 10000 examples; the
+prefetched batches, whose autotuned number varies, come on top).
 
 Data: digits is real (bundled with scikit-learn). CIFAR-10 and ImageNet are
 GENERATED TEST RECORDS in the original archive formats, prepared by the
@@ -80,8 +81,9 @@ def Row(name, params, epoch, epochs, buffers, model, directory):
   epochs."""
   position = int(1.2 * epoch) // params.batch_size * params.batch_size
   size, restore_s = StateBytes(params, position, directory)
-  small, large = (StateBytes(params.Copy().Set(shuffle_buffer=n), position,
-                             directory)[0] for n in buffers)
+  # Without prefetching (whose autotuned depth varies from run to run).
+  small, large = (StateBytes(params.Copy().Set(shuffle_buffer=n, prefetch=0),
+                             position, directory)[0] for n in buffers)
   per_example = (large - small) / (buffers[1] - buffers[0])
   skip_to = epochs * epoch // params.batch_size * params.batch_size
   skip_s = SkipSeconds(params, skip_to)

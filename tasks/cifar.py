@@ -36,9 +36,9 @@ class CifarInput(tfds_input.TfdsInput):
     p.Define('cutout_size', 0, 'Training: side of the square (in output '
              'pixels) set to zero after normalisation, at a random centre '
              '(0: off; 16 is the usual at 32x32).')
-    # The iterator's state would hold the memory cache of the whole split
-    # (about 190 MB for CIFAR-10) in every checkpoint; skipping through the
-    # cache costs about a second per million examples.
+    # The iterator's state would hold the memory cache of the whole split in
+    # every checkpoint (192 MB for CIFAR-10), while skipping 10 epochs takes
+    # 4 s (bench/resume_bench.py).
     p.resume_by = 'skip'
     return p
 
