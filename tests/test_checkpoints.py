@@ -64,7 +64,7 @@ def uninterrupted(tmp_path_factory):
   return _Weights(logdir / 'ckpt' / f'ckpt-{FINAL}')
 
 
-def test_every_checkpoint_fault_then_restore_train_save_restore(
+def testEveryCheckpointFaultThenRestoreTrainSaveRestore(
     tmp_path, capsys, uninterrupted):
   """Each fault of the table in turn, each followed by a run that restores,
   trains and saves (restored in turn by the next): no run fails, every
@@ -166,7 +166,7 @@ def test_every_checkpoint_fault_then_restore_train_save_restore(
   assert [k for k in got if not np.array_equal(got[k], uninterrupted[k])] == []
 
 
-def test_a_checkpoint_that_failed_to_read_is_not_read_again_at_save(tmp_path):
+def testACheckpointThatFailedToReadIsNotReadAgainAtSave(tmp_path):
   """The checkpoint object that saves never reads: a read that fails leaves
   deferred restorations behind (of the save counter, made at the first
   save), which made the next save read the failed checkpoint again, by then
@@ -190,7 +190,7 @@ def test_a_checkpoint_that_failed_to_read_is_not_read_again_at_save(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / 'ckpt-6')
 
 
-def test_checkpoint_without_input_position_restores_as_before(tmp_path):
+def testCheckpointWithoutInputPositionRestoresAsBefore(tmp_path):
   """A checkpoint of an older version (model and step only): training
   resumes from it, saying in one line that the input starts from its
   beginning; the run's next checkpoints have the position again."""
@@ -214,7 +214,7 @@ def test_checkpoint_without_input_position_restores_as_before(tmp_path):
 
 
 
-def test_non_finite_step_is_neither_applied_nor_saved_and_resumes(tmp_path):
+def testNonFiniteStepIsNeitherAppliedNorSavedAndResumes(tmp_path):
   _Trainer(tmp_path, save_interval_steps=2).Train(max_steps=4)
   t = _Trainer(tmp_path, save_interval_steps=1)
   t.params.task.train.lr_schedule.learning_rate = 1e6
@@ -260,7 +260,7 @@ def test_non_finite_step_is_neither_applied_nor_saved_and_resumes(tmp_path):
              checkpoints.Candidates(str(tmp_path / 'ckpt')))
 
 
-def test_model_that_does_not_match_the_checkpoint_is_named(tmp_path):
+def testModelThatDoesNotMatchTheCheckpointIsNamed(tmp_path):
   _Trainer(tmp_path).Train(max_steps=2)
   before = _Files(tmp_path / 'ckpt')
   params_txt = (tmp_path / 'params.txt').read_text()
@@ -279,7 +279,7 @@ def test_model_that_does_not_match_the_checkpoint_is_named(tmp_path):
   assert (tmp_path / 'params.txt').read_text() == params_txt
 
 
-def test_batch_not_divisible_by_micro_batches_fails_before_any_write(tmp_path):
+def testBatchNotDivisibleByMicroBatchesFailsBeforeAnyWrite(tmp_path):
   p = _Params('digits.ConvNetPipelined')
   p.task.network.num_micro_batches = 5
   logdir = tmp_path / 'log'
@@ -302,7 +302,7 @@ def test_batch_not_divisible_by_micro_batches_fails_before_any_write(tmp_path):
     ('schedule', 3, 'a schedule name'),
     ('cells', 'x', 'a list of layer params'),
 ])
-def test_engine_fields_are_checked_at_instantiate(field, value, accepts):
+def testEngineFieldsAreCheckedAtInstantiate(field, value, accepts):
   p = pipelined_network.PipelinedNetwork.Params().Set(
       name='network', cells=digits_params.ConvNetCells(), num_stages=2)
   p.Set(**{field: value})
@@ -311,7 +311,7 @@ def test_engine_fields_are_checked_at_instantiate(field, value, accepts):
   assert f'network.{field}' in str(e.value) and accepts in str(e.value)
 
 
-def test_run_checks_name_the_field_and_the_fix():
+def testRunChecksNameTheFieldAndTheFix():
   p = _Params('digits.ConvNetPipelined')
   validation.CheckRun(p, 10)
   validation.CheckRun(p, 0)
@@ -328,7 +328,7 @@ def test_run_checks_name_the_field_and_the_fix():
     params_check.CheckBatchSplits(64, 5, num_replicas=2)
 
 
-def test_evaluating_an_unknown_split_is_a_clear_error(tmp_path):
+def testEvaluatingAnUnknownSplitIsAClearError(tmp_path):
   with pytest.raises(trainer_lib.TrainerError, match="split 'bogus'"):
     _Trainer(tmp_path).Evaluate('bogus')
   assert not tmp_path.joinpath('trainer.lock').exists()

@@ -183,7 +183,7 @@ def scenario(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_equal_one_process_on_the_global_batch(scenario):
+def testTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario):
   logdir, last = scenario['logdir'], scenario['last']
   stopped = scenario['stopped']
   out = scenario['first'].Text()
@@ -215,7 +215,7 @@ def test_two_workers_equal_one_process_on_the_global_batch(scenario):
 
 
 @pytest.mark.slow
-def test_lost_worker_fails_the_other_within_bound(scenario):
+def testLostWorkerFailsTheOtherWithinBound(scenario):
   run = scenario['first']
   assert run.proc.returncode != 0
   out = run.Text()
@@ -233,7 +233,7 @@ def test_lost_worker_fails_the_other_within_bound(scenario):
 
 
 @pytest.mark.slow
-def test_restarted_workers_resume_and_stop_together(scenario):
+def testRestartedWorkersResumeAndStopTogether(scenario):
   run, last, logdir = scenario['second'], scenario['last'], scenario['logdir']
   stopped = scenario['stopped']
   out = run.Text()
@@ -263,7 +263,7 @@ def test_restarted_workers_resume_and_stop_together(scenario):
 
 
 @pytest.mark.slow
-def test_one_process_resumes_what_two_workers_trained(scenario):
+def testOneProcessResumesWhatTwoWorkersTrained(scenario):
   run, logdir, stopped = (scenario['third'], scenario['logdir'],
                           scenario['stopped'])
   out = run.Text()

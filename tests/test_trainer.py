@@ -29,7 +29,7 @@ def _RunTrainer(*args, timeout=240):
                         cwd=ROOT, env=env)
 
 
-def test_train_and_eval_writes_params_checkpoints_and_metrics(tmp_path):
+def testTrainAndEvalWritesParamsCheckpointsAndMetrics(tmp_path):
   logs = []
   t = trainer_lib.Trainer(_Params(save_interval_steps=10), str(tmp_path),
                           print_fn=logs.append)
@@ -65,21 +65,21 @@ def test_train_and_eval_writes_params_checkpoints_and_metrics(tmp_path):
   assert os.listdir(tmp_path / 'train')  # TensorBoard event file.
 
 
-def test_unwritable_logdir_is_a_clear_error(tmp_path):
+def testUnwritableLogdirIsAClearError(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   with pytest.raises(trainer_lib.TrainerError, match='Cannot write to logdir'):
     trainer_lib.Trainer(_Params(), str(blocker / 'sub')).Train(max_steps=1)
 
 
-def test_cli_unknown_model_exits_nonzero_without_traceback(tmp_path):
+def testCliUnknownModelExitsNonzeroWithoutTraceback(tmp_path):
   r = _RunTrainer('--model=digits.ConvNetz', f'--logdir={tmp_path}')
   assert r.returncode != 0
   assert 'digits.ConvNet' in r.stderr and 'Did you mean' in r.stderr
   assert 'Traceback' not in r.stderr
 
 
-def test_cli_bad_override_names_key(tmp_path):
+def testCliBadOverrideNamesKey(tmp_path):
   r = _RunTrainer('--model=digits.ConvNet', f'--logdir={tmp_path}',
                   '--model_params_override=task.train.max_stepz = 2')
   assert r.returncode != 0
@@ -87,7 +87,7 @@ def test_cli_bad_override_names_key(tmp_path):
   assert 'Traceback' not in r.stderr
 
 
-def test_cli_list_models():
+def testCliListModels():
   r = _RunTrainer('--list_models')
   assert r.returncode == 0
   assert 'digits.ConvNet' in r.stdout.split()

@@ -73,7 +73,7 @@ def _Steps(logdir):
                 tf.io.gfile.glob(os.path.join(logdir, 'ckpt', 'ckpt-*.index')))
 
 
-def test_sigterm_and_ctrl_c_save_the_current_step(tmp_path):
+def testSigtermAndCtrlCSaveTheCurrentStep(tmp_path):
   t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
   t.WaitFor(lambda l: l.startswith('step'))
   t.proc.send_signal(signal.SIGTERM)
@@ -97,7 +97,7 @@ def test_sigterm_and_ctrl_c_save_the_current_step(tmp_path):
   assert not any('Traceback' in l for l in t.lines)
 
 
-def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+def testSecondCtrlCExitsAtOnceWithoutSaving(tmp_path):
   t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
   # The first step is being traced (Python) when the signal arrives, so the
   # handler runs at once; the second signal meets the default action.
@@ -109,7 +109,7 @@ def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
   assert _Steps(tmp_path) == []
 
 
-def test_second_trainer_on_a_logdir_refuses(tmp_path):
+def testSecondTrainerOnALogdirRefuses(tmp_path):
   with logdir_lock.LogdirLock(str(tmp_path)):
     t = _Trainer(f'--logdir={tmp_path}', '--mode=train', '--max_steps=2')
     assert t.Finish() == 1
@@ -128,7 +128,7 @@ def _CanMountTmpfs(where):
     return False
 
 
-def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
+def testFullDiskKeepsEarlierCheckpointsAndNoPartialOne(tmp_path):
   """A real ENOSPC: a 13.7 MB tmpfs (mounted in a user and mount namespace,
   no root needed) with a 4 MB file on it holds two checkpoints of 4.3 MB
   (1.2 MB of variables, the rest the input iterator's state) and not a
