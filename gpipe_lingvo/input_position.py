@@ -42,6 +42,18 @@ def ParamsHash(params) -> int:
   return int.from_bytes(digest[:8], 'big') >> 1
 
 
+def _ReadPosition(path):
+  """(examples, num_shards, params hash, whether an iterator is saved) of
+  checkpoint `path`, or None if it holds no input position."""
+  reader = tf.train.load_checkpoint(path)
+  keys = reader.get_variable_to_shape_map()
+  if _PREFIX + 'examples' + _SUFFIX not in keys:
+    return None
+  value = lambda name: int(reader.get_tensor(_PREFIX + name + _SUFFIX))  # pylint: disable=unnecessary-lambda-assignment
+  return (value('examples'), value('num_shards'), value('params_hash'),
+          ITERATOR_KEY in keys)
+
+
 class InputState(tf.Module):
   """What a checkpoint holds about the training input (saved as `input`)."""
 
@@ -121,43 +133,17 @@ class TrainInput:
     if path is None:
       return
     name = os.path.basename(path)
-    reader = tf.train.load_checkpoint(path)
-    keys = reader.get_variable_to_shape_map()
-    if _PREFIX + 'examples' + _SUFFIX not in keys:
+    saved = _ReadPosition(path)
+    if saved is None:
       self._print(f'Input: {name} holds no input position (written by an '
                   'older version); the training input starts from its '
                   'beginning.')
       return
-    examples = int(reader.get_tensor(_PREFIX + 'examples' + _SUFFIX))
-    shards = int(reader.get_tensor(_PREFIX + 'num_shards' + _SUFFIX))
-    same_params = int(reader.get_tensor(_PREFIX + 'params_hash' +
-                                        _SUFFIX)) == self._hash
+    examples, shards, params_hash, has_iterator = saved
     self.state.examples.assign(examples)
-    if self.mode == 'iterator' and ITERATOR_KEY in keys:
-      if not same_params:
-        self._print(f'Input: the training input params differ from those '
-                    f'{name} was written with; skipping to its position '
-                    f'(example {examples}) instead of restoring its '
-                    'iterator.')
-        return
-      it = iter(self.replicas.Dataset(self.generator))
-
-      def Holder():
-        holder = tf.Module()
-        holder.iterator = it
-        return tf.train.Checkpoint(input=holder)
-
-      error = checkpoints.ReadQuietly(Holder, path)
-      if error:
-        self._print(f'Input: the iterator saved in {name} cannot be '
-                    f'restored ({error}); skipping to its position '
-                    f'(example {examples}) instead.')
-        return
-      self._iterator = it
-      self._print(f'Input: restored the iterator of {name} (example '
-                  f'{examples} of the training stream).')
-      return
-    if shards != self._num_shards and self.generator.SHARDS_IN_EXAMPLES:
+    if self.mode == 'iterator' and has_iterator:
+      self._RestoreIterator(path, examples, params_hash == self._hash)
+    elif shards != self._num_shards and self.generator.SHARDS_IN_EXAMPLES:
       self._print(
           f'Input: {name} was written by a run reading the training data in '
           f'{shards} shard(s) and this run reads {self._num_shards}: each '
@@ -167,6 +153,32 @@ class TrainInput:
     else:
       self._print(f'Input: skipping to example {examples} of the training '
                   f'stream (the position of {name}).')
+
+  def _RestoreIterator(self, path, examples, same_params):
+    """Restores the iterator saved in `path`; if it cannot (other params,
+    damaged bytes), says so and leaves the input to skip to `examples`."""
+    name = os.path.basename(path)
+    if not same_params:
+      self._print(f'Input: the training input params differ from those '
+                  f'{name} was written with; skipping to its position '
+                  f'(example {examples}) instead of restoring its iterator.')
+      return
+    it = iter(self.replicas.Dataset(self.generator))
+
+    def Holder():
+      holder = tf.Module()
+      holder.iterator = it
+      return tf.train.Checkpoint(input=holder)
+
+    error = checkpoints.ReadQuietly(Holder, path)
+    if error:
+      self._print(f'Input: the iterator saved in {name} cannot be restored '
+                  f'({error}); skipping to its position (example '
+                  f'{examples}) instead.')
+      return
+    self._iterator = it
+    self._print(f'Input: restored the iterator of {name} (example '
+                f'{examples} of the training stream).')
 
   # -- training ----------------------------------------------------------------
 

@@ -89,13 +89,15 @@ class _Chain:
 
   def Interrupt(self, kind, rng):
     """Runs one process and interrupts it: 'term' (SIGTERM at a step),
-    'kill' (SIGKILL at a step), 'kill_saved' (SIGKILL after a save), or
-    '<term|kill>_<merge|state|sweep>' (during a save, at that point)."""
+    'int' (Ctrl-C, SIGINT, at a step), 'kill' (SIGKILL at a step),
+    'kill_saved' (SIGKILL after a save), or '<term|kill>_<merge|state|sweep>'
+    (during a save, at that point)."""
     start = _Newest(self.logdir)
     target = start + rng.randint(1, self.save_every + 1)
     # A save of a step >= target comes before the last step.
     assert target + self.save_every < self.max_steps, (kind, target)
-    sig = signal.SIGTERM if kind.startswith('term') else signal.SIGKILL
+    sig = {'term': signal.SIGTERM, 'int': signal.SIGINT,
+           'kill': signal.SIGKILL}[kind.split('_')[0]]
     point = kind.split('_')[1] if kind.count('_') else None
     if point in trainer_forks.POINTS:
       child = self.Start(pause=(point, target))
@@ -103,7 +105,7 @@ class _Chain:
       step = int(where.split('-')[1])
       self._CheckPaused(point, step)
       child.Signal(sig)
-      if sig == signal.SIGTERM:
+      if sig != signal.SIGKILL:
         child.Release()  # The save finishes, then the run stops.
     else:
       child = self.Start()
@@ -117,12 +119,20 @@ class _Chain:
       child.Signal(sig)
     status = child.Wait()
     text = child.Text()
-    if sig == signal.SIGTERM:
-      assert status == 143, text[-3000:]
-      stopped = re.search(r'Stopped by SIGTERM at step (\d+); saved (\S+)\.',
-                          text)
-      assert stopped and int(stopped.group(1)) >= step, text[-3000:]
-      assert stopped.group(2).endswith(f'ckpt-{stopped.group(1)}')
+    assert 'Traceback' not in text, text[-3000:]
+    if sig != signal.SIGKILL:
+      # The step finishes, is saved, one line says so; 128 + signal.
+      assert status == 128 + sig, text[-3000:]
+      last = text.rstrip('\n').splitlines()[-1]
+      stopped = re.fullmatch(
+          rf'Stopped by {sig.name} at step (\d+); saved '
+          rf'{self.logdir}/ckpt/ckpt-(\d+)\. Rerun the same command to '
+          'resume.', last)
+      assert stopped and stopped.group(1) == stopped.group(2), last
+      assert int(stopped.group(1)) >= step
+      if sig == signal.SIGINT:
+        assert ('Ctrl-C: stopping after this step to save a checkpoint '
+                '(Ctrl-C again exits at once without saving).') in text
     else:
       assert status == -signal.SIGKILL, text[-3000:]
       # The lock file names the killed trainer; its lock died with it (the
@@ -181,15 +191,15 @@ def _Soak(forks, tmp_path, kinds, max_steps, seed):
   return chain
 
 
-KINDS = ('term', 'kill', 'kill_saved', 'kill_merge', 'kill_state',
+KINDS = ('term', 'int', 'kill', 'kill_saved', 'kill_merge', 'kill_state',
          'kill_sweep', 'term_merge', 'term_state', 'term_sweep')
 
 
 def testSoakShort(forks, tmp_path):
-  """Five interruptions over one run: SIGTERM at a step, SIGKILL after a
-  save, and three during a save (each point, both signals)."""
-  _Soak(forks, tmp_path, ['term', 'kill_merge', 'term_state', 'kill_saved',
-                          'kill_sweep'], max_steps=40, seed=7)
+  """Four interruptions over one run: SIGTERM and Ctrl-C at a step, SIGKILL
+  during a save and after one."""
+  _Soak(forks, tmp_path, ['term', 'kill_merge', 'int', 'kill_saved'],
+        max_steps=30, seed=7)
 
 
 @pytest.mark.slow
@@ -197,8 +207,8 @@ def testSoak30Interruptions(forks, tmp_path):
   """30 interruptions at random steps, SIGTERM and SIGKILL mixed, 12 of
   them during a save."""
   rng = random.Random(30)
-  kinds = [rng.choice(KINDS[:3]) for _ in range(18)] + [
-      rng.choice(KINDS[3:]) for _ in range(12)]
+  kinds = [rng.choice(KINDS[:4]) for _ in range(18)] + [
+      rng.choice(KINDS[4:]) for _ in range(12)]
   rng.shuffle(kinds)
   chain = _Soak(forks, tmp_path, kinds, max_steps=200, seed=30)
   assert sum(k.startswith('term') for k, _ in chain.done) >= 5

@@ -1,7 +1,8 @@
 """Faults that belong to the trainer process, through the real trainer.py:
-SIGTERM and Ctrl-C save and exit with 143 and 130, a second Ctrl-C exits at
-once, a second trainer on a logdir refuses, a full disk keeps earlier
-checkpoints and leaves no partial one."""
+a second Ctrl-C exits at once, a second trainer on a logdir refuses, a full
+disk keeps earlier checkpoints and leaves no partial one. (SIGTERM and
+Ctrl-C saving the current step, with exit status 143 and 130, are checked
+with every resume in test_resume.py.)"""
 import os
 import queue
 import shutil
@@ -71,30 +72,6 @@ def _Steps(logdir):
   """Steps of the checkpoints on disk."""
   return sorted(int(p[:-len('.index')].rsplit('-', 1)[1]) for p in
                 tf.io.gfile.glob(os.path.join(logdir, 'ckpt', 'ckpt-*.index')))
-
-
-def testSigtermAndCtrlCSaveTheCurrentStep(tmp_path):
-  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
-  t.WaitFor(lambda l: l.startswith('step'))
-  t.proc.send_signal(signal.SIGTERM)
-  assert t.Finish() == 143
-  n = _Steps(tmp_path)[-1]
-  assert n >= 5 and _Steps(tmp_path) == [n]
-  assert t.lines[-1] == (f'Stopped by SIGTERM at step {n}; saved '
-                         f'{tmp_path}/ckpt/ckpt-{n}. Rerun the same command '
-                         'to resume.')
-  assert not any('Traceback' in l for l in t.lines)
-
-  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
-  t.WaitFor(lambda l: l == f'Resumed from {tmp_path}/ckpt/ckpt-{n} at step '
-            f'{n}.')
-  t.WaitFor(lambda l: l.startswith('step'))
-  t.proc.send_signal(signal.SIGINT)
-  assert t.Finish() == 130
-  m = _Steps(tmp_path)[-1]
-  assert m > n and _Steps(tmp_path) == [n, m]
-  assert t.lines[-1].startswith(f'Stopped by SIGINT at step {m}; saved ')
-  assert not any('Traceback' in l for l in t.lines)
 
 
 def testSecondCtrlCExitsAtOnceWithoutSaving(tmp_path):
