@@ -193,7 +193,8 @@ def testACheckpointThatFailedToReadIsNotReadAgainAtSave(tmp_path):
 def testCheckpointWithoutInputPositionRestoresAsBefore(tmp_path):
   """A checkpoint of an older version (model and step only): training
   resumes from it, saying in one line that the input starts from its
-  beginning; the run's next checkpoints have the position again."""
+  beginning; the run's next checkpoints have the position again, and
+  initialise another run (init_from_checkpoint reads the model's keys)."""
   t = _Trainer(tmp_path, save_interval_steps=3)
   t.Train(max_steps=3)
   old = tmp_path / 'ckpt' / 'ckpt-3'
@@ -211,7 +212,15 @@ def testCheckpointWithoutInputPositionRestoresAsBefore(tmp_path):
   reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'ckpt-6'))
   assert reader.get_tensor('input/examples/.ATTRIBUTES/VARIABLE_VALUE') == 192
   assert input_position.ITERATOR_KEY in reader.get_variable_to_shape_map()
-
+  # Such a checkpoint (with the input's iterator) initialises another run.
+  p = _Params()
+  p.task.init_from_checkpoint.Set(checkpoint_path=str(tmp_path),
+                                  ignore_rules=[])
+  logs = []
+  trainer_lib.Trainer(p, str(tmp_path / 'other'), print_fn=logs.append).Train(
+      max_steps=0)
+  assert any(l.startswith('Initialised 14 variables from '
+                          f'{tmp_path}/ckpt/ckpt-6;') for l in logs), logs
 
 
 def testNonFiniteStepIsNeitherAppliedNorSavedAndResumes(tmp_path):
