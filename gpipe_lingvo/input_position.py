@@ -108,7 +108,9 @@ class TrainInput:
 
   def _Mode(self):
     """'iterator' if this run saves the iterator, else 'skip'."""
-    if (self.generator.params.resume_by != 'iterator' or
+    resume_by = dict(self.generator.params.IterParams()).get('resume_by',
+                                                             'iterator')
+    if (resume_by != 'iterator' or
         not getattr(self.replicas, 'saves_input_iterator', False)):
       return 'skip'
     why = CanSave(self.replicas.Dataset(self.generator))
@@ -143,7 +145,8 @@ class TrainInput:
     self.state.examples.assign(examples)
     if self.mode == 'iterator' and has_iterator:
       self._RestoreIterator(path, examples, params_hash == self._hash)
-    elif shards != self._num_shards and self.generator.SHARDS_IN_EXAMPLES:
+    elif shards != self._num_shards and getattr(
+        self.generator, 'SHARDS_IN_EXAMPLES', False):
       self._print(
           f'Input: {name} was written by a run reading the training data in '
           f'{shards} shard(s) and this run reads {self._num_shards}: each '
