@@ -225,7 +225,10 @@ class Trainer:
   def _CompiledTrainStep(self):
     task = self.task
 
-    @tf.function
+    # No autograph: the task, layers and pipeline write their control flow
+    # with tf.cond / tf.while_loop, and converting their code took about
+    # 2 s of every start.
+    @tf.function(autograph=False)
     def TrainStep(batch):
       sums, lr, norm, finite = self.replicas.TrainStep(task, batch,
                                                        self._global_step)
@@ -310,7 +313,7 @@ class Trainer:
     task = self.task
     gen = self._Input(split)
 
-    @tf.function
+    @tf.function(autograph=False)
     def EvalStep(batch):
       return task.EvalStep(batch)
 
