@@ -141,13 +141,12 @@ def _AssertCheckpointEquals(path, params, ref, ref_step):
                                err_msg=r.name)
 
 
-@pytest.fixture(scope='module')
-def scenario(tmp_path_factory):
+def _Scenario(tmp):
   """Trains with 2 workers until the chief saved ckpt-4 and kills worker 1;
   restarts both and stops them with a SIGTERM to the launcher a few steps
-  later; resumes in one process with M=8 for 3 steps. Three launches
-  shared by the tests."""
-  tmp = tmp_path_factory.mktemp('multiworker')
+  later; resumes in one process with M=8 for 3 steps. Three launches,
+  checked by the _Check functions below (in one test: under pytest-xdist,
+  tests sharing a module fixture can each run it)."""
   logdir = tmp / 'run'
   save = 'task.train.save_interval_steps = 4'
   first = _Run(_LaunchArgs(logdir, save, max_steps=100000,
@@ -182,8 +181,7 @@ def scenario(tmp_path_factory):
               stopped=stopped)
 
 
-@pytest.mark.slow
-def testTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario):
+def _CheckTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario):
   logdir, last = scenario['logdir'], scenario['last']
   stopped = scenario['stopped']
   out = scenario['first'].Text()
@@ -214,8 +212,7 @@ def testTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario):
                           params, task, step)
 
 
-@pytest.mark.slow
-def testLostWorkerFailsTheOtherWithinBound(scenario):
+def _CheckLostWorkerFailsTheOtherWithinBound(scenario):
   run = scenario['first']
   assert run.proc.returncode != 0
   out = run.Text()
@@ -232,8 +229,7 @@ def testLostWorkerFailsTheOtherWithinBound(scenario):
   _AssertAllEnded(run)
 
 
-@pytest.mark.slow
-def testRestartedWorkersResumeAndStopTogether(scenario):
+def _CheckRestartedWorkersResumeAndStopTogether(scenario):
   run, last, logdir = scenario['second'], scenario['last'], scenario['logdir']
   stopped = scenario['stopped']
   out = run.Text()
@@ -262,8 +258,7 @@ def testRestartedWorkersResumeAndStopTogether(scenario):
   _AssertAllEnded(run)
 
 
-@pytest.mark.slow
-def testOneProcessResumesWhatTwoWorkersTrained(scenario):
+def _CheckOneProcessResumesWhatTwoWorkersTrained(scenario):
   run, logdir, stopped = (scenario['third'], scenario['logdir'],
                           scenario['stopped'])
   out = run.Text()
@@ -273,3 +268,12 @@ def testOneProcessResumesWhatTwoWorkersTrained(scenario):
   assert (f'[w0] Input: skipping to example {64 * stopped} of the training '
           f'stream (the position of ckpt-{stopped}).') in out
   assert f'[w0] Saved checkpoint {logdir}/ckpt/ckpt-{stopped + 3}' in out
+
+
+@pytest.mark.slow
+def testTwoWorkersLoseOneStopTogetherAndResumeInOneProcess(tmp_path):
+  scenario = _Scenario(tmp_path)
+  _CheckLostWorkerFailsTheOtherWithinBound(scenario)
+  _CheckRestartedWorkersResumeAndStopTogether(scenario)
+  _CheckOneProcessResumesWhatTwoWorkersTrained(scenario)
+  _CheckTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario)
