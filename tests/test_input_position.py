@@ -2,7 +2,8 @@
 generators with their own tf.data pipeline, as a new task would write one:
 a pipeline tf.data can save resumes from its iterator's state, one it
 cannot (a py_function) says so in one line and resumes by skipping; both
-continue exactly where an uninterrupted iterator would."""
+continue exactly where an uninterrupted iterator would; so does a worker's
+shard of a TFDS input skipping to its position."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +11,10 @@ import tensorflow as tf
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import input_position
 from gpipe_lingvo.distribute import replicas as replicas_lib
+from tasks import cifar
 from tasks import digits
+from tasks import imagenet
+from tests import tasks_data
 
 
 class _OwnPipeline(digits.DigitsInput):
@@ -110,3 +114,25 @@ def testChangedInputParamsSkipInsteadOfRestoringTheIterator(tmp_path):
   whole = iter(_Generator(_OwnPipeline).GetDataset())
   np.testing.assert_array_equal(_Labels(second.Iterator(3), 2),
                                 _Labels(whole, 5)[48:])
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'imagenet2012'])
+def testTfdsShardSkipsToItsPosition(dataset):
+  """A worker's shard of a TFDS input (its own files) reaches the batches
+  it would have read next by skipping: what each of 2 restarted workers
+  does with the global position of the restored step."""
+  if dataset == 'cifar10':
+    p = cifar.InputParams('cifar10', 'train', 8,
+                          data_dir=tasks_data.Cifar('cifar10')[0])
+  else:
+    p = imagenet.InputParams('train', 4, image_size=32,
+                             data_dir=tasks_data.ImageNet())
+  for shard in range(2):
+    ps = p.Copy().Set(shard_index=shard, num_shards=2)
+    whole = iter(ps.Instantiate().GetDataset())
+    want = [next(whole) for _ in range(9)][5:]
+    skipped = iter(ps.Instantiate().GetDatasetFrom(5 * p.batch_size))
+    for w in want:
+      got = next(skipped)
+      for k in w:
+        np.testing.assert_array_equal(got[k].numpy(), w[k].numpy(), err_msg=k)
