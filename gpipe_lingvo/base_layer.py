@@ -139,6 +139,7 @@ class _VarMap:
 
   def __init__(self):
     self.__dict__['_d'] = {}
+    self.__dict__['borrowed'] = set()  # names of variables other layers own
 
   def __getattr__(self, k):
     try:
@@ -248,11 +249,39 @@ class BaseLayer(tf.Module):
     setattr(self._vars, name, var)
     return var
 
-  def AllVariables(self):
-    """This layer's and its descendants' variables, in creation order."""
-    out = list(self._vars.values())
-    for child in self.children.values():
-      out.extend(child.AllVariables())
+  def BorrowVariable(self, name, var):
+    """Uses `var`, which another layer owns, as this layer's variable `name`
+    (tied weights, e.g. one embedding matrix for a first and a last
+    pipeline stage): Var(name) reads it and AllVariables() lists it, but it
+    is not tracked here, so a checkpoint holds it once, under its owner's
+    path."""
+    if name in self._vars or name in self._children_names:
+      raise ValueError(f'{self.path} already has {name!r}.')
+    setattr(self._vars, name, var)
+    self._vars.borrowed.add(name)
+
+  def TiedVariables(self):
+    """{key: variable} this layer offers to layers that tie to it; see
+    layers/tied.py. None by default."""
+    return {}
+
+  def TiedRequests(self):
+    """{variable name: (key, shape)}: variables this layer borrows from the
+    layer that offers `key` (layers/tied.py). None by default."""
+    return {}
+
+  def AllVariables(self, include_borrowed=True):
+    """This layer's and its descendants' variables, in creation order, each
+    once; with include_borrowed=False only those they own (what a
+    checkpoint or a parameter count sees)."""
+    out, seen = [], set()
+    for layer in self.Layers():
+      for name, v in layer.vars.items():
+        if (v.ref() in seen or
+            (not include_borrowed and name in layer.vars.borrowed)):
+          continue
+        seen.add(v.ref())
+        out.append(v)
     return out
 
   def TrainableVariables(self):
@@ -263,7 +292,10 @@ class BaseLayer(tf.Module):
             if getattr(v, '_gl_regularize', False)]
 
   def NumParams(self):
-    return int(sum(np.prod(v.shape) for v in self.TrainableVariables()))
+    """Trainable parameters this layer and its descendants own (a tied
+    variable counts where it is owned)."""
+    return int(sum(np.prod(v.shape) for v in self.AllVariables(False)
+                   if v.trainable))
 
   def Layers(self):
     """Pre-order list of this layer and its descendants."""

@@ -41,19 +41,16 @@ def SplitNetworkOutput(out):
   return out, None
 
 
-class ClassificationTask(base_layer.BaseLayer):
-  """Image classification: network(image) -> logits, softmax cross-entropy."""
+class BaseTask(base_layer.BaseLayer):
+  """A network, its optimizer and the train step; subclasses say what of a
+  batch goes into the network and how the loss is computed
+  (NetworkInputs) and what evaluation reports (EvalStep)."""
 
   @classmethod
   def Params(cls):
     p = super().Params()
     p.name = 'task'
-    p.Define('network', None, 'Layer params: image batch -> logits.')
-    p.Define('num_classes', 0, 'Number of classes.')
-    p.Define('label_smoothing', 0.0, 'Label smoothing of the main loss.')
-    p.Define('aux_loss_weight', 0.0,
-             'Weight of the auxiliary head loss (networks emitting '
-             '"aux_logits").')
+    p.Define('network', None, 'Layer params of the network.')
     p.Define('weight_decay', 0.0, 'L2 coefficient on regularised weights.')
     p.Define('train', TrainParams(), 'Training loop, optimizer, schedule.')
     p.Define('init_from_checkpoint', init_from_checkpoint.Params(),
@@ -66,13 +63,9 @@ class ClassificationTask(base_layer.BaseLayer):
     p = self.params
     if p.network is None:
       raise ValueError('task.network is not set: give the layer params of '
-                       'the network that maps images to logits.')
-    if p.num_classes <= 1:
-      raise ValueError(f'task.num_classes must be > 1, got {p.num_classes}.')
+                       'the network.')
     init_from_checkpoint.CheckParams(p.init_from_checkpoint)
     self.CreateChild('network', p.network)
-    self.CreateChild('loss', loss_lib.SoftmaxCrossEntropy.Params().Set(
-        num_classes=p.num_classes, label_smoothing=p.label_smoothing))
     self.lr_schedule = p.train.lr_schedule.Instantiate()
     self.optimizer = p.train.optimizer.Instantiate()
 
@@ -86,24 +79,6 @@ class ClassificationTask(base_layer.BaseLayer):
       # The pipeline's gradient sums, before any train step is traced.
       self.network.CreateGradientAccumulators()
 
-  # -- pieces the pipeline engine calls per micro-batch ----------------------
-
-  def LossSums(self, net_out, labels, weights, global_batch):
-    """(loss contribution, metric sums) of one (micro-)batch.
-
-    The contribution is sum(weight * loss) / global_batch so that summing
-    it over micro-batches gives the mini-batch mean exactly.
-    """
-    logits, aux_logits = SplitNetworkOutput(net_out)
-    per_ex = self.loss.FProp(logits, labels)
-    if aux_logits is not None and self.params.aux_loss_weight:
-      per_ex += self.params.aux_loss_weight * self.loss.FProp(aux_logits, labels)
-    weights = tf.cast(weights, tf.float32)
-    loss_sum = tf.reduce_sum(per_ex * weights)
-    sums = metrics_lib.MetricSums(logits, labels, weights, self.params.num_classes)
-    sums['loss'] = loss_sum
-    return loss_sum / tf.cast(global_batch, tf.float32), sums
-
   def WeightDecayLoss(self):
     wd = self.params.weight_decay
     regs = self.RegularizedVariables()
@@ -116,24 +91,18 @@ class ClassificationTask(base_layer.BaseLayer):
   def NetworkInputs(self, batch):
     """(network inputs, labels nest, loss_fn) of a batch as the pipeline
     takes them: loss_fn(net_out, labels) -> (loss contribution, metric sums)
-    of one micro-batch."""
-    label = batch['label']
-    weight = batch.get('weight', tf.ones_like(label, tf.float32))
-    n = tf.shape(label)[0]
-    return (batch['image'], (label, weight),
-            lambda out, lw: self.LossSums(out, lw[0], lw[1], n))
+    of one micro-batch; contributions add up to the batch loss."""
+    raise NotImplementedError(f'{type(self).__name__}.NetworkInputs')
 
   def ComputeLossAndGradients(self, batch, step):
     """Returns (loss, metric sums, grads aligned with TrainableVariables())."""
     variables = self.TrainableVariables()
-    image, label = batch['image'], batch['label']
-    weight = batch.get('weight', tf.ones_like(label, tf.float32))
-    n = tf.shape(label)[0]
     net = self.network
+    inputs, labels, loss_fn = self.NetworkInputs(batch)
     if hasattr(net, 'ComputeLossAndGradients'):
       # The pipeline: micro-batched forward/backward inside the network.
       loss, sums, net_grads, stats = net.ComputeLossAndGradients(
-          *self.NetworkInputs(batch), step)
+          inputs, labels, loss_fn, step)
       grads_by_id = {id(v): g for v, g in zip(net.TrainableVariables(), net_grads)}
       with tf.GradientTape() as tape:
         wd_loss = self.WeightDecayLoss()
@@ -145,10 +114,11 @@ class ClassificationTask(base_layer.BaseLayer):
     stats = {}
     with context.Scope(training=True, step=step, micro_batch=0, stats=stats):
       with tf.GradientTape() as tape:
-        out = net.FProp(image)
-        loss, sums = self.LossSums(out, label, weight, n)
+        loss, sums = loss_fn(net.FProp(inputs), labels)
         loss += self.WeightDecayLoss()
     grads = tape.gradient(loss, variables, unconnected_gradients='zero')
+    # Embedding lookups give sparse gradients; the update takes dense ones.
+    grads = [tf.convert_to_tensor(g) for g in grads]
     return loss, sums, grads, stats
 
   def StatsUpdates(self, stats):
@@ -202,6 +172,56 @@ class ClassificationTask(base_layer.BaseLayer):
     sums = dict(sums)
     sums['total_loss'] = loss
     return sums, lr, norm, finite
+
+
+class ClassificationTask(BaseTask):
+  """Image classification: network(image) -> logits, softmax cross-entropy."""
+
+  @classmethod
+  def Params(cls):
+    p = super().Params()
+    p.Define('num_classes', 0, 'Number of classes.')
+    p.Define('label_smoothing', 0.0, 'Label smoothing of the main loss.')
+    p.Define('aux_loss_weight', 0.0,
+             'Weight of the auxiliary head loss (networks emitting '
+             '"aux_logits").')
+    return p
+
+  def __init__(self, params, parent_path=''):
+    p = params
+    if p.network is None:
+      raise ValueError('task.network is not set: give the layer params of '
+                       'the network that maps images to logits.')
+    if p.num_classes <= 1:
+      raise ValueError(f'task.num_classes must be > 1, got {p.num_classes}.')
+    super().__init__(params, parent_path)
+    self.CreateChild('loss', loss_lib.SoftmaxCrossEntropy.Params().Set(
+        num_classes=p.num_classes, label_smoothing=p.label_smoothing))
+
+  # -- pieces the pipeline engine calls per micro-batch ----------------------
+
+  def LossSums(self, net_out, labels, weights, global_batch):
+    """(loss contribution, metric sums) of one (micro-)batch.
+
+    The contribution is sum(weight * loss) / global_batch so that summing
+    it over micro-batches gives the mini-batch mean exactly.
+    """
+    logits, aux_logits = SplitNetworkOutput(net_out)
+    per_ex = self.loss.FProp(logits, labels)
+    if aux_logits is not None and self.params.aux_loss_weight:
+      per_ex += self.params.aux_loss_weight * self.loss.FProp(aux_logits, labels)
+    weights = tf.cast(weights, tf.float32)
+    loss_sum = tf.reduce_sum(per_ex * weights)
+    sums = metrics_lib.MetricSums(logits, labels, weights, self.params.num_classes)
+    sums['loss'] = loss_sum
+    return loss_sum / tf.cast(global_batch, tf.float32), sums
+
+  def NetworkInputs(self, batch):
+    label = batch['label']
+    weight = batch.get('weight', tf.ones_like(label, tf.float32))
+    n = tf.shape(label)[0]
+    return (batch['image'], (label, weight),
+            lambda out, lw: self.LossSums(out, lw[0], lw[1], n))
 
   def EvalStep(self, batch):
     """Metric sums of one evaluation batch (inference mode)."""

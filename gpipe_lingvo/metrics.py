@@ -1,4 +1,8 @@
-"""Classification metrics accumulated as weighted sums over batches."""
+"""Metrics accumulated as weighted sums over batches: classification
+(top-1, top-5) and sequence tasks (per-token loss, perplexity, token
+accuracy)."""
+import math
+
 import tensorflow as tf
 
 
@@ -27,7 +31,9 @@ class MetricAccumulator:
       self._sums[k] = self._sums.get(k, 0.0) + float(v)
 
   def Result(self):
-    """{'loss': mean loss, 'accuracy': top-1, 'top5': top-5 (if any)}."""
+    """{'loss': mean loss, 'accuracy': top-1, 'top5': top-5 (if any),
+    'log_pplx' and 'perplexity' (if 'nll' was summed)}; per token for
+    sequence tasks."""
     n = max(self._sums.get('count', 0.0), 1e-12)
     out = {}
     if 'loss' in self._sums:
@@ -36,5 +42,13 @@ class MetricAccumulator:
       out['accuracy'] = self._sums['top1'] / n
     if 'top5' in self._sums:
       out['top5'] = self._sums['top5'] / n
-    out['num_examples'] = int(round(self._sums.get('count', 0.0)))
+    if 'nll' in self._sums:
+      # Sequence tasks: 'count' is target tokens, 'nll' their negative
+      # log-likelihood without label smoothing, 'examples' sequences.
+      out['log_pplx'] = self._sums['nll'] / n
+      out['perplexity'] = math.exp(min(out['log_pplx'], 700.0))
+    if 'examples' in self._sums:
+      out['num_tokens'] = int(round(self._sums['count']))
+    out['num_examples'] = int(round(self._sums.get(
+        'examples', self._sums.get('count', 0.0))))
     return out

@@ -142,9 +142,10 @@ class Trainer:
     _ = self.task  # Built now: bad params fail before anything is written.
     train_input = self._Input('train')
     with errors.ParamsErrors():
-      train_input.CheckData()
-      for split in splits:
-        self._Input(split).CheckData()
+      for gen in [train_input] + [self._Input(s) for s in splits]:
+        gen.CheckData()
+        if hasattr(self.task, 'CheckInput'):  # e.g. vocabulary sizes
+          self.task.CheckInput(gen)
     return train_input
 
   def _Writer(self, name):
@@ -321,6 +322,8 @@ class Trainer:
     for batch in gen.GetDataset():
       acc.Add({k: v.numpy() for k, v in EvalStep(batch).items()})
     res = acc.Result()
+    if hasattr(task, 'DecodeMetrics'):  # e.g. BLEU of decodes
+      res.update(task.DecodeMetrics(gen))
     with self._Writer(f'eval_{split}').as_default(step=step):
       for k, v in res.items():
         tf.summary.scalar(k, v)
@@ -349,18 +352,16 @@ class Trainer:
       with base_layer.ZeroInitForCounting(), errors.ParamsErrors():
         task = self.params.task.Instantiate()
     net = task.network
-    image_shape = self._Input('train').ImageShape()
+    structure = _NetworkInputSpecs(task, self._Input('train'))
     rows = []
     cells = getattr(net, 'cells', None)
-    shape = tf.TensorShape([None] + list(image_shape))
     if cells:
-      structure = tf.TensorSpec(shape, tf.float32)
       for cell in cells:
         structure = _TraceShape(cell, structure)
         rows.append((cell.path, _ShapeText(structure), cell.NumParams()))
     else:
-      rows.append((net.path, _ShapeText(_TraceShape(
-          net, tf.TensorSpec(shape, tf.float32))), net.NumParams()))
+      rows.append((net.path, _ShapeText(_TraceShape(net, structure)),
+                   net.NumParams()))
     total = task.NumParams()
     width = max(len(r[0]) for r in rows)
     self._print(f'{"cell":<{width}}  {"output shape":<40}  parameters')
@@ -397,6 +398,18 @@ def _StartLine(restored, step, max_steps, save_interval, directory):
             'ckpt-0.')
   return (f'Training from step {step} to {max_steps} (a checkpoint every '
           f'{save_interval} steps in {directory}).')
+
+
+def _NetworkInputSpecs(task, input_generator):
+  """TensorSpec nest of what the network takes from a training batch
+  (task.NetworkInputs on the input's BatchSpecs), batch axis unknown."""
+  specs = tf.nest.map_structure(
+      lambda s: tf.TensorSpec([None] + s.shape[1:].as_list(), s.dtype),
+      input_generator.BatchSpecs())
+  fn = tf.function(lambda batch: task.NetworkInputs(batch)[0],
+                   autograph=False)
+  out = fn.get_concrete_function(specs).structured_outputs
+  return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), out)
 
 
 def _TraceShape(layer, spec_structure):

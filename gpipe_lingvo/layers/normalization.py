@@ -105,3 +105,33 @@ class BatchNorm(base_layer.BaseLayer):
     """Assigns the moving averages of StatsUpdates(stats) at once."""
     for var, value in self.StatsUpdates(stats):
       var.assign(value)
+
+
+class LayerNorm(base_layer.BaseLayer):
+  """Layer normalisation over the last axis (per token): no batch
+  statistics, so micro-batching and recomputation cannot change it."""
+
+  @classmethod
+  def Params(cls):
+    p = super().Params()
+    p.Define('dim', 0, 'Features (last axis).')
+    p.Define('epsilon', 1e-6, 'Added to the variance.')
+    return p
+
+  def __init__(self, params, parent_path=''):
+    super().__init__(params, parent_path)
+    p = self.params
+    if p.dim <= 0:
+      raise ValueError(f'{self.path}: dim must be > 0, got {p.dim}.')
+    self.CreateVariable('scale', base_layer.WeightParams(
+        [p.dim], base_layer.WeightInit.Constant(1.0), p.dtype))
+    self.CreateVariable('bias', base_layer.WeightParams(
+        [p.dim], base_layer.WeightInit.Constant(0.0), p.dtype))
+
+  def FProp(self, inputs):
+    x = self.CastInput(inputs)
+    # Moments in float32 even for bfloat16 activations.
+    x32 = tf.cast(x, tf.float32)
+    mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    y = (x32 - mean) * tf.math.rsqrt(var + self.params.epsilon)
+    return tf.cast(y, x.dtype) * self.Var('scale') + self.Var('bias')

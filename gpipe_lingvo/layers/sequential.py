@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
+from gpipe_lingvo.layers import tied
 
 
 def CellNames(cell_params):
@@ -30,6 +31,7 @@ class Sequential(base_layer.BaseLayer):
       raise ValueError(f'{self.path}: cells is empty.')
     for n, c in zip(CellNames(self.params.cells), self.params.cells):
       self.CreateChild(n, c)
+    tied.Tie(self.cells)
 
   @property
   def cells(self):

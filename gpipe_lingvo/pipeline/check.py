@@ -101,8 +101,10 @@ def CompareWithUnpipelined(net: pipelined_network.PipelinedNetwork, inputs,
           out = ref.FProp(tf.nest.map_structure(pick, x_mb))
           part, _ = loss_fn(out, tf.nest.map_structure(pick, lab_mb))
         total += part
-    return total, tape.gradient(total, ref.TrainableVariables(),
-                                unconnected_gradients='zero')
+    grads = tape.gradient(total, ref.TrainableVariables(),
+                          unconnected_gradients='zero')
+    # An embedding lookup's gradient is sparse (IndexedSlices).
+    return total, [tf.convert_to_tensor(g) for g in grads]
 
   ref_loss, ref_grads = RefStep(inputs, labels)
   if tolerance is None:

@@ -17,6 +17,7 @@ from gpipe_lingvo import devices
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo.layers import normalization
 from gpipe_lingvo.layers import sequential
+from gpipe_lingvo.layers import tied
 from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
@@ -166,6 +167,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
       with self._placement.VariableScope(c):
         for n, cell in zip(names[a:b], cells[a:b]):
           self.CreateChild(n, cell)
+    # A tied variable lives where its owner's chunk is; every chunk that
+    # uses it lists it (ChunkVariables), and its gradients from all of them
+    # are summed in one accumulator.
+    tied.Tie(self.cells)
     # full_batch batch norm is exact only if every batch-norm layer sees the
     # whole mini-batch in its forward and its backward (the batch moments
     # and their gradient terms couple all examples), i.e. a barrier over
@@ -304,17 +309,30 @@ class PipelinedNetwork(base_layer.BaseLayer):
     runs: the placement of its chunk."""
     return placement_lib.VariablePlacement(self._placement, {
         v.ref(): c for c in range(self.num_chunks)
-        for v in self.ChunkVariables(c)})
+        for v in self.ChunkVariables(c, include_borrowed=False)})
 
   @property
   def num_stages(self) -> int:
     return self.params.num_stages
 
-  def ChunkVariables(self, c: int) -> List[tf.Variable]:
-    return [v for cell in self.ChunkCells(c) for v in cell.AllVariables()]
+  def ChunkVariables(self, c: int, include_borrowed: bool = True
+                     ) -> List[tf.Variable]:
+    """Variables chunk c's cells use, each once: a tied variable is listed
+    by every chunk that uses it (include_borrowed=False: only by its
+    owner's)."""
+    out = {}
+    for cell in self.ChunkCells(c):
+      for v in cell.AllVariables(include_borrowed):
+        out.setdefault(v.ref(), v)
+    return list(out.values())
 
   def StageVariables(self, k: int) -> List[tf.Variable]:
-    return [v for cell in self.StageCells(k) for v in cell.AllVariables()]
+    """Variables the cells of stage k own (a tied variable: its owner's)."""
+    out = {}
+    for cell in self.StageCells(k):
+      for v in cell.AllVariables(include_borrowed=False):
+        out.setdefault(v.ref(), v)
+    return list(out.values())
 
   def _Executor(self, bodies) -> executor_lib.Executor:
     return executor_lib.Executor(
@@ -390,7 +408,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
     task's BuildOptimizer does): a variable created during a tf.function
     trace makes TensorFlow trace the whole step twice."""
     for c in range(self.num_chunks):
-      for v in self.ChunkVariables(c):
+      for v in self.ChunkVariables(c, include_borrowed=False):
         if v.trainable:
           self._GradAccumulator(v, c)
 
