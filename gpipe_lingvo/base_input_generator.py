@@ -4,17 +4,31 @@ Each yields dicts {'image': float [N, H, W, C], 'label': int32 [N]} with a
 fixed batch size (drop_remainder in training so the micro-batch split is
 always exact; evaluation pads the last batch and marks padding with
 'weight' 0 so every example counts once).
+
+The training stream is deterministic (seeded shuffle, stateless
+per-example augmentation seeds, ordered parallel map), so a resumed run
+can return to any position in it exactly: through the tf.data iterator's
+saved state or by skipping to the position (the `resume_by` param;
+gpipe_lingvo/input_position.py).
 """
 import tensorflow as tf
 
 from gpipe_lingvo import hyperparams
 
 
+RESUME_BY = ('iterator', 'skip')
+
+
 class BaseInputGenerator:
   """Base class: subclasses implement _Examples() -> unbatched dataset."""
 
   # True where _Examples() already yields only this host's shard (e.g. a TFDS
-  # sub-split), so that each host reads only its share of the files.
+  # sub-split), so that each host reads only its share of the files; each
+  # shard then shuffles its own part, and the global batches depend on the
+  # number of shards. False: in training every shard reads the whole
+  # shuffled stream and keeps its slice of each global batch, so the global
+  # batches are the same whatever the number of shards (a run can resume
+  # with another number of workers and train the same model).
   SHARDS_IN_EXAMPLES = False
 
   @classmethod
@@ -34,6 +48,15 @@ class BaseInputGenerator:
     p.Define('dtype', tf.float32, 'Image dtype (float32 or bfloat16).')
     p.Define('shard_index', 0, 'This host\'s shard (multi-worker input).')
     p.Define('num_shards', 1, 'Number of input shards (hosts).')
+    p.Define('resume_by', 'iterator',
+             'How a resumed run returns to its position in the training '
+             "stream. 'iterator': the tf.data iterator's state is saved in "
+             'every checkpoint (exact for any pipeline tf.data can save; '
+             'the checkpoint holds its buffers: cache, shuffle buffer, '
+             "prefetched batches). 'skip': the checkpoint holds the number "
+             'of examples read and a resumed run skips them (exact for a '
+             'deterministic pipeline; reads them again, before '
+             'preprocessing, at each start). Multi-worker runs always skip.')
     return p
 
   def __init__(self, params):
@@ -47,6 +70,9 @@ class BaseInputGenerator:
     if p.batch_size % p.num_shards:
       raise ValueError(f'{p.name}: batch_size={p.batch_size} does not divide '
                        f'into num_shards={p.num_shards} equal shard batches.')
+    if p.resume_by not in RESUME_BY:
+      raise ValueError(f'{p.name}: resume_by must be one of {RESUME_BY}, got '
+                       f'{p.resume_by!r}.')
 
   @property
   def params(self):
@@ -89,8 +115,9 @@ class BaseInputGenerator:
 
     `seed` is a stateless seed (int64 [2]) for tf.image.stateless_random_*
     ops, made of the input's `seed` and the example's position in the
-    (shuffled, repeated) stream of this shard: augmentation is reproducible,
-    differs per example and epoch, and is independent of map parallelism.
+    (shuffled, repeated) stream: augmentation is reproducible, differs per
+    example and epoch, and is independent of map parallelism and of where
+    a run resumed.
     """
     del seed
     return image, label
@@ -104,25 +131,56 @@ class BaseInputGenerator:
     return tf.data.AUTOTUNE if v == -1 else v
 
   def GetDataset(self):
+    """The batches of this shard (training: from the stream's start)."""
+    return self._Pipeline(0)
+
+  def GetDatasetFrom(self, examples: int):
+    """The training batches from position `examples` of the global stream
+    on (the examples all shards read before): a resumed run's input.
+
+    The base pipeline skips examples before preprocessing, keeping their
+    positions (hence their augmentation seeds). A subclass with its own
+    GetDataset gets it with whole batches skipped; either is exact when
+    the pipeline is deterministic.
+    """
+    if type(self).GetDataset is BaseInputGenerator.GetDataset:
+      return self._Pipeline(examples)
+    return self.GetDataset().skip(examples // self.params.batch_size)
+
+  def _Pipeline(self, start):
     p = self.params
+    # Whether this shard's stream holds only its own examples (a TFDS
+    # sub-split, or every R-th example when evaluating); else every shard
+    # reads the whole stream.
+    own_stream = p.num_shards > 1 and (self.SHARDS_IN_EXAMPLES or
+                                       not p.is_training)
     ds = self._Examples()
-    if p.num_shards > 1 and not self.SHARDS_IN_EXAMPLES:
+    if own_stream and not self.SHARDS_IN_EXAMPLES:
       ds = ds.shard(p.num_shards, p.shard_index)
     if p.cache:
       ds = ds.cache()
     if p.is_training:
       ds = ds.shuffle(p.shuffle_buffer, seed=p.seed,
                       reshuffle_each_iteration=True).repeat()
-    # Stateless seed (input seed, position in the shuffled stream, made
-    # unique across shards) for each example; one fused map does
-    # augmentation and the output dict.
+    # Positions in the (shuffled, repeated) stream, kept through the skip.
+    ds = ds.enumerate()
+    if start:
+      ds = ds.skip(start // p.num_shards if own_stream else start)
+    if p.num_shards > 1 and not own_stream:
+      # This shard's slice of every global batch (counted from `start`).
+      b, n = self.shard_batch_size, p.batch_size
+      ds = ds.filter(lambda i, ex: (i - start) % n // b == p.shard_index)
+    # A stateless seed per example from the input seed and its position
+    # (made unique across shards for a shard's own stream); one fused map
+    # does augmentation and the output dict.
     def Example(index, ex):
-      seed = tf.stack([tf.constant(p.seed, tf.int64),
-                       index * p.num_shards + p.shard_index])
+      position = (index * p.num_shards + p.shard_index if own_stream
+                  else index)
+      seed = tf.stack([tf.constant(p.seed, tf.int64), position])
       img, lbl = self._Preprocess(ex[0], ex[1], seed)
       return {'image': tf.cast(img, p.dtype), 'label': tf.cast(lbl, tf.int32),
               'weight': tf.ones([], tf.float32)}
-    ds = ds.enumerate().map(
+    ds = ds.map(
         Example, num_parallel_calls=self._Autotune(p.num_parallel_calls),
         deterministic=True)
     if p.is_training:

@@ -19,7 +19,9 @@ before it updates the state file, so a process killed mid-save leaves the
 previous checkpoints intact; the partial directory is removed at the next
 start.
 """
+import contextlib
 import errno
+import gc
 import os
 import re
 import shutil
@@ -54,9 +56,13 @@ def CheckpointNumber(path):
   return int(m.group(1)) if m else -1
 
 
-def _FirstLine(e, limit=160):
-  text = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {text[0][:limit] if text else ""}'
+def ErrorLine(e, limit=160):
+  """`Type: first line of the message`, without TensorFlow's
+  {{function_node ...}} prefix and empty ` name:` suffix."""
+  text = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '',
+                str(e).strip()).splitlines()
+  first = re.sub(r'\s+name:\s*$', '', text[0]) if text else ''
+  return f'{type(e).__name__}: {first[:limit]}'
 
 
 def _Escape(name):
@@ -82,6 +88,44 @@ def VariablesByKey(root):
     for name, child in view.children(obj).items():
       queue.append((path + (name,), child))
   return out
+
+
+@contextlib.contextmanager
+def QuietTfLogger():
+  """TensorFlow's Python warnings off: a read that fails leaves restore
+  statuses whose deletion lists every value not restored, and the state
+  file update warns of its deprecation; we say what happened ourselves."""
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel('ERROR')
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def ReadQuietly(make_checkpoint, path, match_existing=False):
+  """Reads checkpoint `path` into a tf.train.Checkpoint that
+  make_checkpoint() builds (values the checkpoint holds beyond its objects
+  are ignored); returns None, or the first line of the error.
+
+  After a failed read, the objects it touched are freed before TensorFlow
+  can warn about every value not restored: the caller says what failed.
+  """
+  with QuietTfLogger():
+    try:
+      status = make_checkpoint().read(path)
+      if match_existing:
+        status.assert_existing_objects_matched()
+      status.expect_partial()
+      return None
+    except Exception as e:  # pylint: disable=broad-except
+      # Truncated or corrupt data raises DataLossError, IndexError,
+      # ValueError...
+      error = ErrorLine(e)
+    status = None
+    gc.collect()
+  return error
 
 
 def _MB(n):
@@ -132,14 +176,18 @@ def Candidates(directory):
 
 
 class Checkpointer:
-  """Saves and restores `objects` (a tf.train.Checkpoint) under `directory`,
-  in files ckpt-N (N: the step)."""
+  """Saves and restores `objects` (the model: a tf.train.Checkpoint of them)
+  under `directory`, in files ckpt-N (N: the step). Objects attached with
+  Attach() are saved along and restored by their owners (the input
+  position)."""
 
   def __init__(self, directory, max_to_keep=5, print_fn=print, **objects):
     self.directory = directory
     self.max_to_keep = max_to_keep
     self._print = print_fn
-    self.checkpoint = tf.train.Checkpoint(**objects)
+    self._objects = objects
+    self._attached = {}
+    self._checkpoint = None
     self._manager = None
     self._variables = None
     # The newest checkpoint this process restored or wrote; every variable
@@ -149,9 +197,26 @@ class Checkpointer:
   # -- what the model holds ----------------------------------------------------
 
   @property
+  def checkpoint(self):
+    """The tf.train.Checkpoint every save writes: the model's objects and
+    the attached ones. It never reads: a read that fails leaves deferred
+    restorations behind (e.g. of the save counter, created at the first
+    save), which would later read the failed checkpoint."""
+    if self._checkpoint is None:
+      self._checkpoint = tf.train.Checkpoint(**self._objects, **self._attached)
+    return self._checkpoint
+
+  def Attach(self, name, trackable):
+    """Saves `trackable` as `name` in every later checkpoint."""
+    self._attached[name] = trackable
+    self._checkpoint = None
+    self._manager = None
+
+  @property
   def variables(self):
+    """{key: variable} of the model (the attached objects excluded)."""
     if self._variables is None:
-      self._variables = VariablesByKey(self.checkpoint)
+      self._variables = VariablesByKey(tf.train.Checkpoint(**self._objects))
     return self._variables
 
   def NonFiniteVariables(self):
@@ -167,9 +232,15 @@ class Checkpointer:
     return [k for (k, _), ok in zip(floats, flags) if not ok]
 
   def SizeBytes(self):
-    """Bytes of variable data a checkpoint of these objects holds."""
-    return sum(v.shape.num_elements() * v.dtype.size
+    """Bytes a checkpoint needs: the size of the newest one written or
+    read (it holds the attached objects too, e.g. the input iterator), at
+    least the model's variable data."""
+    size = sum(v.shape.num_elements() * v.dtype.size
                for v in self.variables.values())
+    if self.latest_finite:
+      size = max(size, sum(tf.io.gfile.stat(f).length for f in
+                           tf.io.gfile.glob(self.latest_finite + '.*')))
+    return size
 
   def Mismatch(self, path, reader):
     """None, or a sentence naming the first model variable that is missing
@@ -218,16 +289,15 @@ class Checkpointer:
     try:
       reader = tf.train.load_checkpoint(path)
     except (tf.errors.OpError, ValueError, OSError) as e:
-      return f'cannot read its index ({_FirstLine(e)})'
+      return f'cannot read its index ({ErrorLine(e)})'
     mismatch = self.Mismatch(path, reader)
     if mismatch:
       raise ModelMismatchError(mismatch)
-    try:
-      status = self.checkpoint.read(path)
-      status.assert_existing_objects_matched().expect_partial()
-    except Exception as e:  # pylint: disable=broad-except
-      # Truncated data raises DataLossError, IndexError, ValueError...
-      return f'cannot read its values ({_FirstLine(e)})'
+    # A checkpoint object of its own per read (see `checkpoint`).
+    error = ReadQuietly(lambda: tf.train.Checkpoint(**self._objects), path,
+                        match_existing=True)
+    if error:
+      return f'cannot read its values ({error})'
     bad = self.NonFiniteVariables() if require_finite else []
     if bad:
       return f'holds non-finite values ({bad[0]}' + (
@@ -333,18 +403,15 @@ class Checkpointer:
             os.path.basename(p) for p in
             state.all_model_checkpoint_paths] == names:
       return
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel('ERROR')  # Not its deprecation notice: we rebuild the
-    try:                      # state from files, the manager cannot.
+    # The deprecated v1 call: the manager cannot rebuild the state file
+    # from the files.
+    with QuietTfLogger():
       tf.compat.v1.train.update_checkpoint_state(
           self.directory, os.path.basename(restored),
           all_model_checkpoint_paths=names,
           all_model_checkpoint_timestamps=[
               tf.io.gfile.stat(p + '.index').mtime_nsec / 1e9
               for _, p in keep])
-    finally:
-      logger.setLevel(level)
     self._manager = None
     self._print(f'Rebuilt {state_file} from the files (it was '
                 f'{"stale" if state is not None else "missing"}).')

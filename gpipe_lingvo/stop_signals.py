@@ -2,7 +2,9 @@
 or Ctrl-C (SIGINT), so that the trainer can save before it exits.
 
 The handler only records the signal; the training loop looks at it after
-each step, saves a checkpoint at that step and raises Stopped. Python runs
+each step, saves a checkpoint at that step and raises Stopped (the workers
+of a multi-worker run first agree, through the step's cross-worker sum, to
+stop after the same step: distribute/replicas.py). Python runs
 handlers between bytecodes, so a signal that arrives inside a step is seen
 when the step returns: a save never interleaves with a step. The first
 signal also restores the default action, so a second one ends the process
@@ -46,9 +48,16 @@ class StopSignals:
     return signal.Signals(self.signum).name if self.signum else ''
 
   def Stopped(self, step: int, saved: str) -> Stopped:
-    """The exception that ends a run stopped at `step`, now in `saved`."""
-    return Stopped(self.signum, f'Stopped by {self.name} at step {step}; '
-                   f'saved {saved}. Rerun the same command to resume.')
+    """The exception that ends a run stopped at `step`, now in `saved`
+    (None: another worker, the chief, saved it); if this process received
+    no signal, another worker of the run did."""
+    where = f'saved {saved}' if saved else "the chief saved the checkpoint"
+    if self.signum:
+      return Stopped(self.signum, f'Stopped by {self.name} at step {step}; '
+                     f'{where}. Rerun the same command to resume.')
+    return Stopped(signal.SIGTERM, f'Stopped at step {step}: another worker '
+                   f'received a stop signal; {where}. Rerun the same command '
+                   'to resume.')
 
   def _Handle(self, signum, frame):
     del frame

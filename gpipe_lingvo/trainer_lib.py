@@ -2,15 +2,16 @@
 
 Used by trainer.py (flags) and by tests directly. Writes to the logdir:
   params.txt          the exact params of the run (Params.ToText)
-  ckpt/ckpt-N.*       checkpoints (checkpoints.Checkpointer)
+  ckpt/ckpt-N.*       checkpoints (checkpoints.Checkpointer), with the
+                      training input's position (input_position)
   train/, eval_*/     TensorBoard scalars
   metrics.jsonl       one JSON line per evaluation: step, split, metrics
   trainer.lock        who holds the logdir (logdir_lock)
 
-Checkpoint, lock and signal logic live in checkpoints, logdir_lock and
-stop_signals; this module orchestrates and prints. Every error a user can
-fix is an errors.UserError, raised before anything is written where the
-cause is known at start.
+Checkpoint, input-position, lock and signal logic live in checkpoints,
+input_position, logdir_lock and stop_signals; this module orchestrates and
+prints. Every error a user can fix is an errors.UserError, raised before
+anything is written where the cause is known at start.
 """
 import json
 import os
@@ -24,6 +25,7 @@ from gpipe_lingvo import checkpoints
 from gpipe_lingvo import context
 from gpipe_lingvo import errors
 from gpipe_lingvo import init_from_checkpoint
+from gpipe_lingvo import input_position
 from gpipe_lingvo import logdir_lock
 from gpipe_lingvo import metrics as metrics_lib
 from gpipe_lingvo import stop_signals
@@ -176,7 +178,8 @@ class Trainer:
     before anything is written; the logdir is locked against a second
     trainer; SIGTERM or Ctrl-C saves at the current step and raises
     stop_signals.Stopped; a non-finite step is not applied and raises
-    checkpoints.NonFiniteError.
+    checkpoints.NonFiniteError. A resumed run continues the same training:
+    the checkpoint holds the input position too.
     """
     tp = self.params.task.train
     max_steps = tp.max_steps if max_steps is None else max_steps
@@ -189,6 +192,10 @@ class Trainer:
       step = int(self._global_step.numpy())
       if restored:
         self._print(f'Resumed from {restored} at step {step}.')
+      position = input_position.TrainInput(train_input, self.replicas,
+                                           self._print)
+      position.Restore(restored)
+      ckpt.Attach('input', position.state)
       init = dict(self.params.task.IterParams()).get('init_from_checkpoint')
       if (not restored and self.replicas.is_chief and init is not None and
           init.checkpoint_path):
@@ -197,18 +204,19 @@ class Trainer:
       # Every worker starts from the chief's state (restored or initial).
       self.replicas.SyncState(
           self.params.ToText(),
-          replicas_lib.StateVariables(self.task, self._global_step),
+          replicas_lib.StateVariables(self.task, self._global_step,
+                                      position.state_variables),
           self._print)
       step = int(self._global_step.numpy())
       self.WriteParams()
       with stop_signals.StopSignals() as stop:
         self._print(_StartLine(restored, step, max_steps,
                                tp.save_interval_steps, ckpt.directory))
-        step, last = self._TrainLoop(ckpt, train_input, step, max_steps,
-                                     evaluate_splits, stop)
+        step, last, stopped = self._TrainLoop(ckpt, position, step, max_steps,
+                                              evaluate_splits, stop)
         if checkpoints.CheckpointNumber(ckpt.latest_finite or '') != step:
-          self._Save(ckpt, step)
-      if stop.signum:
+          self._Save(ckpt, position, step)
+      if stopped:
         raise stop.Stopped(step, ckpt.latest_finite)
       results = {'train': last}
       for split in evaluate_splits:
@@ -218,7 +226,10 @@ class Trainer:
   def _CompiledTrainStep(self):
     task = self.task
 
-    @tf.function
+    # No autograph: the task, layers and pipeline write their control flow
+    # with tf.cond / tf.while_loop, and converting their code took about
+    # 2 s of every start.
+    @tf.function(autograph=False)
     def TrainStep(batch):
       sums, lr, norm, finite = self.replicas.TrainStep(task, batch,
                                                        self._global_step)
@@ -228,16 +239,20 @@ class Trainer:
 
     return TrainStep
 
-  def _TrainLoop(self, ckpt, train_input, step, max_steps, evaluate_splits,
+  def _TrainLoop(self, ckpt, position, step, max_steps, evaluate_splits,
                  stop):
     """Steps until max_steps or a stop signal; returns (step, metrics of
-    the last logged window). Saves and evaluates at their intervals."""
+    the last logged window, whether a signal stopped it). Saves and
+    evaluates at their intervals. Workers of a multi-worker run stop after
+    the same step, once any of them received a signal."""
     tp = self.params.task.train
     train_step = self._CompiledTrainStep()
-    it = iter(self.replicas.Dataset(train_input))
+    it = position.Iterator(step)
     progress = _Progress(self._Writer('train'), self._print,
-                         train_input.params.batch_size, max_steps)
-    while step < max_steps and not stop.signum:
+                         position.generator.params.batch_size, max_steps)
+    stopped = False
+    while step < max_steps and not stopped:
+      self.replicas.VoteStop(stop.signum is not None)
       batch = next(it)
       if step + 1 == self.timeline_at_step:
         sums, lr, norm, finite = model_plan.ProfiledStep(
@@ -245,6 +260,7 @@ class Trainer:
       else:
         sums, lr, norm, finite = train_step(batch)
       sums = {k: v.numpy() for k, v in sums.items()}
+      stopped = self.replicas.StopAgreed(sums, stop.signum is not None)
       finite = {k: bool(v) for k, v in finite.items()}
       if not all(finite.values()):
         raise ckpt.NonFiniteStep(step + 1, finite, float(sums['total_loss']),
@@ -253,15 +269,16 @@ class Trainer:
       progress.Add(step, sums, lr, norm,
                    log=step % tp.log_interval_steps == 0 or step == max_steps)
       if step % tp.save_interval_steps == 0 and step < max_steps:
-        self._Save(ckpt, step)
+        self._Save(ckpt, position, step)
       if (evaluate_splits and tp.eval_interval_steps and
           step % tp.eval_interval_steps == 0 and step < max_steps):
         for split in evaluate_splits:
           self._EvaluateNow(split, step)
-    return step, progress.last
+    return step, progress.last, stopped
 
-  def _Save(self, ckpt, step):
+  def _Save(self, ckpt, position, step):
     """The chief saves; other workers hold the same state and save none."""
+    position.Mark(step)
     if self.replicas.is_chief:
       self._print(f'Saved checkpoint {ckpt.Save(step)}')
 
@@ -297,7 +314,7 @@ class Trainer:
     task = self.task
     gen = self._Input(split)
 
-    @tf.function
+    @tf.function(autograph=False)
     def EvalStep(batch):
       return task.EvalStep(batch)
 

@@ -82,3 +82,26 @@ class TransformerLmPipelined(TransformerLm):
     return TaskParams(StackParams().Set(
         num_encoder_layers=0, source_vocab_size=0, num_stages=2,
         num_micro_batches=4, remat='always'))
+
+
+@model_registry.RegisterSingleTaskModel
+class TinyTransformerJaEn(TransformerJaEn):
+  """1 + 1 layers, d = 16, on the `tiny` configuration (6% of the chapters,
+  vocabularies of 1200 / 300 pieces, rows of 48 tokens), batch 8: for
+  end-to-end checks of the task, checkpoints and resume in seconds (not a
+  translation model)."""
+
+  def Train(self):
+    return translation.InputParams('train', 8, config='tiny')
+
+  def Dev(self):
+    return translation.InputParams('dev', 8, config='tiny')
+
+  def Test(self):
+    return translation.InputParams('test', 8, config='tiny')
+
+  def Task(self):
+    return TaskParams(StackParams().Set(
+        model_dim=16, hidden_dim=32, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=1, source_vocab_size=1200, target_vocab_size=300,
+        max_length=48), max_steps=50)

@@ -196,3 +196,16 @@ class ResNet101(_ResNet):
 class ResNet152(_ResNet):
   """ResNet v1.5-152."""
   DEPTH = 152
+
+
+@model_registry.RegisterSingleTaskModel
+class SmallConvNet(_ImageNet):
+  """Tiny convnet on ImageNet at 32 px, for end-to-end checks of the
+  ImageNet input, checkpoints and resume (not a model of the paper)."""
+  IMAGE_SIZE = 32
+  BATCH_SIZE = 8
+
+  def Task(self):
+    # params.cifar10 imports this module, so not at the top.
+    from params import cifar10  # pylint: disable=import-outside-toplevel
+    return cifar10.SmallConvNetTask(imagenet.NUM_CLASSES)

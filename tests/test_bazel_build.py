@@ -19,7 +19,7 @@ from tools import check_build
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
-def test_repository_build_files_are_complete():
+def testRepositoryBuildFilesAreComplete():
   assert os.path.exists(os.path.join(ROOT, 'WORKSPACE')), ROOT
   problems = check_build.Check(ROOT)
   assert not problems, (
@@ -27,7 +27,7 @@ def test_repository_build_files_are_complete():
       '`python tools/check_build.py`):\n' + '\n'.join(problems))
 
 
-def test_project_modules_come_from_bazel_runfiles():
+def testProjectModulesComeFromBazelRunfiles():
   """Under Bazel, imports must resolve inside the sandboxed runfiles tree."""
   runfiles = os.environ.get('TEST_SRCDIR')
   if not runfiles:
@@ -39,7 +39,7 @@ def test_project_modules_come_from_bazel_runfiles():
       os.path.abspath(runfiles) + os.sep), check_build.__file__
 
 
-def test_trainer_binary_finds_registered_models():
+def testTrainerBinaryFindsRegisteredModels():
   """//:trainer lists //params models, which it imports by name only."""
   if os.environ.get('TEST_SRCDIR'):
     # Bazel's launcher of the py_binary (data of this test) sets up the
@@ -100,11 +100,11 @@ def _MiniRepo(tmp_path, files):
   return root
 
 
-def test_checker_accepts_a_complete_repository(tmp_path):
+def testCheckerAcceptsACompleteRepository(tmp_path):
   assert check_build.Check(_MiniRepo(tmp_path, {})) == []
 
 
-def test_checker_reports_a_test_module_without_target(tmp_path):
+def testCheckerReportsATestModuleWithoutTarget(tmp_path):
   root = _MiniRepo(tmp_path, {'tests/test_new.py': """\
       from lib import core
 
@@ -121,7 +121,7 @@ def test_checker_reports_a_test_module_without_target(tmp_path):
   assert 'slow = "all"' in problems[0]
 
 
-def test_checker_reports_a_missing_dep(tmp_path):
+def testCheckerReportsAMissingDep(tmp_path):
   root = _MiniRepo(tmp_path, {'tests/BUILD': """\
       load("//tools:pytest.bzl", "gpipe_py_test")
       py_library(name = "test_support", srcs = ["__init__.py", "conftest.py"])
@@ -132,7 +132,7 @@ def test_checker_reports_a_missing_dep(tmp_path):
              for p in problems), problems
 
 
-def test_checker_reports_a_package_without_build_file(tmp_path):
+def testCheckerReportsAPackageWithoutBuildFile(tmp_path):
   root = _MiniRepo(tmp_path, {'extra/__init__.py': '',
                               'extra/mod.py': 'from lib import core\n',
                               'tool.py': 'import extra\n'
@@ -148,7 +148,7 @@ def test_checker_reports_a_package_without_build_file(tmp_path):
              'deps = ["//extra"]' in p for p in problems), problems
 
 
-def test_checker_reports_slow_tests_in_the_fast_subset(tmp_path):
+def testCheckerReportsSlowTestsInTheFastSubset(tmp_path):
   root = _MiniRepo(tmp_path, {'tests/test_core.py': """\
       import pytest
       from lib import core
@@ -164,7 +164,7 @@ def test_checker_reports_slow_tests_in_the_fast_subset(tmp_path):
   assert any('set slow = "some"' in p for p in problems), problems
 
 
-def test_checker_accepts_split_slow_module(tmp_path):
+def testCheckerAcceptsSplitSlowModule(tmp_path):
   root = _MiniRepo(tmp_path, {
       'tests/test_core.py': """\
           import pytest
@@ -185,7 +185,7 @@ def test_checker_accepts_split_slow_module(tmp_path):
   assert check_build.Check(root) == []
 
 
-def test_checker_reports_a_cycle_and_suggests_the_way_out(tmp_path):
+def testCheckerReportsACycleAndSuggestsTheWayOut(tmp_path):
   root = _MiniRepo(tmp_path, {
       'lib/core.py': 'from lib.sub import leaf\n',
       'lib/sub/__init__.py': '',
@@ -198,7 +198,7 @@ def test_checker_reports_a_cycle_and_suggests_the_way_out(tmp_path):
              for p in problems), problems
 
 
-def test_checker_knows_model_registry_needs_params(tmp_path):
+def testCheckerKnowsModelRegistryNeedsParams(tmp_path):
   root = _MiniRepo(tmp_path, {
       'gpipe_lingvo/__init__.py': '',
       'gpipe_lingvo/model_registry.py': 'import importlib\n',
@@ -223,7 +223,7 @@ def test_checker_knows_model_registry_needs_params(tmp_path):
   assert 'add "//params"' in problems[0], problems
 
 
-def test_checker_reports_a_named_file_missing_from_runfiles(tmp_path):
+def testCheckerReportsANamedFileMissingFromRunfiles(tmp_path):
   root = _MiniRepo(tmp_path, {
       'run.py': 'import lib\n',
       'BUILD': """\
@@ -249,7 +249,7 @@ def _Event(kind, label, **payload):
   return json.dumps({'id': {kind: {'label': label}}, **payload})
 
 
-def test_summary_counts_passes_failures_and_unbuilt_tests():
+def testSummaryCountsPassesFailuresAndUnbuiltTests():
   from tools import bazel_summary  # pylint: disable=g-import-not-at-top
   events = [
       _Event('targetConfigured', '//t:a', configured={'targetKind': 'py_test rule'}),

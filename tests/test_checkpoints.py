@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from gpipe_lingvo import checkpoints
 from gpipe_lingvo import errors
+from gpipe_lingvo import input_position
 from gpipe_lingvo import model_registry
 from gpipe_lingvo import trainer_lib
 from gpipe_lingvo import validation
@@ -36,51 +37,194 @@ def _Files(directory):
 
 def _NonFinite(prefix):
   reader = tf.train.load_checkpoint(prefix)
-  return [k for k in reader.get_variable_to_shape_map()
-          if isinstance(reader.get_tensor(k), np.ndarray) and
-          reader.get_tensor(k).dtype.kind == 'f' and
-          not np.isfinite(reader.get_tensor(k)).all()]
+  return [k for k, dtype in reader.get_variable_to_dtype_map().items()
+          if dtype.is_floating and not np.isfinite(reader.get_tensor(k)).all()]
 
 
-def test_restore_reads_the_files_when_the_state_file_is_missing_or_stale(
-    tmp_path, capsys):
+def _Weights(prefix):
+  """{key: value} of a checkpoint's model variables and step."""
+  reader = tf.train.load_checkpoint(str(prefix))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith(('task/', 'global_step/'))}
+
+
+def _FlipByte(path, fraction):
+  data = bytearray(path.read_bytes())
+  data[int(len(data) * fraction)] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+FINAL = 18
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  logdir = tmp_path_factory.mktemp('uninterrupted')
+  _Trainer(logdir, save_interval_steps=2).Train(max_steps=FINAL)
+  return _Weights(logdir / 'ckpt' / f'ckpt-{FINAL}')
+
+
+def testEveryCheckpointFaultThenRestoreTrainSaveRestore(
+    tmp_path, capsys, uninterrupted):
+  """Each fault of the table in turn, each followed by a run that restores,
+  trains and saves (restored in turn by the next): no run fails, every
+  fault says what it did, and the run ends with the weights of the same
+  run without faults, bitwise (the input position is restored too)."""
   ckpt_dir = tmp_path / 'ckpt'
-  t1 = _Trainer(tmp_path, save_interval_steps=2)
-  t1.Train(max_steps=6)
-  # The keys the model expects are exactly the ones a checkpoint holds.
-  reader = tf.train.load_checkpoint(str(ckpt_dir / 'ckpt-6'))
-  saved = {k[:-len('/.ATTRIBUTES/VARIABLE_VALUE')]
-           for k in reader.get_variable_to_shape_map()
-           if k.endswith('/.ATTRIBUTES/VARIABLE_VALUE')} - {'save_counter'}
-  ckpt = t1._Checkpointer()  # pylint: disable=protected-access
-  assert set(ckpt.variables) == saved
+  out = []
+
+  def Run(max_steps):
+    logs = []
+    _Trainer(tmp_path, logs, save_interval_steps=2,
+             keep_checkpoint_max=10).Train(max_steps=max_steps)
+    out.append(capsys.readouterr().out.splitlines() + logs)
+    return out[-1]
+
+  def Data(n):
+    return ckpt_dir / f'ckpt-{n}.data-00000-of-00001'
+
+  Run(4)
+  # A bit flip in the model's values of the newest checkpoint (the model's
+  # keys sort after the input's, at the end of the data file): set aside,
+  # and the next save no longer names it (it raised NotFoundError).
+  _FlipByte(Data(4), 0.98)
+  lines = Run(6)
+  assert any(l.startswith(f'WARNING: checkpoint {ckpt_dir}/ckpt-4 is '
+                          f'unreadable; falling back to {ckpt_dir}/ckpt-2: '
+                          'cannot read its values') and 'Checksum' in l
+             for l in lines), lines
+  assert f'Moved the unusable checkpoint ckpt-4 to {ckpt_dir}/unusable/ckpt-4.' in lines
+  assert f'Resumed from {ckpt_dir}/ckpt-2 at step 2.' in lines
+  assert f'Saved checkpoint {ckpt_dir}/ckpt-6' in lines
+  # A bit flip in the input iterator's state (the middle of the file): the
+  # weights are intact, and the input skips to the checkpoint's position.
+  _FlipByte(Data(6), 0.4)
+  lines = Run(8)
+  assert f'Resumed from {ckpt_dir}/ckpt-6 at step 6.' in lines
+  assert any(l.startswith('Input: the iterator saved in ckpt-6 cannot be '
+                          'restored (DataLossError: ') and l.endswith(
+                              'skipping to its position (example 384) '
+                              'instead.') for l in lines), lines
+  # A truncated newest checkpoint (a partial copy).
+  Data(8).write_bytes(Data(8).read_bytes()[:1000])
+  lines = Run(10)
+  assert any(l.startswith(f'WARNING: checkpoint {ckpt_dir}/ckpt-8 is '
+                          'unreadable; falling back to') for l in lines), lines
+  assert f'Resumed from {ckpt_dir}/ckpt-6 at step 6.' in lines
+  # The state file deleted: restore reads the files; none is overwritten.
   before = _Files(ckpt_dir)
   (ckpt_dir / 'checkpoint').unlink()
-
-  logs = []
-  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=8)
-  assert any('Resumed from' in l and l.endswith('ckpt-6 at step 6.')
-             for l in logs), logs
-  assert 'Rebuilt' in capsys.readouterr().out
+  lines = Run(12)
+  assert f'Rebuilt {ckpt_dir}/checkpoint from the files (it was missing).' in lines
+  assert f'Resumed from {ckpt_dir}/ckpt-10 at step 10.' in lines
   after = _Files(ckpt_dir)
-  assert {f: after[f] for f in before} == before  # Nothing overwritten.
-  state = tf.train.get_checkpoint_state(str(ckpt_dir))
-  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
-      'ckpt-2', 'ckpt-4', 'ckpt-6', 'ckpt-8']
-
-  # A stale state file (a kill between writing ckpt-8 and the state file):
-  # eval and training both find ckpt-8; eval leaves the state file alone.
+  assert {f: after[f] for f in before} == before
+  # A stale state file (a kill between a save's files and the state file):
+  # evaluation and training both find the newest; evaluation leaves the
+  # state file as it is.
   tf.compat.v1.train.update_checkpoint_state(
-      str(ckpt_dir), 'ckpt-6', all_model_checkpoint_paths=['ckpt-6'])
+      str(ckpt_dir), 'ckpt-10', all_model_checkpoint_paths=['ckpt-10'])
   stale = (ckpt_dir / 'checkpoint').read_text()
   logs = []
   _Trainer(tmp_path, logs).Evaluate('test')
-  assert any(l.startswith('Evaluating') and 'ckpt-8 (step 8)' in l
-             for l in logs), logs
+  assert f'Evaluating {ckpt_dir}/ckpt-12 (step 12) on test.' in logs, logs
   assert (ckpt_dir / 'checkpoint').read_text() == stale
+  lines = Run(14)
+  assert f'Rebuilt {ckpt_dir}/checkpoint from the files (it was stale).' in lines
+  assert f'Resumed from {ckpt_dir}/ckpt-12 at step 12.' in lines
+  state = tf.train.get_checkpoint_state(str(ckpt_dir))
+  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+      f'ckpt-{n}' for n in range(2, 15, 2)]
+  # Non-finite values: never saved; a checkpoint holding them (written by
+  # other means) is skipped and set aside, never overwritten.
+  t = _Trainer(tmp_path)
+  ckpt = t._Checkpointer()  # pylint: disable=protected-access
+  ckpt.RestoreLatest()
+  bn = t.task.network.block2.bn.vars.moving_variance
+  bn.assign(tf.fill(bn.shape, float('nan')))
+  with pytest.raises(checkpoints.NonFiniteError,
+                     match='Not saving step 15: .*block2/bn/moving_variance'):
+    ckpt.Save(15)
+  assert not list(ckpt_dir.glob('ckpt-15*'))
+  ckpt.checkpoint.write(str(ckpt_dir / 'ckpt-14'))
+  capsys.readouterr()
+  lines = Run(16)
+  assert any(l.startswith(f'WARNING: checkpoint {ckpt_dir}/ckpt-14 holds '
+                          f'non-finite values; falling back to') for l in lines)
+  assert f'Resumed from {ckpt_dir}/ckpt-12 at step 12.' in lines
+  assert _NonFinite(str(ckpt_dir / 'unusable' / 'ckpt-14')) != []
+  assert all(_NonFinite(p) == [] for p in checkpoints.Candidates(str(ckpt_dir)))
+  # Restore -> train -> save -> restore once more, to the end.
+  lines = Run(FINAL)
+  assert f'Resumed from {ckpt_dir}/ckpt-16 at step 16.' in lines
+  assert sorted(os.listdir(ckpt_dir / 'unusable')) == [
+      'ckpt-14.data-00000-of-00001', 'ckpt-14.index',
+      'ckpt-4.data-00000-of-00001', 'ckpt-4.index',
+      'ckpt-8.data-00000-of-00001', 'ckpt-8.index']
+  got = _Weights(ckpt_dir / f'ckpt-{FINAL}')
+  assert sorted(got) == sorted(uninterrupted)
+  assert [k for k in got if not np.array_equal(got[k], uninterrupted[k])] == []
 
 
-def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
+def testACheckpointThatFailedToReadIsNotReadAgainAtSave(tmp_path):
+  """The checkpoint object that saves never reads: a read that fails leaves
+  deferred restorations behind (of the save counter, made at the first
+  save), which made the next save read the failed checkpoint again, by then
+  moved to unusable/ (NotFoundError)."""
+  model = tf.Module()
+  model.w = tf.Variable(tf.range(1000, dtype=tf.float32))
+  step = tf.Variable(0, dtype=tf.int64)
+  ckpt = checkpoints.Checkpointer(str(tmp_path), print_fn=lambda _: None,
+                                  model=model, global_step=step)
+  for n in (2, 4):
+    step.assign(n)
+    ckpt.Save(n)
+  data = tmp_path / 'ckpt-4.data-00000-of-00001'
+  _FlipByte(data, 0.9)
+  again = checkpoints.Checkpointer(str(tmp_path), print_fn=lambda _: None,
+                                   model=model, global_step=step)
+  assert again.RestoreLatest() == str(tmp_path / 'ckpt-2')
+  assert int(step.numpy()) == 2
+  step.assign(6)
+  assert again.Save(6) == str(tmp_path / 'ckpt-6')
+  assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / 'ckpt-6')
+
+
+def testCheckpointWithoutInputPositionRestoresAsBefore(tmp_path):
+  """A checkpoint of an older version (model and step only): training
+  resumes from it, saying in one line that the input starts from its
+  beginning; the run's next checkpoints have the position again, and
+  initialise another run (init_from_checkpoint reads the model's keys)."""
+  t = _Trainer(tmp_path, save_interval_steps=3)
+  t.Train(max_steps=3)
+  old = tmp_path / 'ckpt' / 'ckpt-3'
+  for f in tmp_path.joinpath('ckpt').glob('ckpt-3.*'):
+    f.unlink()
+  tf.train.Checkpoint(task=t.task, global_step=t._global_step).write(  # pylint: disable=protected-access
+      str(old))
+  logs = []
+  _Trainer(tmp_path, logs, save_interval_steps=3).Train(max_steps=6)
+  assert logs[:2] == [
+      f'Resumed from {old} at step 3.',
+      'Input: ckpt-3 holds no input position (written by an older version); '
+      'the training input starts from its beginning.']
+  # The input restarted: the position counts from the resume.
+  reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'ckpt-6'))
+  assert reader.get_tensor('input/examples/.ATTRIBUTES/VARIABLE_VALUE') == 192
+  assert input_position.ITERATOR_KEY in reader.get_variable_to_shape_map()
+  # Such a checkpoint (with the input's iterator) initialises another run.
+  p = _Params()
+  p.task.init_from_checkpoint.Set(checkpoint_path=str(tmp_path),
+                                  ignore_rules=[])
+  logs = []
+  trainer_lib.Trainer(p, str(tmp_path / 'other'), print_fn=logs.append).Train(
+      max_steps=0)
+  assert any(l.startswith('Initialised 14 variables from '
+                          f'{tmp_path}/ckpt/ckpt-6;') for l in logs), logs
+
+
+def testNonFiniteStepIsNeitherAppliedNorSavedAndResumes(tmp_path):
+  _Trainer(tmp_path, save_interval_steps=2).Train(max_steps=4)
   t = _Trainer(tmp_path, save_interval_steps=1)
   t.params.task.train.lr_schedule.learning_rate = 1e6
   with pytest.raises(checkpoints.NonFiniteError) as e:
@@ -88,7 +232,7 @@ def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
   msg = str(e.value)
   step = int(msg.split()[1])
   assert msg.startswith(f'Step {step} was not applied: not finite: ')
-  assert step >= 2, msg
+  assert step >= 6, msg
   named = str(tmp_path / 'ckpt' / f'ckpt-{step - 1}')
   assert f'The newest checkpoint is {named} (step {step - 1})' in msg
   # No checkpoint on disk holds a NaN or an Inf, the named one included.
@@ -102,34 +246,30 @@ def test_non_finite_step_is_neither_applied_nor_saved(tmp_path):
     np.testing.assert_array_equal(
         var.numpy(), reader.get_tensor(key + '/.ATTRIBUTES/VARIABLE_VALUE'),
         err_msg=key)
-
-
-def test_checkpoint_with_non_finite_values_is_never_written_nor_resumed(
-    tmp_path, capsys):
-  t = _Trainer(tmp_path, save_interval_steps=2)
-  t.Train(max_steps=4)
-  ckpt = t._Checkpointer()  # pylint: disable=protected-access
-  ckpt.RestoreLatest()
-  bn = t.task.network.block2.bn.vars.moving_variance
-  bn.assign(tf.fill(bn.shape, float('nan')))
-  with pytest.raises(checkpoints.NonFiniteError,
-                     match='Not saving step 5: .*block2/bn/moving_variance'):
-    ckpt.Save(5)
-  assert not list((tmp_path / 'ckpt').glob('ckpt-5*'))
-  # A checkpoint written with NaN by other means (an older version) is
-  # skipped at restore and moved aside, never overwritten.
-  ckpt.checkpoint.write(str(tmp_path / 'ckpt' / 'ckpt-4'))
+  # Rerun as it was: the same training (weights and input position
+  # restored) reaches the same non-finite step.
+  again = _Trainer(tmp_path, save_interval_steps=1)
+  again.params.task.train.lr_schedule.learning_rate = 1e6
+  with pytest.raises(checkpoints.NonFiniteError) as e:
+    again.Train(max_steps=20)
+  assert str(e.value) == msg
+  # The run had diverged before the named checkpoint: as the message says,
+  # move the newer checkpoints out and rerun with the learning rate as it
+  # was: restore, train, save, and the next run restores that.
+  for n in range(5, step):
+    for f in (tmp_path / 'ckpt').glob(f'ckpt-{n}.*'):
+      f.unlink()
   logs = []
-  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=6)
-  out = capsys.readouterr().out
-  assert 'ckpt-4 holds non-finite values; falling back to' in out
-  assert (tmp_path / 'ckpt' / 'unusable' / 'ckpt-4.index').exists()
-  assert any(l.endswith('ckpt-2 at step 2.') for l in logs), logs
-  assert _NonFinite(str(tmp_path / 'ckpt' / 'ckpt-4')) == []
-  assert _NonFinite(str(tmp_path / 'ckpt' / 'unusable' / 'ckpt-4')) != []
+  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=8)
+  assert f'Resumed from {tmp_path}/ckpt/ckpt-4 at step 4.' in logs
+  logs = []
+  _Trainer(tmp_path, logs, save_interval_steps=2).Train(max_steps=10)
+  assert f'Resumed from {tmp_path}/ckpt/ckpt-8 at step 8.' in logs
+  assert all(_NonFinite(p) == [] for p in
+             checkpoints.Candidates(str(tmp_path / 'ckpt')))
 
 
-def test_model_that_does_not_match_the_checkpoint_is_named(tmp_path):
+def testModelThatDoesNotMatchTheCheckpointIsNamed(tmp_path):
   _Trainer(tmp_path).Train(max_steps=2)
   before = _Files(tmp_path / 'ckpt')
   params_txt = (tmp_path / 'params.txt').read_text()
@@ -148,7 +288,7 @@ def test_model_that_does_not_match_the_checkpoint_is_named(tmp_path):
   assert (tmp_path / 'params.txt').read_text() == params_txt
 
 
-def test_batch_not_divisible_by_micro_batches_fails_before_any_write(tmp_path):
+def testBatchNotDivisibleByMicroBatchesFailsBeforeAnyWrite(tmp_path):
   p = _Params('digits.ConvNetPipelined')
   p.task.network.num_micro_batches = 5
   logdir = tmp_path / 'log'
@@ -171,7 +311,7 @@ def test_batch_not_divisible_by_micro_batches_fails_before_any_write(tmp_path):
     ('schedule', 3, 'a schedule name'),
     ('cells', 'x', 'a list of layer params'),
 ])
-def test_engine_fields_are_checked_at_instantiate(field, value, accepts):
+def testEngineFieldsAreCheckedAtInstantiate(field, value, accepts):
   p = pipelined_network.PipelinedNetwork.Params().Set(
       name='network', cells=digits_params.ConvNetCells(), num_stages=2)
   p.Set(**{field: value})
@@ -180,7 +320,7 @@ def test_engine_fields_are_checked_at_instantiate(field, value, accepts):
   assert f'network.{field}' in str(e.value) and accepts in str(e.value)
 
 
-def test_run_checks_name_the_field_and_the_fix():
+def testRunChecksNameTheFieldAndTheFix():
   p = _Params('digits.ConvNetPipelined')
   validation.CheckRun(p, 10)
   validation.CheckRun(p, 0)
@@ -197,7 +337,7 @@ def test_run_checks_name_the_field_and_the_fix():
     params_check.CheckBatchSplits(64, 5, num_replicas=2)
 
 
-def test_evaluating_an_unknown_split_is_a_clear_error(tmp_path):
+def testEvaluatingAnUnknownSplitIsAClearError(tmp_path):
   with pytest.raises(trainer_lib.TrainerError, match="split 'bogus'"):
     _Trainer(tmp_path).Evaluate('bogus')
   assert not tmp_path.joinpath('trainer.lock').exists()

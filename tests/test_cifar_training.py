@@ -38,7 +38,7 @@ def _EventTags(directory):
   return tags
 
 
-def test_evaluation_covers_whole_split_and_matches_direct_computation(tmp_path):
+def testEvaluationCoversWholeSplitAndMatchesDirectComputation(tmp_path):
   data_dir, labels, _ = tasks_data.Cifar('cifar10')
   p = _Params('cifar10.SmallConvNet', data_dir)
   trainer = trainer_lib.Trainer(p, str(tmp_path), print_fn=lambda *_: None)
@@ -67,7 +67,7 @@ def test_evaluation_covers_whole_split_and_matches_direct_computation(tmp_path):
   assert {'loss', 'accuracy', 'top5'} <= _EventTags(str(tmp_path / 'eval_test'))
 
 
-def test_missing_eval_data_fails_before_training(tmp_path):
+def testMissingEvalDataFailsBeforeTraining(tmp_path):
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   p = _Params('cifar10.SmallConvNet', data_dir)
   p.test.data_dir = str(tmp_path / 'empty')
@@ -84,7 +84,7 @@ def _Values(task):
           init_from_checkpoint.TaskVariables(task).items()}
 
 
-def test_fine_tune_into_more_classes_loads_every_non_head_variable(tmp_path):
+def testFineTuneIntoMoreClassesLoadsEveryNonHeadVariable(tmp_path):
   c10, _, _ = tasks_data.Cifar('cifar10')
   c100, _, _ = tasks_data.Cifar('cifar100')
   src = trainer_lib.Trainer(_Params('cifar10.SmallConvNet', c10),
@@ -128,7 +128,7 @@ def test_fine_tune_into_more_classes_loads_every_non_head_variable(tmp_path):
     np.testing.assert_array_equal(v, after[k])
 
 
-def test_init_errors_list_what_did_not_match(tmp_path):
+def testInitErrorsListWhatDidNotMatch(tmp_path):
   c10, _, _ = tasks_data.Cifar('cifar10')
   src = trainer_lib.Trainer(_Params('cifar10.SmallConvNet', c10),
                             str(tmp_path / 'src'), print_fn=lambda *_: None)
@@ -184,7 +184,7 @@ def _Cli(*args):
 
 
 @pytest.mark.slow  # ~20 s: three trainer.py subprocesses
-def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
+def testTrainerCliTrainsAndEvaluatesCifar10EndToEnd(tmp_path):
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   logdir = str(tmp_path / 'log')
   r = _Cli('--model=cifar10.SmallConvNet', f'--data_dir={data_dir}',
@@ -215,7 +215,7 @@ def test_trainer_cli_trains_and_evaluates_cifar10_end_to_end(tmp_path):
   assert f'tasks.prepare_data --dataset=cifar10 --data_dir={empty}' in r.stderr
 
 
-def test_cli_overrides_set_params_whose_default_is_none():
+def testCliOverridesSetParamsWhoseDefaultIsNone():
   # Fine-tuning from the command line sets None-valued params by text.
   from gpipe_lingvo import hyperparams
   p = model_registry.GetParams('cifar100.SmallConvNet')
@@ -230,7 +230,7 @@ def test_cli_overrides_set_params_whose_default_is_none():
   assert p.train.data_dir == '/data/tfds'
 
 
-def test_summary_needs_no_data(tmp_path):
+def testSummaryNeedsNoData(tmp_path):
   p = model_registry.GetParams('cifar100.SmallConvNet')
   for split in ('train', 'dev', 'test'):
     p.Get(split).Set(data_dir=str(tmp_path / 'none'), download=False)

@@ -7,7 +7,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_digits_demo_reaches_97_percent(tmp_path):
+def testDigitsDemoReaches97Percent(tmp_path):
   r = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'trainer.py'), '--model=digits.ConvNet',
        f'--logdir={tmp_path}', '--mode=train_and_eval'],

@@ -48,7 +48,7 @@ def _AssertEnded(pids):
       os.kill(pid, 0)
 
 
-def test_free_ports_and_tf_config():
+def testFreePortsAndTfConfig():
   ports = launch.FreePorts(3)
   assert len(set(ports)) == 3
   config = json.loads(launch.TfConfig(ports, 2))
@@ -56,7 +56,7 @@ def test_free_ports_and_tf_config():
                     'task': {'type': 'worker', 'index': 2}}
 
 
-def test_all_workers_succeed(tmp_path):
+def testAllWorkersSucceed(tmp_path):
   r, _, pids = _Launch(tmp_path, workers=3)
   assert r.returncode == 0, r.stdout
   for i in range(3):
@@ -66,7 +66,7 @@ def test_all_workers_succeed(tmp_path):
 
 
 @pytest.mark.parametrize('extra', [(), ('ignore_term',)])
-def test_failing_worker_ends_all_workers(tmp_path, extra):
+def testFailingWorkerEndsAllWorkers(tmp_path, extra):
   r, seconds, pids = _Launch(tmp_path, 'fail', *extra)
   assert r.returncode == 3, r.stdout
   assert 'launch: worker 1 ended with status 3' in r.stdout
@@ -79,7 +79,7 @@ def test_failing_worker_ends_all_workers(tmp_path, extra):
   _AssertEnded(pids)
 
 
-def test_trainer_rejects_tf_config_that_does_not_fit_before_any_step(
+def testTrainerRejectsTfConfigThatDoesNotFitBeforeAnyStep(
     tmp_path):
   config = json.dumps({'cluster': {'worker': ['127.0.0.1:1', '127.0.0.1:2',
                                               '127.0.0.1:3']},

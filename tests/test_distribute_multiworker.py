@@ -4,9 +4,13 @@ Two workers (python -m gpipe_lingvo.distribute.launch), each running the
 K=2 digits pipeline on two logical CPU devices, train R=2 data-parallel
 replicas; the chief's checkpoint must equal one process training the same
 global batch. A worker killed mid-run makes the other fail within a bound,
-naming the lost task, and a restart resumes from the chief's checkpoint.
+naming the lost task; a restart resumes from the chief's checkpoint, a
+SIGTERM stops both workers after the same step with a checkpoint there, and
+one process (M=8 instead of 2 x M=4) resumes that: every segment continues
+the same training as the one process of the reference, input included.
 """
 import os
+import random
 import re
 import signal
 import socket
@@ -27,7 +31,7 @@ MODEL = 'digits.ConvNetPipelined'  # K=2, M=4, batch 64, batch norm, dropout
 
 
 def _LaunchArgs(logdir, *overrides, max_steps, workers=2, extra=()):
-  text = '; '.join(('task.train.log_interval_steps = 3',) + overrides)
+  text = '; '.join(('task.train.log_interval_steps = 1',) + overrides)
   return [sys.executable, '-m', 'gpipe_lingvo.distribute.launch',
           f'--workers={workers}', '--grace_s=60', '--',
           f'--model={MODEL}', f'--logdir={logdir}', '--mode=train',
@@ -96,11 +100,11 @@ def _AssertAllEnded(run):
 
 
 def _Reference(segments):
-  """One process training the same global batches: the two shards' batches
-  concatenated (worker 0's rows first), run as R x M = 8 micro-batches of
-  the same size, so batch norm and dropout see what the replicas saw. The
-  input restarts after each segment, as it does when training resumes.
-  Yields (params, task, step) after each segment."""
+  """One process training the same global batches without interruption:
+  the two shards' batches concatenated (worker 0's rows first: the global
+  batch), run as R x M = 8 micro-batches of the same size, so batch norm
+  and dropout see what the replicas saw. Yields (params, task, step) after
+  each segment."""
   p = model_registry.GetParams(MODEL)
   hyperparams.ApplyOverrides(p, 'task.network.num_micro_batches = 8')
   task = p.task.Instantiate()
@@ -113,9 +117,9 @@ def _Reference(segments):
     step.assign_add(1)
     return out
 
+  shards = [iter(p.train.Copy().Set(shard_index=i, num_shards=2)
+                 .Instantiate().GetDataset()) for i in range(2)]
   for steps in segments:
-    shards = [iter(p.train.Copy().Set(shard_index=i, num_shards=2)
-                   .Instantiate().GetDataset()) for i in range(2)]
     for _ in range(steps):
       parts = [next(s) for s in shards]
       Step({k: tf.concat([b[k] for b in parts], 0) for k in parts[0]})
@@ -137,14 +141,15 @@ def _AssertCheckpointEquals(path, params, ref, ref_step):
                                err_msg=r.name)
 
 
-@pytest.fixture(scope='module')
-def scenario(tmp_path_factory):
-  """Trains with 2 workers until the chief saved ckpt-4, kills worker 1,
-  then restarts both for 2 more steps. Two launches shared by the tests."""
-  tmp = tmp_path_factory.mktemp('multiworker')
+def _Scenario(tmp):
+  """Trains with 2 workers until the chief saved ckpt-4 and kills worker 1;
+  restarts both and stops them with a SIGTERM to the launcher a few steps
+  later; resumes in one process with M=8 for 3 steps. Three launches,
+  checked by the _Check functions below (in one test: under pytest-xdist,
+  tests sharing a module fixture can each run it)."""
   logdir = tmp / 'run'
-  first = _Run(_LaunchArgs(logdir, 'task.train.save_interval_steps = 4',
-                           max_steps=100000,
+  save = 'task.train.save_interval_steps = 4'
+  first = _Run(_LaunchArgs(logdir, save, max_steps=100000,
                            extra=('--collective_timeout_s=60',)), _Env(tmp))
   try:
     first.WaitFor(r'^\[w0\] Saved checkpoint .*ckpt-4$', timeout=240)
@@ -157,16 +162,28 @@ def scenario(tmp_path_factory):
   saved = [int(n) for n in re.findall(r'\[w0\] Saved checkpoint .*ckpt-(\d+)',
                                       first.Text())]
   last = max(saved)
-  second = _Run(_LaunchArgs(logdir, 'task.train.save_interval_steps = 4',
-                            max_steps=last + 2), _Env(tmp))
-  second.Finish(timeout=300)
+  target = last + random.Random(last).randint(1, 3)
+  second = _Run(_LaunchArgs(logdir, save, max_steps=100000), _Env(tmp))
+  try:
+    second.WaitFor(rf'^\[w0\] step +{target} ', timeout=240)
+    second.proc.send_signal(signal.SIGTERM)
+    second.Finish(timeout=180)
+  finally:
+    if second.proc.poll() is None:
+      second.proc.kill()
+  stopped = int(re.search(r'\[w0\] Stopped by SIGTERM at step (\d+);',
+                          second.Text()).group(1))
+  third = _Run(_LaunchArgs(logdir, save, 'task.network.num_micro_batches = 8',
+                           max_steps=stopped + 3, workers=1), _Env(tmp))
+  third.Finish(timeout=300)
   return dict(tmp=tmp, logdir=logdir, first=first, second=second,
-              t_kill=t_kill, last=last)
+              third=third, t_kill=t_kill, last=last, target=target,
+              stopped=stopped)
 
 
-@pytest.mark.slow
-def test_two_workers_equal_one_process_on_the_global_batch(scenario):
+def _CheckTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario):
   logdir, last = scenario['logdir'], scenario['last']
+  stopped = scenario['stopped']
   out = scenario['first'].Text()
   assert '[w0] world: 2 worker(s), this is /job:worker/task:0 (chief' in out
   assert ('[w1]   batch: global 64 = 2 x per-replica 32 = 2 x 4 '
@@ -175,7 +192,7 @@ def test_two_workers_equal_one_process_on_the_global_batch(scenario):
   lines = [re.sub(r'^\[w\d\] ', '', l).split('lr')[0]
            for l in out.splitlines() if re.match(r'\[w\d\] step +3 ', l)]
   assert len(lines) == 2 and lines[0] == lines[1], lines
-  ref = _Reference([last, 2])
+  ref = _Reference([last, stopped - last, 3])
   params, task, step = next(ref)
   _AssertCheckpointEquals(str(logdir / 'ckpt' / f'ckpt-{last}'), params,
                           task, step)
@@ -185,14 +202,17 @@ def test_two_workers_equal_one_process_on_the_global_batch(scenario):
   moved = [v.name for v in task.variables if v.name in init and
            not np.allclose(v.numpy(), init[v.name], atol=1e-4)]
   assert len(moved) == len(init), sorted(set(init) - set(moved))
-  # After the kill and the restart: still the same as one process.
+  # After the kill and the restart, and after the SIGTERM and the restart in
+  # one process: still the same training as one process without them.
   params, task, step = next(ref)
-  _AssertCheckpointEquals(str(logdir / 'ckpt' / f'ckpt-{last + 2}'), params,
+  _AssertCheckpointEquals(str(logdir / 'ckpt' / f'ckpt-{stopped}'), params,
                           task, step)
+  params, task, step = next(ref)
+  _AssertCheckpointEquals(str(logdir / 'ckpt' / f'ckpt-{stopped + 3}'),
+                          params, task, step)
 
 
-@pytest.mark.slow
-def test_lost_worker_fails_the_other_within_bound(scenario):
+def _CheckLostWorkerFailsTheOtherWithinBound(scenario):
   run = scenario['first']
   assert run.proc.returncode != 0
   out = run.Text()
@@ -209,14 +229,24 @@ def test_lost_worker_fails_the_other_within_bound(scenario):
   _AssertAllEnded(run)
 
 
-@pytest.mark.slow
-def test_restarted_workers_resume_from_the_chief_checkpoint(scenario):
+def _CheckRestartedWorkersResumeAndStopTogether(scenario):
   run, last, logdir = scenario['second'], scenario['last'], scenario['logdir']
+  stopped = scenario['stopped']
   out = run.Text()
-  assert run.proc.returncode == 0, out
+  assert run.proc.returncode == 143, out
   assert re.search(rf'\[w0\] Resumed from .*ckpt-{last} at step {last}\.', out)
+  assert (f'[w0] Input: skipping to example {64 * last} of the training '
+          f'stream (the position of ckpt-{last}).') in out
   assert f'[w1] Worker 1: state of the chief received (step {last}).' in out
-  assert f'[w0] Saved checkpoint {logdir}/ckpt/ckpt-{last + 2}' in out
+  # The SIGTERM reached both workers; they stopped after the same step
+  # (agreed through the step's sum), the chief saved it, both exited 143.
+  assert stopped >= scenario['target']
+  assert (f'[w0] Stopped by SIGTERM at step {stopped}; saved '
+          f'{logdir}/ckpt/ckpt-{stopped}. Rerun the same command to '
+          'resume.') in out
+  assert re.search(rf'\[w1\] Stopped (by SIGTERM )?at step {stopped}', out)
+  assert 'launch: worker 0 ended with status 143' in out
+  assert 'launch: worker 1 ended with status 143' in out
   # Only the chief writes into the logdir.
   assert '[w1] Saved checkpoint' not in out
   assert sorted(os.listdir(logdir)) == ['ckpt', 'params.txt', 'train',
@@ -226,3 +256,24 @@ def test_restarted_workers_resume_from_the_chief_checkpoint(scenario):
   left = [d for d in os.listdir(scenario['tmp']) if d.startswith('gpipe_')]
   assert len(left) == 1, left
   _AssertAllEnded(run)
+
+
+def _CheckOneProcessResumesWhatTwoWorkersTrained(scenario):
+  run, logdir, stopped = (scenario['third'], scenario['logdir'],
+                          scenario['stopped'])
+  out = run.Text()
+  assert run.proc.returncode == 0, out
+  assert ('[w0]   batch: global 64 = 1 x per-replica 64 = 1 x 8 '
+          'micro-batches of 8') in out
+  assert (f'[w0] Input: skipping to example {64 * stopped} of the training '
+          f'stream (the position of ckpt-{stopped}).') in out
+  assert f'[w0] Saved checkpoint {logdir}/ckpt/ckpt-{stopped + 3}' in out
+
+
+@pytest.mark.slow
+def testTwoWorkersLoseOneStopTogetherAndResumeInOneProcess(tmp_path):
+  scenario = _Scenario(tmp_path)
+  _CheckLostWorkerFailsTheOtherWithinBound(scenario)
+  _CheckRestartedWorkersResumeAndStopTogether(scenario)
+  _CheckOneProcessResumesWhatTwoWorkersTrained(scenario)
+  _CheckTwoWorkersEqualOneProcessOnTheGlobalBatch(scenario)

@@ -51,12 +51,12 @@ def _Topo(**kw):
     (dict(device_type='tpu', tpu_computation_shape=[1, 0, 1, 2]), 2,
      r'tpu_computation_shape: must be a list of positive ints'),
 ])
-def test_bad_topology_names_field_and_numbers(kw, stages, match):
+def testBadTopologyNamesFieldAndNumbers(kw, stages, match):
   with pytest.raises(devices.DeviceError, match=match):
     devices.CheckTopology(_Topo(**kw), stages, 'net.topology')
 
 
-def test_good_topologies_pass():
+def testGoodTopologiesPass():
   devices.CheckTopology(_Topo(), 1)
   devices.CheckTopology(_Topo(device_type='gpu', gpu_memory_limit_mb=1024,
                               devices_per_stage=2), 4)
@@ -65,7 +65,7 @@ def test_good_topologies_pass():
                               tpu_slice_shape=[2, 2, 1, 2], num_replicas=2), 2)
 
 
-def test_pipelined_network_validates_topology_at_instantiate():
+def testPipelinedNetworkValidatesTopologyAtInstantiate():
   p = model_registry.GetParams('digits.ConvNetPipelined')
   p.task.network.topology.tpu_slice_shape = [2, 2, 1, 2]
   with pytest.raises(devices.DeviceError,
@@ -74,7 +74,7 @@ def test_pipelined_network_validates_topology_at_instantiate():
     p.task.Instantiate()
 
 
-def test_tpu_shapes_can_be_set_by_text_override():
+def testTpuShapesCanBeSetByTextOverride():
   p = model_registry.GetParams('digits.ConvNetPipelined')
   hyperparams.ApplyOverrides(
       p, "task.network.topology.device_type = 'tpu'; "
@@ -101,7 +101,7 @@ def _Params(overrides=''):
   return p
 
 
-def test_world_of_two_workers():
+def testWorldOfTwoWorkers():
   w = world_lib.FromParams(_Params(), _TfConfig(2, 1))
   assert (w.num_workers, w.worker_index, w.num_replicas, w.num_stages) == (
       2, 1, 2, 2)
@@ -113,14 +113,14 @@ def test_world_of_two_workers():
       '  batch: global 64 = 2 x per-replica 32 = 2 x 4 micro-batches of 8']
 
 
-def test_world_chief_job_is_worker_zero():
+def testWorldChiefJobIsWorkerZero():
   assert world_lib.FromParams(_Params(), _TfConfig(1, 0, 'chief', True)
                               ).worker_index == 0
   w = world_lib.FromParams(_Params(), _TfConfig(1, 0, chief=True))
   assert (w.worker_index, w.num_workers, w.is_chief) == (1, 2, False)
 
 
-def test_world_without_tf_config_is_one_process():
+def testWorldWithoutTfConfigIsOneProcess():
   w = world_lib.FromParams(model_registry.GetParams('digits.ConvNet'), '')
   assert (w.num_workers, w.num_replicas, w.num_stages, w.is_chief) == (
       1, 1, 1, True)
@@ -150,14 +150,14 @@ def test_world_without_tf_config_is_one_process():
      'task.network.topology.tpu_computation_shape = [1, 1, 1, 2]', '',
      r"device_type is 'tpu' but --tpu is not set"),
 ])
-def test_world_that_does_not_fit_fails_with_one_line(tf_config, overrides,
+def testWorldThatDoesNotFitFailsWithOneLine(tf_config, overrides,
                                                      tpu_address, match):
   with pytest.raises(world_lib.WorldError, match=match) as e:
     world_lib.FromParams(_Params(overrides), tf_config, tpu_address)
   assert '\n' not in str(e.value)
 
 
-def test_tpu_world_replicas_from_slice_shape():
+def testTpuWorldReplicasFromSliceShape():
   p = _Params("task.network.topology.device_type = 'tpu'; "
               'task.network.topology.tpu_computation_shape = [1, 1, 1, 2]; '
               'task.network.topology.tpu_slice_shape = [2, 2, 1, 2]')
@@ -180,7 +180,7 @@ def _Slice(mesh, hosts):
                                       device_coordinates=coords)
 
 
-def test_stage_logical_cores():
+def testStageLogicalCores():
   assert tpu.StageLogicalCores(3, 2) == [[0, 1], [2, 3], [4, 5]]
   assert tpu.StageLogicalCores(1, 1) == [[0]]
 
@@ -191,7 +191,7 @@ def test_stage_logical_cores():
     ([4, 4, 1, 2], 4, [1, 2, 1, 2], 4, 1, 8),   # 4 hosts: 8 replicas of K=4
     ([4, 4, 1, 2], 4, [4, 4, 1, 2], 8, 4, 1),   # the whole slice, K=8 x 4
 ])
-def test_device_assignment_places_stages_on_distinct_neighbouring_cores(
+def testDeviceAssignmentPlacesStagesOnDistinctNeighbouringCores(
     mesh, hosts, comp, stages, dps, replicas):
   slice_ = _Slice(mesh, hosts)
   topo = _Topo(device_type='tpu', devices_per_stage=dps,
@@ -219,7 +219,7 @@ def test_device_assignment_places_stages_on_distinct_neighbouring_cores(
       assert sum(abs(i - j) for i, j in zip(a[:3], b[:3])) <= 1, (a, b)
 
 
-def test_device_assignment_replicas_default_to_what_the_slice_holds():
+def testDeviceAssignmentReplicasDefaultToWhatTheSliceHolds():
   topo = _Topo(device_type='tpu', tpu_computation_shape=[1, 2, 1, 2])
   assert tpu.BuildDeviceAssignment(_Slice([4, 4, 1, 2], 4), topo,
                                    4).num_replicas == 8
@@ -227,7 +227,7 @@ def test_device_assignment_replicas_default_to_what_the_slice_holds():
                                    num_replicas=3).num_replicas == 3
 
 
-def test_device_assignment_checks_the_slice_against_the_params():
+def testDeviceAssignmentChecksTheSliceAgainstTheParams():
   topo = _Topo(device_type='tpu', tpu_computation_shape=[1, 1, 1, 2],
                tpu_slice_shape=[2, 2, 1, 2])
   with pytest.raises(devices.DeviceError,
@@ -242,7 +242,7 @@ def test_device_assignment_checks_the_slice_against_the_params():
 # -- packing for the all-reduce --------------------------------------------------
 
 
-def test_packing_round_trips_mixed_dtypes_in_one_vector_per_dtype():
+def testPackingRoundTripsMixedDtypesInOneVectorPerDtype():
   ts = [tf.constant([[1., 2.], [3., 4.]]), tf.constant(5, tf.int64),
         tf.constant([6., 7., 8.]), tf.zeros([0, 3])]
   packing = collectives.Packing(ts)

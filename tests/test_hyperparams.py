@@ -5,7 +5,7 @@ from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 
 
-def test_model_params_round_trip_through_text():
+def testModelParamsRoundTripThroughText():
   p = model_registry.GetParams('digits.ConvNet')
   text = p.ToText()
   q = model_registry.GetParams('digits.ConvNet')
@@ -18,7 +18,7 @@ def test_model_params_round_trip_through_text():
   assert q.task.network.cells[0].cells[1].decay == 0.9
 
 
-def test_override_sets_nested_values():
+def testOverrideSetsNestedValues():
   p = model_registry.GetParams('digits.ConvNet')
   hyperparams.ApplyOverrides(
       p, 'task.train.max_steps = 12; task.train.lr_schedule.learning_rate : 0.5')
@@ -26,7 +26,7 @@ def test_override_sets_nested_values():
   assert p.task.train.lr_schedule.learning_rate == 0.5
 
 
-def test_override_unknown_key_names_key_and_known_siblings():
+def testOverrideUnknownKeyNamesKeyAndKnownSiblings():
   p = model_registry.GetParams('digits.ConvNet')
   with pytest.raises(hyperparams.OverrideError) as e:
     hyperparams.ApplyOverrides(p, 'task.train.max_stepz = 3')
@@ -36,13 +36,13 @@ def test_override_unknown_key_names_key_and_known_siblings():
   assert 'max_steps' in msg and 'save_interval_steps' in msg
 
 
-def test_override_unknown_top_level_key():
+def testOverrideUnknownTopLevelKey():
   p = model_registry.GetParams('digits.ConvNet')
   with pytest.raises(hyperparams.OverrideError, match="<root>.*'tsak'"):
     hyperparams.ApplyOverrides(p, 'tsak.num_classes = 3')
 
 
-def test_override_unparseable_line():
+def testOverrideUnparseableLine():
   p = model_registry.GetParams('digits.ConvNet')
   with pytest.raises(hyperparams.OverrideError, match='key = value'):
     hyperparams.ApplyOverrides(p, 'task.num_classes')

@@ -12,14 +12,14 @@ def _Conv(**kw):
   return p.Instantiate()
 
 
-def test_conv_shapes_and_stride():
+def testConvShapesAndStride():
   x = tf.random.stateless_normal([2, 9, 9, 3], [1, 2])
   assert _Conv().FProp(x).shape == [2, 9, 9, 5]
   assert _Conv(stride=2).FProp(x).shape == [2, 5, 5, 5]
   assert _Conv(padding='VALID', filter_shape=(3, 1)).FProp(x).shape == [2, 7, 9, 5]
 
 
-def test_bad_params_fail_at_instantiate():
+def testBadParamsFailAtInstantiate():
   with pytest.raises(ValueError, match='input_dim and output_dim'):
     layers.Conv2D.Params().Set(name='c', input_dim=0, output_dim=3).Instantiate()
   with pytest.raises(ValueError, match='keep_prob'):
@@ -30,14 +30,14 @@ def test_bad_params_fail_at_instantiate():
     layers.Flatten.Params().Set(name='a/b').Instantiate()
 
 
-def test_initial_values_depend_only_on_path_and_seed():
+def testInitialValuesDependOnlyOnPathAndSeed():
   a, b = _Conv(), _Conv()
   np.testing.assert_array_equal(a.vars.w.numpy(), b.vars.w.numpy())
   c = _Conv(random_seed=3)
   assert not np.allclose(a.vars.w.numpy(), c.vars.w.numpy())
 
 
-def test_sequential_names_variables_by_layer_path(tmp_path):
+def testSequentialNamesVariablesByLayerPath(tmp_path):
   p = layers.Sequential.Params().Set(name='net', cells=[
       layers.FullyConnected.Params().Set(name='fc1', input_dim=4, output_dim=3),
       layers.BatchNorm.Params().Set(name='bn', dim=3),
@@ -52,7 +52,7 @@ def test_sequential_names_variables_by_layer_path(tmp_path):
       'net/fc1/w:0', 'net/fc1/b:0', 'net/bn/gamma:0', 'net/bn/beta:0']
 
 
-def test_batch_norm_accumulated_micro_batch_stats_equal_full_batch():
+def testBatchNormAccumulatedMicroBatchStatsEqualFullBatch():
   bn = layers.BatchNorm.Params().Set(name='bn', dim=4, decay=0.0).Instantiate()
   x = tf.random.stateless_normal([12, 3, 3, 4], [3, 4]) * 2.0 + 1.0
   stats = {}
@@ -66,7 +66,7 @@ def test_batch_norm_accumulated_micro_batch_stats_equal_full_batch():
                              atol=1e-4)
 
 
-def test_batch_norm_training_normalises_and_eval_uses_moving_stats():
+def testBatchNormTrainingNormalisesAndEvalUsesMovingStats():
   bn = layers.BatchNorm.Params().Set(name='bn', dim=2, epsilon=1e-6).Instantiate()
   x = tf.constant([[1.0, 10.0], [3.0, 30.0]])
   with context.Scope(training=True):
@@ -75,7 +75,7 @@ def test_batch_norm_training_normalises_and_eval_uses_moving_stats():
   np.testing.assert_allclose(bn.FProp(x).numpy(), x.numpy(), atol=1e-3)
 
 
-def test_dropout_masks_are_stateless_per_step_and_micro_batch():
+def testDropoutMasksAreStatelessPerStepAndMicroBatch():
   d = layers.Dropout.Params().Set(name='drop', keep_prob=0.5).Instantiate()
   x = tf.ones([64, 16])
   def Run(step, mb):
@@ -89,7 +89,7 @@ def test_dropout_masks_are_stateless_per_step_and_micro_batch():
   np.testing.assert_array_equal(d.FProp(x).numpy(), x.numpy())  # eval: identity
 
 
-def test_softmax_cross_entropy_with_label_smoothing_matches_formula():
+def testSoftmaxCrossEntropyWithLabelSmoothingMatchesFormula():
   loss = layers.SoftmaxCrossEntropy.Params().Set(
       name='loss', num_classes=3, label_smoothing=0.3).Instantiate()
   logits = tf.constant([[2.0, 0.5, -1.0]])
@@ -99,7 +99,7 @@ def test_softmax_cross_entropy_with_label_smoothing_matches_formula():
   np.testing.assert_allclose(got, [-(target * logp).sum()], rtol=1e-6)
 
 
-def test_pooling_and_global_pool():
+def testPoolingAndGlobalPool():
   x = tf.reshape(tf.range(16, dtype=tf.float32), [1, 4, 4, 1])
   mx = layers.Pool2D.Params().Set(name='p').Instantiate().FProp(x)
   np.testing.assert_array_equal(mx.numpy().ravel(), [5, 7, 13, 15])
@@ -111,7 +111,7 @@ def test_pooling_and_global_pool():
   assert g.numpy().ravel() == pytest.approx([7.5])
 
 
-def test_bfloat16_activations_keep_float32_variables():
+def testBfloat16ActivationsKeepFloat32Variables():
   fc = layers.FullyConnected.Params().Set(
       name='fc', input_dim=4, output_dim=2, fprop_dtype=tf.bfloat16).Instantiate()
   y = fc.FProp(tf.ones([3, 4]))

@@ -38,12 +38,12 @@ def _AssertMatchesPublished(count, published, half_unit, tol=0.005):
       f'[{lo:,.0f}, {hi:,.0f}] of the published {published:,}')
 
 
-def test_resnet50_usual_count():
+def testResnet50UsualCount():
   n = _RegisteredNetworkCount('imagenet.ResNet50')
   assert abs(n - 25_557_032) <= 0.001 * 25_557_032, n
 
 
-def test_amoebanet_d_18_208_matches_paper_and_fact_sheet():
+def testAmoebanetD18_208MatchesPaperAndFactSheet():
   n = _RegisteredNetworkCount('imagenet.AmoebaNetD_18_208')
   _AssertMatchesPublished(n, 82_000_000, 500_000)   # GPipe Table 1: 82M.
   assert abs(n - 82_000_000) <= 0.005 * 82_000_000
@@ -51,12 +51,12 @@ def test_amoebanet_d_18_208_matches_paper_and_fact_sheet():
   assert n == 81_781_529
 
 
-def test_amoebanet_d_18_416_table1():
+def testAmoebanetD18_416Table1():
   n = _RegisteredNetworkCount('imagenet.AmoebaNetD_18_416')
   assert abs(n - 318_000_000) <= 0.005 * 318_000_000, n
 
 
-def test_amoebanet_a_cifar_real_et_al():
+def testAmoebanetACifarRealEtAl():
   # Real et al.: AmoebaNet-A, N=6, F=36, CIFAR-10: 3.2M (no aux head).
   n = _Count(amoebanet.AmoebaNet(
       genotype='A', num_normal_cells=18, filters=36, image_size=32,
@@ -67,20 +67,20 @@ def test_amoebanet_a_cifar_real_et_al():
 
 @pytest.mark.parametrize('depth,published,half_unit', [
     (20, 270_000, 5_000), (56, 850_000, 5_000), (110, 1_700_000, 50_000)])
-def test_cifar_resnets_he_et_al(depth, published, half_unit):
+def testCifarResnetsHeEtAl(depth, published, half_unit):
   n = _Count(resnet.CifarResNet(depth=depth))
   _AssertMatchesPublished(n, published, half_unit, tol=0.0)
 
 
 @pytest.mark.slow
-def test_resnet101_152_torchvision_counts():
+def testResnet101_152TorchvisionCounts():
   # Same architecture and counting rule as torchvision's resnet101/152.
   assert abs(_RegisteredNetworkCount('imagenet.ResNet101') - 44_549_160) <= 45
   assert abs(_RegisteredNetworkCount('imagenet.ResNet152') - 60_192_808) <= 60
 
 
 @pytest.mark.slow
-def test_amoebanet_b_18_512_at_480():
+def testAmoebanetB18_512At480():
   n = _RegisteredNetworkCount('imagenet.AmoebaNetB_18_512')
   assert abs(n - 557_000_000) <= 0.005 * 557_000_000, n
   assert n == 559_063_693  # Fact sheet (TF reference + 9x9 aux head).
@@ -92,7 +92,7 @@ def test_amoebanet_b_18_512_at_480():
     ('imagenet.AmoebaNetD_36_544', 1_050_000_000, 5_000_000),
     ('imagenet.AmoebaNetD_72_512', 1_800_000_000, 50_000_000),
 ])
-def test_amoebanet_d_table1_large(name, published, half_unit):
+def testAmoebanetDTable1Large(name, published, half_unit):
   n = _RegisteredNetworkCount(name)
   _AssertMatchesPublished(n, published, half_unit)
   if name != 'imagenet.AmoebaNetD_72_512':

@@ -17,7 +17,7 @@ def _X(shape, seed=0, dtype=tf.float32):
   return tf.cast(tf.random.stateless_normal(shape, [seed, 7]), dtype)
 
 
-def test_separable_stack_count_and_stride():
+def testSeparableStackCountAndStride():
   cin, f, k = 12, 16, 5
   layer = _Build(layers.StackedSeparableConv.Params().Set(
       input_dim=cin, output_dim=f, filter_shape=k, stride=2))
@@ -27,7 +27,7 @@ def test_separable_stack_count_and_stride():
 
 
 @pytest.mark.parametrize('kernels,inner', [([(3, 3)], 9), ([(1, 7), (7, 1)], 14)])
-def test_bottleneck_count_and_stride(kernels, inner):
+def testBottleneckCountAndStride(kernels, inner):
   cin, f = 24, 32
   r = f // 4
   layer = _Build(layers.BottleneckConv.Params().Set(
@@ -38,12 +38,12 @@ def test_bottleneck_count_and_stride(kernels, inner):
   assert layer(_X([2, 11, 10, cin])).shape == [2, 6, 5, f]
 
 
-def test_bottleneck_rejects_empty_width():
+def testBottleneckRejectsEmptyWidth():
   with pytest.raises(ValueError, match='bottleneck width'):
     _Build(layers.BottleneckConv.Params().Set(input_dim=4, output_dim=2))
 
 
-def test_factorized_reduction_matches_manual_computation():
+def testFactorizedReductionMatchesManualComputation():
   cin, f = 3, 4
   layer = _Build(layers.FactorizedReduction.Params().Set(
       input_dim=cin, output_dim=f, stride=2))
@@ -63,12 +63,12 @@ def test_factorized_reduction_matches_manual_computation():
   np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
-def test_factorized_reduction_needs_even_width():
+def testFactorizedReductionNeedsEvenWidth():
   with pytest.raises(ValueError, match='even'):
     _Build(layers.FactorizedReduction.Params().Set(input_dim=3, output_dim=5))
 
 
-def test_avg_pool_excludes_padding():
+def testAvgPoolExcludesPadding():
   pool = _Build(layers.Pool2D.Params().Set(pooling_type='AVG', window=3,
                                            stride=1, padding='SAME'))
   y = pool(tf.ones([1, 4, 4, 2])).numpy()
@@ -76,7 +76,7 @@ def test_avg_pool_excludes_padding():
   np.testing.assert_allclose(y, np.ones_like(y))
 
 
-def test_drop_path_keep_prob_ramp():
+def testDropPathKeepProbRamp():
   k = drop_path_lib.KeepProb
   assert float(k(0.7, 100, 0)) == pytest.approx(1.0)
   assert float(k(0.7, 100, 50)) == pytest.approx(0.85)
@@ -84,7 +84,7 @@ def test_drop_path_keep_prob_ramp():
   assert float(k(0.7, 0, 0)) == pytest.approx(0.7)
 
 
-def test_drop_path_masks_whole_examples_and_is_reproducible():
+def testDropPathMasksWholeExamplesAndIsReproducible():
   layer = _Build(layers.DropPath.Params().Set(keep_prob=0.5), 'dp')
   x = tf.ones([64, 3, 3, 2])
   with context.Scope(training=False):
@@ -102,7 +102,7 @@ def test_drop_path_masks_whole_examples_and_is_reproducible():
   assert not np.array_equal(a, c)  # Micro-batches draw their own masks.
 
 
-def test_drop_path_ramp_starts_at_identity():
+def testDropPathRampStartsAtIdentity():
   layer = _Build(layers.DropPath.Params().Set(keep_prob=0.5,
                                               burn_in_steps=1000), 'dp')
   x = tf.ones([32, 2, 2, 1])
@@ -120,7 +120,7 @@ def test_drop_path_ramp_starts_at_identity():
                                pre_activation='relu'),
     layers.DropPath.Params().Set(keep_prob=0.8),
 ])
-def test_mixed_precision_bfloat16_activations_float32_variables(p):
+def testMixedPrecisionBfloat16ActivationsFloat32Variables(p):
   layer = _Build(p.Copy().Set(fprop_dtype=tf.bfloat16))
   x = _X([4, 6, 6, 8])
   with context.Scope(training=True, stats={}):
@@ -134,7 +134,7 @@ def test_mixed_precision_bfloat16_activations_float32_variables(p):
   assert all(g is not None and g.dtype == tf.float32 for g in grads)
 
 
-def test_genotype_validation_names_the_problem():
+def testGenotypeValidationNamesTheProblem():
   g = genotypes.Genotype('D')
   g.normal_inputs = [1, 1, 1, 0, 0, 0, 2, 2, 6, 5]
   with pytest.raises(ValueError, match=r'normal_inputs\[8\]'):

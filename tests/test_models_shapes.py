@@ -47,7 +47,7 @@ def _Imagenet(size):
     ('D', 480, [239, 120, 60, 30, 15], 4, 3),
     ('B', 480, [239, 120, 60, 30, 15], 4, 2),
     ('A', 331, [165, 83, 42, 21, 11], 4, 5)])
-def test_amoebanet_imagenet_shapes(genotype, size, expected, n_norm, n_red):
+def testAmoebanetImagenetShapes(genotype, size, expected, n_norm, n_red):
   assert _Imagenet(size) == expected  # The fact sheet's table.
   f, classes = 16, 7
   p = amoebanet.AmoebaNet(genotype=genotype, num_normal_cells=3, filters=f,
@@ -83,7 +83,7 @@ def test_amoebanet_imagenet_shapes(genotype, size, expected, n_norm, n_red):
   assert head_out.shape.as_list() == [None, classes]
 
 
-def test_amoebanet_cifar_shapes():
+def testAmoebanetCifarShapes():
   p = amoebanet.AmoebaNet(genotype='D', num_normal_cells=3, filters=8,
                           image_size=32, num_classes=10, stem='cifar')
   out = _Trace(p, 32, training=True)
@@ -96,7 +96,7 @@ def test_amoebanet_cifar_shapes():
 
 
 @pytest.mark.parametrize('size', [224, 331, 480])
-def test_resnet50_shapes(size):
+def testResnet50Shapes(size):
   out = _Trace(resnet.ResNet(depth=50), size, training=False)
   s = math.ceil(size / 4)
   assert out['stem'] == [None, s, s, 64]
@@ -107,7 +107,7 @@ def test_resnet50_shapes(size):
   assert out['head'] == [None, 1000]
 
 
-def test_cifar_resnet_shapes():
+def testCifarResnetShapes():
   out = _Trace(resnet.CifarResNet(depth=20), 32, training=True)
   assert out['stage1_block2'] == [None, 32, 32, 16]
   assert out['stage2_block0'] == [None, 16, 16, 32]
@@ -115,7 +115,7 @@ def test_cifar_resnet_shapes():
   assert out['head'] == [None, 10]
 
 
-def test_summary_of_registered_small_model(capsys):
+def testSummaryOfRegisteredSmallModel(capsys):
   params = model_registry.GetParams('cifar10.AmoebaNetD_6_32')
   trainer = trainer_lib.Trainer(params, '')
   total = trainer.Summary()
@@ -130,7 +130,7 @@ def test_summary_of_registered_small_model(capsys):
 
 
 @pytest.mark.slow
-def test_registered_amoebanet_b_at_480_traces():
+def testRegisteredAmoebanetBAt480Traces():
   params = model_registry.GetParams('imagenet.AmoebaNetB_18_512')
   out = _Trace(params.task.network, 480, training=True)
   assert out['normal_17']['cur'] == [None, 15, 15, 16 * 512]

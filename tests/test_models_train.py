@@ -78,7 +78,7 @@ def _Sequential(cells):
 
 
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
-def test_small_model_trains_deterministically(cells_fn):
+def testSmallModelTrainsDeterministically(cells_fn):
   a = _Train(_Task(_Sequential(cells_fn())), 3)
   b = _Train(_Task(_Sequential(cells_fn())), 3)
   assert np.all(np.isfinite(a))
@@ -87,14 +87,14 @@ def test_small_model_trains_deterministically(cells_fn):
 
 
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
-def test_small_model_fits_a_fixed_batch(cells_fn):
+def testSmallModelFitsAFixedBatch(cells_fn):
   kw = {'regularize': False} if cells_fn is _AmoebaCells else {}
   losses = _Train(_Task(_Sequential(cells_fn(**kw)), learning_rate=0.05), 6,
                   fixed_batch=True)
   assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_amoebanet_aux_logits_in_training_only_and_bn_stats_update():
+def testAmoebanetAuxLogitsInTrainingOnlyAndBnStatsUpdate():
   task = _Task(_Sequential(_AmoebaCells()))
   image = _Batch(0)['image']
   with context.Scope(training=True, step=0):
@@ -109,7 +109,7 @@ def test_amoebanet_aux_logits_in_training_only_and_bn_stats_update():
 
 
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
-def test_mixed_precision_bfloat16(cells_fn):
+def testMixedPrecisionBfloat16(cells_fn):
   task32 = _Task(_Sequential(cells_fn()))
   task16 = _Task(_Sequential(cells_fn(fprop_dtype=tf.bfloat16)))
   image = _Batch(0)['image']
@@ -124,7 +124,7 @@ def test_mixed_precision_bfloat16(cells_fn):
   assert abs(l16[0] - l32[0]) < 0.05 * l32[0], (l16, l32)
 
 
-def test_registered_model_switches_to_bfloat16_by_override():
+def testRegisteredModelSwitchesToBfloat16ByOverride():
   params = model_registry.GetParams('cifar10.ResNet20')
   hyperparams.ApplyOverrides(params, 'task.network.fprop_dtype : bfloat16')
   net = params.task.network.Copy().Instantiate()
@@ -137,7 +137,7 @@ def test_registered_model_switches_to_bfloat16_by_override():
 
 @pytest.mark.slow  # About 50 s on the 2-core machine (engine tracing).
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
-def test_pipelined_equals_unpipelined(cells_fn):
+def testPipelinedEqualsUnpipelined(cells_fn):
   # No dropout / drop path: their masks depend on the micro-batch index.
   kw = {'regularize': False} if cells_fn is _AmoebaCells else {}
   cells = cells_fn(bn_mode='full_batch', **kw)
@@ -154,7 +154,7 @@ def test_pipelined_equals_unpipelined(cells_fn):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
-def test_micro_batch_bn_same_losses_for_any_stage_count(cells_fn):
+def testMicroBatchBnSameLossesForAnyStageCount(cells_fn):
   # Per-micro-batch batch norm: K=2 stages (remat on) must train exactly as
   # K=1 with the same M=4 micro-batches, so cutting a real model into stages
   # changes nothing; with M micro-batches really flowing through the stages.
@@ -168,7 +168,7 @@ def test_micro_batch_bn_same_losses_for_any_stage_count(cells_fn):
                              atol=1e-5)
 
 
-def test_zero_init_for_counting_builds_the_same_variables():
+def testZeroInitForCountingBuildsTheSameVariables():
   with base_layer.ZeroInitForCounting():
     zero = _Sequential(_ResNetCells()).Instantiate()
   real = _Sequential(_ResNetCells()).Instantiate()

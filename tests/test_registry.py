@@ -5,28 +5,28 @@ from gpipe_lingvo import base_model_params
 from gpipe_lingvo import model_registry
 
 
-def test_key_is_module_below_params_plus_class():
+def testKeyIsModuleBelowParamsPlusClass():
   cls = model_registry.GetClass('digits.ConvNet')
   assert cls.__name__ == 'ConvNet'
   assert cls.__module__ == 'params.digits'
   assert 'digits.ConvNet' in model_registry.GetAllRegisteredClasses()
 
 
-def test_get_params_has_task_and_splits():
+def testGetParamsHasTaskAndSplits():
   p = model_registry.GetParams('digits.ConvNet')
   assert p.model == 'digits.ConvNet'
   assert p.task.num_classes == 10
   assert p.train.is_training and not p.test.is_training
 
 
-def test_unknown_model_suggests_closest():
+def testUnknownModelSuggestsClosest():
   with pytest.raises(model_registry.ModelNotFoundError) as e:
     model_registry.GetClass('digits.ConvNett')
   assert 'digits.ConvNet' in str(e.value)
   assert 'Did you mean' in str(e.value)
 
 
-def test_double_registration_of_a_different_class_fails():
+def testDoubleRegistrationOfADifferentClassFails():
   class ConvNet(base_model_params.SingleTaskModelParams):  # pylint: disable=unused-variable
     pass
   ConvNet.__module__ = 'params.digits'

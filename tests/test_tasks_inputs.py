@@ -21,7 +21,7 @@ def _AllBatches(gen):
 
 
 @pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
-def test_cifar_real_builder_round_trip(dataset):
+def testCifarRealBuilderRoundTrip(dataset):
   data_dir, labels, images = tasks_data.Cifar(dataset)
   gen = cifar.InputParams(dataset, 'test', 8, data_dir=data_dir,
                           normalize=False).Instantiate()
@@ -42,7 +42,7 @@ def test_cifar_real_builder_round_trip(dataset):
   assert got == want
 
 
-def test_cifar_archive_checksum_is_checked(tmp_path):
+def testCifarArchiveChecksumIsChecked(tmp_path):
   # The download step is the real one: an archive that is not the
   # registered download is rejected unless explicitly trusted.
   archive, _, _ = synthetic_archives.WriteCifarArchive(
@@ -52,7 +52,7 @@ def test_cifar_archive_checksum_is_checked(tmp_path):
     tfds_data.PrepareCifarFromArchive('cifar10', str(tmp_path / 'd'), archive)
 
 
-def test_missing_data_error_is_clear_and_lazy(tmp_path):
+def testMissingDataErrorIsClearAndLazy(tmp_path):
   empty = str(tmp_path / 'nothing_here')
   gen = cifar.InputParams('cifar100', 'train', 4, data_dir=empty,
                           download=False).Instantiate()
@@ -81,7 +81,7 @@ def test_missing_data_error_is_clear_and_lazy(tmp_path):
   assert len(_AllBatches(gen)) == 1
 
 
-def test_download_fails_fast_without_network(tmp_path, monkeypatch):
+def testDownloadFailsFastWithoutNetwork(tmp_path, monkeypatch):
   # download=True (the default) lets TFDS download CIFAR on first use; with
   # no network the error comes at once, not after minutes of retries.
   def NoDns(host, *a, **k):
@@ -97,7 +97,7 @@ def test_download_fails_fast_without_network(tmp_path, monkeypatch):
   assert f'tasks.prepare_data --dataset=cifar10 --data_dir={empty} (' in msg
 
 
-def test_missing_split_error():
+def testMissingSplitError():
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   tfds_data.LoadBuilder('cifar10', data_dir, 'test[:50%]')
   with pytest.raises(tfds_data.MissingDataError, match="has no split 'valid"):
@@ -115,14 +115,14 @@ def test_missing_split_error():
     (dict(std=(1.0, 0.0, 1.0)), 'std'),
     (dict(image_size=0), 'image_size'),
 ])
-def test_cifar_bad_params_fail_at_instantiate(kw, match):
+def testCifarBadParamsFailAtInstantiate(kw, match):
   p = cifar.InputParams('cifar10', 'train', 4)
   p.Set(**kw)
   with pytest.raises(ValueError, match=match):
     p.Instantiate()
 
 
-def test_cifar_training_batches_upscaled_bfloat16():
+def testCifarTrainingBatchesUpscaledBfloat16():
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   gen = cifar.InputParams('cifar10', 'train', 16, image_size=48,
                           cutout_size=8, dtype=tf.bfloat16,
@@ -146,7 +146,7 @@ def _OneImage():
   return tf.constant(rng.integers(0, 256, (32, 32, 3)), tf.uint8)
 
 
-def test_cifar_pad_crop_and_flip_are_shifts_and_mirrors():
+def testCifarPadCropAndFlipAreShiftsAndMirrors():
   gen = cifar.InputParams('cifar10', 'train', 4, normalize=False,
                           pad_crop=4).Instantiate()
   img = _OneImage()
@@ -173,7 +173,7 @@ def test_cifar_pad_crop_and_flip_are_shifts_and_mirrors():
   np.testing.assert_array_equal(out.numpy(), x)
 
 
-def test_cifar_normalisation_and_cutout():
+def testCifarNormalisationAndCutout():
   img = _OneImage()
   x = tf.image.convert_image_dtype(img, tf.float32).numpy()
   ev = cifar.InputParams('cifar10', 'test', 4).Instantiate()
@@ -198,7 +198,7 @@ def test_cifar_normalisation_and_cutout():
   assert max(sizes) == 100  # an interior square is the full 10x10
 
 
-def test_cifar_host_shards_are_disjoint_and_cover_the_split():
+def testCifarHostShardsAreDisjointAndCoverTheSplit():
   data_dir, _, _ = tasks_data.Cifar('cifar10')
   seen = []
   for i in range(2):
@@ -214,7 +214,7 @@ def test_cifar_host_shards_are_disjoint_and_cover_the_split():
   assert len(seen[0] | seen[1]) == tasks_data.NUM_TEST
 
 
-def test_imagenet_real_builder_train_and_validation():
+def testImagenetRealBuilderTrainAndValidation():
   data_dir = tasks_data.ImageNet()
   tr = imagenet.InputParams('train', 4, image_size=40,
                             data_dir=data_dir).Instantiate()
@@ -252,7 +252,7 @@ def _Jpeg(h, w):
   return tf.io.encode_jpeg(img), img
 
 
-def test_imagenet_random_resized_crop_window():
+def testImagenetRandomResizedCropWindow():
   gen = imagenet.InputParams('train', 4, image_size=32).Instantiate()
   jpeg, _ = _Jpeg(60, 90)
   areas = []
@@ -267,7 +267,7 @@ def test_imagenet_random_resized_crop_window():
   assert min(areas) < 0.6 and len(set(areas)) > 10
 
 
-def test_imagenet_eval_is_resized_centre_crop():
+def testImagenetEvalIsResizedCentreCrop():
   gen = imagenet.InputParams('validation', 4, image_size=32,
                              normalize=False).Instantiate()
   jpeg, _ = _Jpeg(60, 90)
@@ -283,7 +283,7 @@ def test_imagenet_eval_is_resized_centre_crop():
   np.testing.assert_allclose(out.numpy(), want.numpy(), atol=2 / 255)
 
 
-def test_prepare_data_cli(tmp_path, capsys):
+def testPrepareDataCli(tmp_path, capsys):
   from tasks import prepare_data
   d = str(tmp_path / 'd')
   assert prepare_data.Run(['--dataset=cifar100', f'--data_dir={d}',
@@ -301,7 +301,7 @@ def test_prepare_data_cli(tmp_path, capsys):
     prepare_data.Run(['--dataset=imagenet2012', f'--data_dir={d}/x'])
 
 
-def test_batch_specs_match_the_dataset():
+def testBatchSpecsMatchTheDataset():
   """BatchSpecs (what planners trace) describes the batches GetDataset
   yields, without reading data."""
   gen = digits.TrainParams(batch_size=16).Instantiate()

@@ -77,7 +77,7 @@ def trained(tmp_path_factory):
     ('task.train.save_interval_steps = 0',
      ['save_interval_steps must be an int >= 1, got 0']),
 ])
-def test_bad_engine_and_loop_params_fail_at_start(tmp_path, capsys, override,
+def testBadEngineAndLoopParamsFailAtStart(tmp_path, capsys, override,
                                                   words):
   rc, _, err = _Cli(capsys, '--model=digits.ConvNetPipelined',
                     f'--logdir={tmp_path / "log"}', '--mode=train',
@@ -87,7 +87,7 @@ def test_bad_engine_and_loop_params_fail_at_start(tmp_path, capsys, override,
   assert not (tmp_path / 'log').exists()
 
 
-def test_max_steps_zero_saves_the_initial_variables_negative_is_refused(
+def testMaxStepsZeroSavesTheInitialVariablesNegativeIsRefused(
     tmp_path, capsys):
   rc, _, err = _Cli(capsys, f'--logdir={tmp_path}', '--mode=train_and_eval',
                     '--max_steps=-5')
@@ -111,7 +111,7 @@ def test_max_steps_zero_saves_the_initial_variables_negative_is_refused(
       'Already at step 0 >= max_steps=0: nothing to train.')
 
 
-def test_checkpoint_flag_errors(trained, capsys):
+def testCheckpointFlagErrors(trained, capsys):
   ckpt = trained / 'ckpt'
   newest = str(ckpt / 'ckpt-4')
   cases = [
@@ -134,7 +134,7 @@ def test_checkpoint_flag_errors(trained, capsys):
   TRAINER.FLAGS.unparse_flags()
 
 
-def test_truncated_and_all_corrupt_checkpoints(trained, tmp_path, capsys):
+def testTruncatedAndAllCorruptCheckpoints(trained, tmp_path, capsys):
   logdir = tmp_path / 'log'
   shutil.copytree(trained, logdir)
   for n in (2, 4):
@@ -154,7 +154,7 @@ def test_truncated_and_all_corrupt_checkpoints(trained, tmp_path, capsys):
   assert sorted(os.listdir(logdir / 'ckpt')) == before
 
 
-def test_debug_shows_the_traceback(tmp_path, capsys):
+def testDebugShowsTheTraceback(tmp_path, capsys):
   with pytest.raises(errors.ParamsError):
     _Cli(capsys, f'--logdir={tmp_path}', '--mode=train', '--max_steps=-5',
          '--debug')

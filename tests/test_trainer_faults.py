@@ -1,7 +1,8 @@
 """Faults that belong to the trainer process, through the real trainer.py:
-SIGTERM and Ctrl-C save and exit with 143 and 130, a second Ctrl-C exits at
-once, a second trainer on a logdir refuses, a full disk keeps earlier
-checkpoints and leaves no partial one."""
+a second Ctrl-C exits at once, a second trainer on a logdir refuses, a full
+disk keeps earlier checkpoints and leaves no partial one. (SIGTERM and
+Ctrl-C saving the current step, with exit status 143 and 130, are checked
+with every resume in test_resume.py.)"""
 import os
 import queue
 import shutil
@@ -73,31 +74,7 @@ def _Steps(logdir):
                 tf.io.gfile.glob(os.path.join(logdir, 'ckpt', 'ckpt-*.index')))
 
 
-def test_sigterm_and_ctrl_c_save_the_current_step(tmp_path):
-  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
-  t.WaitFor(lambda l: l.startswith('step'))
-  t.proc.send_signal(signal.SIGTERM)
-  assert t.Finish() == 143
-  n = _Steps(tmp_path)[-1]
-  assert n >= 5 and _Steps(tmp_path) == [n]
-  assert t.lines[-1] == (f'Stopped by SIGTERM at step {n}; saved '
-                         f'{tmp_path}/ckpt/ckpt-{n}. Rerun the same command '
-                         'to resume.')
-  assert not any('Traceback' in l for l in t.lines)
-
-  t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
-  t.WaitFor(lambda l: l == f'Resumed from {tmp_path}/ckpt/ckpt-{n} at step '
-            f'{n}.')
-  t.WaitFor(lambda l: l.startswith('step'))
-  t.proc.send_signal(signal.SIGINT)
-  assert t.Finish() == 130
-  m = _Steps(tmp_path)[-1]
-  assert m > n and _Steps(tmp_path) == [n, m]
-  assert t.lines[-1].startswith(f'Stopped by SIGINT at step {m}; saved ')
-  assert not any('Traceback' in l for l in t.lines)
-
-
-def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+def testSecondCtrlCExitsAtOnceWithoutSaving(tmp_path):
   t = _Trainer(f'--logdir={tmp_path}', *LONG_RUN)
   # The first step is being traced (Python) when the signal arrives, so the
   # handler runs at once; the second signal meets the default action.
@@ -109,7 +86,7 @@ def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
   assert _Steps(tmp_path) == []
 
 
-def test_second_trainer_on_a_logdir_refuses(tmp_path):
+def testSecondTrainerOnALogdirRefuses(tmp_path):
   with logdir_lock.LogdirLock(str(tmp_path)):
     t = _Trainer(f'--logdir={tmp_path}', '--mode=train', '--max_steps=2')
     assert t.Finish() == 1
@@ -128,31 +105,40 @@ def _CanMountTmpfs(where):
     return False
 
 
-def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
-  """A real ENOSPC: a 3 MB tmpfs (mounted in a user and mount namespace, no
-  root needed) holds two checkpoints of 1.2 MB and not a third."""
+def testFullDiskKeepsEarlierCheckpointsAndNoPartialOne(tmp_path):
+  """A real ENOSPC: a 13.7 MB tmpfs (mounted in a user and mount namespace,
+  no root needed) with a 4 MB file on it holds two checkpoints of 4.3 MB
+  (1.2 MB of variables, the rest the input iterator's state) and not a
+  third. With the file removed, the rerun restores, trains and saves one
+  more, which restores in turn."""
   mnt = tmp_path / 'mnt'
   mnt.mkdir()
   if not shutil.which('unshare') or not _CanMountTmpfs(mnt):
     pytest.skip('cannot mount a tmpfs in a user namespace here')
   logdir = mnt / 'log'
-  left = tmp_path / 'left'
-  # Train until the disk is full, then copy out what is left (the tmpfs
-  # goes with the namespace).
-  script = (f'mount -t tmpfs -o size=3000k tmpfs {mnt} && "$@"; rc=$?; '
-            f'cp -r {logdir}/ckpt {left}; exit $rc')
+  left, after = tmp_path / 'left', tmp_path / 'after'
+  # Train until the disk is full and copy out what is left; free 4 MB and
+  # rerun until it is full again; copy out (the tmpfs goes with the
+  # namespace).
+  script = (f'mount -t tmpfs -o size=14000k tmpfs {mnt} && '
+            f'head -c 4194304 /dev/zero > {mnt}/other && "$@"; rc=$?; '
+            f'cp -r {logdir}/ckpt {left}; rm {mnt}/other; echo RERUN; "$@"; '
+            f'echo $rc $? > {tmp_path}/codes; cp -r {logdir}/ckpt {after}')
   t = _Trainer(f'--logdir={logdir}', '--model=digits.ConvNet', '--mode=train',
                '--max_steps=100', '--model_params_override='
                'task.train.save_interval_steps = 5',
                prefix=('unshare', '-Urm', 'sh', '-c', script, 'sh'))
-  assert t.Finish() == 1
-  error = [l for l in t.lines if l.startswith('ERROR: ')]
+  t.Finish()
+  assert (tmp_path / 'codes').read_text().split() == ['1', '1'], t.lines
+  cut = t.lines.index('RERUN')
+  first, rerun = t.lines[:cut], t.lines[cut + 1:]
+  error = [l for l in first if l.startswith('ERROR: ')]
   assert len(error) == 1 and error[0].startswith(
       'ERROR: Disk full: checkpoint ckpt-'), t.lines
   assert 'No space left on device' in error[0]
   assert ' MB is free' in error[0] and 'needs about ' in error[0]
   assert not any('Traceback' in l for l in t.lines)
-  saved = [l.rsplit('/', 1)[1] for l in t.lines
+  saved = [l.rsplit('/', 1)[1] for l in first
            if l.startswith('Saved checkpoint')]
   assert saved and f'checkpoint is {logdir}/ckpt/{saved[-1]} ' in error[0]
   failed = error[0].split()[4]
@@ -160,7 +146,29 @@ def test_full_disk_keeps_earlier_checkpoints_and_no_partial_one(tmp_path):
   # The earlier checkpoints are whole: every tensor reads back.
   assert tf.train.get_checkpoint_state(str(left)).model_checkpoint_path == (
       f'{left}/{saved[-1]}')
+  # The size it names is that of a whole checkpoint, the input's state
+  # included (the checkpoints differ by a few per cent).
+  needs = float(error[0].split('needs about ')[1].split()[0])
+  written = sum(f.stat().st_size for f in left.glob(saved[-1] + '.*')) / 2**20
+  assert abs(needs - written) < 0.1 * written, (needs, written)
   for name in saved[-2:]:
     reader = tf.train.load_checkpoint(str(left / name))
-    for key in reader.get_variable_to_shape_map():
-      reader.get_tensor(key)
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+      if dtype != tf.variant:  # The input iterator: restored, not read.
+        reader.get_tensor(key)
+  # The rerun resumed from the newest, trained and saved the checkpoint
+  # that did not fit before, and stopped at the next full disk.
+  last = int(saved[-1].split('-')[1])
+  assert f'Resumed from {logdir}/ckpt/{saved[-1]} at step {last}.' in rerun
+  assert f'Saved checkpoint {logdir}/ckpt/{failed}' in rerun
+  assert [l for l in rerun if l.startswith('ERROR: Disk full: checkpoint '
+                                           f'ckpt-{last + 10} ')], rerun
+  # Which restores, input position included.
+  model = tf.Module()
+  step = tf.Variable(0, dtype=tf.int64)
+  examples = tf.Variable(0, dtype=tf.int64)
+  model.examples = examples
+  tf.train.Checkpoint(global_step=step, input=model).read(
+      str(after / failed)).expect_partial()
+  assert (int(step.numpy()), int(examples.numpy())) == (
+      last + 5, (last + 5) * 64)

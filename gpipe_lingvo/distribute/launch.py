@@ -101,6 +101,7 @@ class Launcher:
     self.procs = []
     self._lock = threading.Lock()
     self._pumps = []
+    self._reported = set()
 
   def Say(self, text):
     with self._lock:
@@ -126,9 +127,9 @@ class Launcher:
 
   def Wait(self) -> int:
     """Waits for all workers; returns the first failing status or 0."""
-    failed, reported = None, set()
+    failed = None
     while True:
-      codes = self._Report(reported)
+      codes = self._Report()
       bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if bad and failed is None:
         failed = bad[0]
@@ -140,7 +141,7 @@ class Launcher:
       if failed is not None and time.time() > deadline:
         self.Say('launch: stopping the remaining workers')
         self.Stop()
-        self._Report(reported)
+        self._Report()
         break
       time.sleep(0.1)
     for t in self._pumps:
@@ -150,12 +151,12 @@ class Launcher:
     # A worker ended by a signal reports it as a shell does: 128 + signal.
     return failed[1] if failed[1] > 0 else 128 - failed[1]
 
-  def _Report(self, reported):
+  def _Report(self):
     """Exit codes (None: running); says once when each worker ended."""
     codes = [p.poll() for p in self.procs]
     for i, c in enumerate(codes):
-      if c is not None and i not in reported:
-        reported.add(i)
+      if c is not None and i not in self._reported:
+        self._reported.add(i)
         self.Say(f'launch: worker {i} ended with status {c}')
     return codes
 
@@ -165,6 +166,16 @@ class Launcher:
     act on SIGTERM)."""
     _Stop(self.procs, signal.SIGTERM, self.kill_after_s)
     _Stop(self.procs, signal.SIGKILL, 5.0)
+
+  def Forward(self, signum):
+    """Passes a SIGTERM or SIGINT on to every worker, which stop after the
+    same step, the chief saving it; gives them grace_s to save and exit,
+    then Stop()."""
+    _Stop(self.procs, signum, self.grace_s)
+    self.Stop()
+    for t in self._pumps:
+      t.join(timeout=5)
+    self._Report()
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -182,7 +193,9 @@ def main(argv: Sequence[str] = None) -> int:
                       help='Number of worker processes (replicas).')
   parser.add_argument('--grace_s', type=float, default=60.0,
                       help='After a worker fails, how long the others may '
-                      'take to fail on their own before they are stopped.')
+                      'take to fail on their own before they are stopped; '
+                      'after a SIGTERM or Ctrl-C passed on to the workers, '
+                      'how long they may take to save and exit.')
   parser.add_argument('--kill_after_s', type=float, default=5.0,
                       help='Seconds between SIGTERM and SIGKILL when '
                       'workers are stopped.')
@@ -196,8 +209,9 @@ def main(argv: Sequence[str] = None) -> int:
 
   def OnSignal(signum, frame):
     del frame
-    launcher.Say(f"launch: signal {signum}; stopping the workers")
-    launcher.Stop()
+    launcher.Say(f'launch: signal {signum}; passed on to the workers (they '
+                 f'save and exit; stopped after {launcher.grace_s:g}s)')
+    launcher.Forward(signum)
     sys.exit(128 + signum)
 
   signal.signal(signal.SIGINT, OnSignal)

@@ -45,6 +45,9 @@ class SingleProcess:
   """One process, one replica: every hook is a no-op."""
 
   is_chief = True
+  # Checkpoints may hold this process's input iterator (input_position): one
+  # process reads the whole input.
+  saves_input_iterator = True
 
   def __init__(self, world=None):
     self.world = world
@@ -61,8 +64,11 @@ class SingleProcess:
     del split
     return params
 
-  def Dataset(self, input_generator):
-    """The training batches the step takes."""
+  def Dataset(self, input_generator, start=0):
+    """The training batches the step takes, from position `start` of the
+    global stream (the examples read before a resumed run's step)."""
+    if start:
+      return input_generator.GetDatasetFrom(start)
     return input_generator.GetDataset()
 
   def TrainStep(self, task, batch, global_step):
@@ -72,16 +78,26 @@ class SingleProcess:
   def SyncState(self, params_text, variables, print_fn):
     del params_text, variables, print_fn
 
+  def VoteStop(self, signalled: bool) -> None:
+    """Before a step: whether this process received a stop signal."""
+    del signalled
+
+  def StopAgreed(self, sums, signalled: bool) -> bool:
+    """After a step (its metric sums): whether the run stops now."""
+    del sums
+    return signalled
+
   def Close(self, wait_for_peers=False):
     del wait_for_peers
 
 
-def StateVariables(task: tf.Module, global_step: tf.Variable
-                   ) -> List[tf.Variable]:
-  """Everything a checkpoint holds, in an order every worker agrees on;
-  the global step last."""
+def StateVariables(task: tf.Module, global_step: tf.Variable,
+                   extra: Sequence[tf.Variable] = ()) -> List[tf.Variable]:
+  """Everything a checkpoint holds (the task's variables, `extra` such as
+  the input position, the step), in an order every worker agrees on; the
+  global step last."""
   seen, out = set(), []
-  for v in list(task.variables) + [global_step]:
+  for v in list(task.variables) + list(extra) + [global_step]:
     if v.ref() not in seen:
       seen.add(v.ref())
       out.append(v)
@@ -120,14 +136,26 @@ def _Fingerprint(params_text, variables):
   return [float(int.from_bytes(digest[:6], 'big')), float(size)]
 
 
+_STOP_VOTES = 'stop_votes'  # Not a metric: popped by StopAgreed.
+
+
 class MultiWorker(SingleProcess):
   """One replica per worker process, summed by a MultiWorkerMirroredStrategy."""
+
+  # The chief's checkpoint cannot hold the other workers' iterators: every
+  # worker skips to the position of the restored step instead.
+  saves_input_iterator = False
 
   def __init__(self, world, strategy):
     super().__init__(world)
     self.strategy = strategy
     self.is_chief = world.is_chief
     self._tmp = None
+    # This worker's vote to stop, summed over the workers with the step's
+    # results: every worker learns after the same step that one of them
+    # received a signal, so all stop there (a worker that stopped alone
+    # would leave the others waiting in the next step's sum).
+    self._stop_vote = tf.Variable(0.0, trainable=False, name='stop_vote')
 
   def Logdir(self, logdir):
     if self.is_chief:
@@ -138,8 +166,10 @@ class MultiWorker(SingleProcess):
     return self._tmp
 
   def InputParams(self, params, split):
-    """The training input reads this worker's shard: its share of the
-    files/examples and global_batch / R examples per batch. Evaluation
+    """The training input reads this worker's shard: global_batch / R
+    examples per batch, either from its share of the files (a TFDS
+    sub-split) or as its slice of each global batch of the whole stream
+    (base_input_generator.SHARDS_IN_EXAMPLES). Evaluation
     reads the whole split on every worker (no collective, so workers stay
     in step) and only the chief's results are written."""
     if split != 'train':
@@ -155,9 +185,18 @@ class MultiWorker(SingleProcess):
       return task.CheckedTrainStep(batch, global_step,
                                    cross_replica=self.CrossReplica)
 
+  def VoteStop(self, signalled):
+    self._stop_vote.assign(1.0 if signalled else 0.0)
+
+  def StopAgreed(self, sums, signalled):
+    del signalled
+    return sums.pop(_STOP_VOTES) > 0
+
   def CrossReplica(self, loss, sums, grads, stats):
     """Sums a step's results over the workers (one collective per dtype;
-    SumStepResults)."""
+    SumStepResults), and the workers' votes to stop."""
+    sums = dict(sums)
+    sums[_STOP_VOTES] = self._stop_vote.read_value()
     return SumStepResults(
         lambda flat: collectives.AllReduceSum(self.strategy, flat),
         self.world.num_replicas, loss, sums, grads, stats)

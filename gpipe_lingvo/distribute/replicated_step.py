@@ -67,10 +67,17 @@ class ReplicatedStep(replicas_lib.SingleProcess):
   def Scope(self) -> ContextManager:
     return self.strategy.scope()
 
-  def Dataset(self, input_generator):
+  # One iterator per host, inside the strategy: resumed runs skip.
+  saves_input_iterator = False
+
+  def Dataset(self, input_generator, start=0):
     params = input_generator.params
-    return self.strategy.distribute_datasets_from_function(
-        lambda ctx: ReplicaInputParams(params, ctx).Instantiate().GetDataset())
+
+    def HostDataset(ctx):
+      gen = ReplicaInputParams(params, ctx).Instantiate()
+      return gen.GetDatasetFrom(start) if start else gen.GetDataset()
+
+    return self.strategy.distribute_datasets_from_function(HostDataset)
 
   def TrainStep(self, task, batch, global_step):
     """strategy.run of the replica's CheckedTrainStep; returns replica 0's
