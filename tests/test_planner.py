@@ -12,6 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from gpipe_lingvo import errors
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.pipeline import costs as costs_lib
@@ -212,6 +213,80 @@ def testBudgetFailureSaysWhatWouldFit():
   plan = plan_lib.MakePlan(c, ok, pipe)
   assert [fn(d, a, b) for d, (a, b) in enumerate(ok)] == [
       s['peak_bytes'] for s in plan['stages']]
+
+
+def testLeastBudgetEqualsBruteForce():
+  # The least budget per device is the smallest, over every contiguous
+  # cut, of its largest device's peak; at it the balancer finds a cut,
+  # just under it none exists.
+  rng = random.Random(2)
+  for _ in range(12):
+    n = rng.randint(3, 7)
+    k = rng.randint(1, min(n, 3))
+    m = rng.choice([1, 2, 4])
+    c = _ToyCosts(n=n, res=rng.randint(100, 20_000), out=rng.randint(10, 900))
+    pipe = _Pipe(rng.choice(['gpipe', '1f1b']), k, m,
+                 [rng.random() < 0.5] * m)
+    fn = plan_lib.StageBytesFn(c, pipe)
+    want = min(max(fn(s, a, b) for s, (a, b) in enumerate(rs))
+               for rs in _Cuts(n, k))
+    least, ranges = plan_lib.LeastBudget(c, pipe)
+    assert least == want
+    assert max(fn(s, a, b) for s, (a, b) in enumerate(ranges)) == least
+    plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[least] * k)
+    with pytest.raises(plan_lib.PlanError):
+      plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[least - 1] * k,
+                                 explain=False)
+
+
+def _Cuts(n, k):
+  for bounds in itertools.combinations(range(1, n), k - 1):
+    edges = (0,) + bounds + (n,)
+    yield list(zip(edges, edges[1:]))
+
+
+def testBudgetThatCannotFitNamesTheLeastBudget():
+  # A budget far below the weights: the error names the least budget that
+  # fits (a number the plan then confirms) rather than searching on.
+  c = _ResNetCosts(batch=32)
+  pipe = _Pipe('gpipe', 2, 4, [True] * 4)
+  least, _ = plan_lib.LeastBudget(c, pipe)
+  with pytest.raises(plan_lib.PlanError) as e:
+    plan_lib.BalancedPartition(c, 'memory', pipe, budgets=[100_000] * 2)
+  msg = str(e.value)
+  assert '\n' not in msg
+  assert f'least budget per device that fits K=2, M=4 is ' \
+         f'{partition.FormatBytes(least)}' in msg
+  ranges = plan_lib.BalancedPartition(c, 'memory', pipe, budgets=[least] * 2)
+  assert plan_lib.MakePlan(c, ranges, pipe, budgets=[least] * 2)['fits']
+
+
+@pytest.mark.parametrize('model', ['cifar10.ResNet20',
+                                   'cifar10.AmoebaNetD_6_32'])
+def testRegisteredModelUnderImpossibleBudgetFailsWithTheLeastBudget(model):
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams(model)
+  hyperparams.ApplyOverrides(p, 'task.network.partition = "memory"\n'
+                             'task.network.topology.memory_budget_bytes = '
+                             '100000')
+  with pytest.raises(plan_lib.PlanError,
+                     match=r'least budget per device that fits K=2, M=4 is '
+                           r'[\d.]+ MiB \(cut \[\d+, \d+\]\)'):
+    model_plan.PlanModel(p)
+
+
+def testNegativeBudgetRefusedAtInstantiate():
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=[layers.Identity.Params().Set(name='a')] * 2,
+      num_stages=2)
+  for bad in (-1, [100, -5], []):
+    p.topology.memory_budget_bytes = bad
+    with pytest.raises(errors.ParamsError,
+                       match=r'^net\.topology\.memory_budget_bytes must be '
+                             r'.*, got') as e:
+      p.Instantiate()
+    assert '\n' not in str(e.value)
 
 
 def testCostPartitionOverChunks():

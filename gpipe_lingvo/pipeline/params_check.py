@@ -30,6 +30,14 @@ def NonNegativeNumber(v):
   return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
+def Budget(v):
+  """memory_budget_bytes: one number >= 0 (0: no limit) or a list of
+  positive numbers, one per stage."""
+  if isinstance(v, (list, tuple)):
+    return bool(v) and all(NonNegativeNumber(x) and x > 0 for x in v)
+  return NonNegativeNumber(v)
+
+
 def Text(v):
   return isinstance(v, str)
 
@@ -51,6 +59,8 @@ TOPOLOGY_FIELDS = {
     'num_logical_devices': (NonNegativeInt, 'an int >= 0'),
     'gpu_memory_limit_mb': (NonNegativeNumber, 'a number >= 0'),
     'intra_op_threads': (NonNegativeInt, 'an int >= 0'),
+    'memory_budget_bytes': (Budget, 'bytes per device: a number >= 0 (0: no '
+                            'limit) or a list of numbers > 0, one per stage'),
     'placement': (Text, "a placement name or '' (str)"),
 }
 

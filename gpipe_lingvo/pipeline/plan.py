@@ -27,6 +27,7 @@ peak adds every device's buffers and the largest action's working bytes,
 tick by tick.
 """
 import dataclasses
+import math
 from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo import errors
@@ -361,52 +362,101 @@ def CostVector(costs, mode: str, num_micro_batches: int = 1,
 
 def BalancedPartition(costs, mode: str, pipe: Pipeline,
                       opt: Optimizer = Optimizer(),
-                      budgets: Optional[Sequence[float]] = None):
+                      budgets: Optional[Sequence[float]] = None,
+                      explain: bool = True):
   """Exact min-max cut of the cells into the pipeline's chunks by `mode`.
 
   One chunk per device (v = 1): only cuts whose every device fits its
   budget are searched. Several chunks per device (v > 1): the cut that
   minimises the most expensive chunk is chosen, then each device's bytes
   (the sum of its chunks') are checked against its budget. A cut that
-  cannot fit raises PlanError saying what would (more stages, more
-  micro-batches, remat)."""
+  cannot fit raises PlanError naming the least budget that would fit and
+  (explain) what else would (more stages, more micro-batches, remat)."""
   vec = CostVector(costs, mode, pipe.num_micro_batches, opt)
-  try:
-    if pipe.virtual_stages == 1:
-      fn = (None if budgets is None else
-            StageBytesFn(costs, pipe, opt))
+  if pipe.virtual_stages == 1:
+    fn = None if budgets is None else StageBytesFn(costs, pipe, opt)
+    try:
       return partition_lib.Balance(vec, pipe.num_chunks, fn, budgets)
-    ranges = partition_lib.Balance(vec, pipe.num_chunks)
-  except partition_lib.BudgetError as e:
-    raise PlanError(f'{e}. {Suggest(costs, mode, pipe, opt, budgets)}') from None
+    except partition_lib.BudgetError as e:
+      if not explain:
+        raise PlanError(str(e)) from None
+      raise PlanError(f'{e}. {_LeastFit(costs, pipe, opt)} '
+                      f'{Suggest(costs, mode, pipe, opt, budgets)}') from None
+  ranges = partition_lib.Balance(vec, pipe.num_chunks)
   if budgets is not None:
-    plan = MakePlan(costs, ranges, pipe, opt, budgets)
-    over = [d for d, s in enumerate(plan['stages'])
-            if s['peak_bytes'] > budgets[d]]
+    need = _DeviceBytes(costs, ranges, pipe, opt)
+    over = [d for d in range(pipe.num_stages) if need[d] > budgets[d]]
     if over:
-      d = max(over, key=lambda x: plan['stages'][x]['peak_bytes'] /
-              budgets[x])
-      raise PlanError(
-          f'the cut of {len(costs.cells)} cells into {pipe.num_chunks} '
-          f'chunks balanced as {partition_lib.Counts(ranges)} does not fit '
-          f"the memory budget: device {d} needs "
-          f"{partition_lib.FormatBytes(plan['stages'][d]['peak_bytes'])}, "
-          f'over its budget of {partition_lib.FormatBytes(budgets[d])}. '
-          f'{Suggest(costs, mode, pipe, opt, budgets)}')
+      d = max(over, key=lambda x: need[x] / budgets[x])
+      msg = (f'the cut of {len(costs.cells)} cells into {pipe.num_chunks} '
+             f'chunks balanced as {partition_lib.Counts(ranges)} does not '
+             f'fit the memory budget: device {d} needs '
+             f'{partition_lib.FormatBytes(need[d])}, over its budget of '
+             f'{partition_lib.FormatBytes(budgets[d])}')
+      if explain:
+        msg += (f'; it fits a budget of {partition_lib.FormatBytes(max(need))}'
+                f' per device. {Suggest(costs, mode, pipe, opt, budgets)}')
+      raise PlanError(msg)
   return ranges
 
 
-def _Fits(costs, mode, pipe, opt, budgets) -> bool:
-  try:
-    BalancedPartition(costs, mode, pipe, opt, budgets)
-    return True
-  except (PlanError, partition_lib.PartitionError):
-    return False
+def _DeviceBytes(costs, ranges, pipe, opt) -> List[float]:
+  return [s['peak_bytes'] for s in MakePlan(costs, ranges, pipe, opt)['stages']]
+
+
+def LeastBudget(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
+  """(bytes, ranges): the least budget per device under which a cut of the
+  cells fits this pipeline, and that cut. v = 1: exact over every
+  contiguous cut (min over cuts of the largest device's peak, a min-max
+  dynamic program on StageBytesFn); v > 1: the flops-balanced cut's."""
+  n, k = len(costs.cells), pipe.num_chunks
+  if k > n:
+    return math.inf, None
+  if pipe.virtual_stages > 1:
+    ranges = partition_lib.Balance(CostVector(costs, 'flops'), k)
+    return max(_DeviceBytes(costs, ranges, pipe, opt)), ranges
+  fn = StageBytesFn(costs, pipe, opt)
+  inf = math.inf
+  best = [[inf] * (n + 1) for _ in range(k)]
+  back = [[0] * (n + 1) for _ in range(k)]
+  for j in range(1, n - k + 2):
+    best[0][j] = fn(0, 0, j)
+  for s in range(1, k):
+    for j in range(s + 1, n - k + s + 2):
+      for i in range(s, j):
+        if best[s - 1][i] < best[s][j]:
+          cand = max(best[s - 1][i], fn(s, i, j))
+          if cand < best[s][j]:
+            best[s][j], back[s][j] = cand, i
+  ranges, j = [], n
+  for s in range(k - 1, -1, -1):
+    i = back[s][j] if s else 0
+    ranges.append((i, j))
+    j = i
+  return best[-1][n], ranges[::-1]
+
+
+def _LeastFit(costs, pipe, opt) -> str:
+  """What would fit this very configuration: the least budget, and the
+  cell that alone sets it when its stage holds nothing else."""
+  least, ranges = LeastBudget(costs, pipe, opt)
+  fn = StageBytesFn(costs, pipe, opt)
+  need = [fn(s, a, b) for s, (a, b) in enumerate(ranges)]
+  s = max(range(len(ranges)), key=lambda x: need[x])
+  a, b = ranges[s]
+  msg = (f'The least budget per device that fits K={pipe.num_stages}, '
+         f'M={pipe.num_micro_batches} is {partition_lib.FormatBytes(least)} '
+         f'(cut {partition_lib.Counts(ranges)})')
+  if b - a == 1:
+    msg += (f'; cell {costs.cells[a].name!r} alone needs it on stage {s}, '
+            'so no cut of these cells fits less')
+  return msg + '.'
 
 
 def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
   """What would fit: re-materialization, more micro-batches (same batch),
-  or more stages, each tried with the same budget per device."""
+  or more stages, each tried with the same budget per device (the least
+  budget of each, LeastBudget: one dynamic program per candidate)."""
   tips = []
   per_device = max(budgets)
   m, k = pipe.num_micro_batches, pipe.num_stages
@@ -420,10 +470,10 @@ def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
       schedule_view.CheckConfig(pipe.schedule, kk, mm, pipe.virtual_stages)
     except schedule_view.ScheduleError:
       return False
-    return _Fits(costs.Scaled(batch // mm), mode,
-                 pipe.Replace(num_stages=kk, num_micro_batches=mm,
-                              remat=tuple(flags)),
-                 opt, [per_device] * kk)
+    scaled = costs if mm == m else costs.Scaled(batch // mm)
+    least, _ = LeastBudget(scaled, pipe.Replace(
+        num_stages=kk, num_micro_batches=mm, remat=tuple(flags)), opt)
+    return least <= per_device
 
   if not remat_all and Fits(k, m, [True] * m):
     tips.append("remat 'always'")
