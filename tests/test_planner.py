@@ -20,6 +20,7 @@ from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.pipeline import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.planning import measure
 from tests import pipeline_test_util as util
 
@@ -107,8 +108,8 @@ def _ToyCosts(n=6, batch=4, res=1000, out=100, params=50, w_in=10):
   return costs_lib.NetworkCosts(batch, out, cells)
 
 
-def _Pipe(schedule, k, m, remat, v=1):
-  return plan_lib.Pipeline(schedule, k, m, tuple(remat), v)
+def _Pipe(schedule, k, m, remat, v=1, execution='ticks'):
+  return plan_lib.Pipeline(schedule, k, m, tuple(remat), v, execution)
 
 
 @pytest.mark.parametrize('schedule,v', SCHEDULES)
@@ -148,6 +149,79 @@ def testPlanStashFollowsTheTickTable(schedule, v):
     assert acts == sorted((a.kind, a.chunk, a.mb) for row in table.ticks
                           for d in row for a in d)
   assert json.loads(json.dumps(plan)) == plan  # Plans are data.
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
+  # Unrolled, a buffer entry is a graph edge: held from the tick its
+  # producer runs through the tick of its last reader, never longer than
+  # the tick loop's slot; a W fused with its B stashes nothing.
+  c = _ToyCosts(res=10_000, out=100, w_in=1)
+  k, m = 3, 6
+  ranges = partition.Partition(6, k * v)
+  for remat in ([False] * m, [True] * m):
+    flow = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v,
+                                              'dataflow'))
+    ticks = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v))
+    table = _Pipe(schedule, k, m, remat, v).Table()
+    fused = plan_lib.FusedBackwards(table)
+    keys = {'inputs': 'input_bytes', 'grads': 'output_bytes',
+            'residuals': 'residual_bytes',
+            'weight_inputs': 'weight_input_bytes'}
+    held = [[0] * k for _ in range(table.num_ticks)]
+    for ch, b in enumerate(flow['chunks']):
+      for name, lives in table.BufferLifetimes(ch, remat).items():
+        d = table.chunk_device[min(ch + 1, k * v - 1) if name == 'grads'
+                               else ch]
+        for i, life in enumerate(lives or []):
+          if life and not (name == 'weight_inputs' and (ch, i) in fused):
+            for t in range(life[0], life[1] + 1):
+              held[t][d] += b[keys[name]]
+    got = [s['stash_peak_bytes'] for s in flow['stages']]
+    assert got == [max(row[d] for row in held) for d in range(k)]
+    assert all(a <= b for a, b in zip(got, [
+        s['stash_peak_bytes'] for s in ticks['stages']]))
+    assert flow['step_activation_peak_bytes'] <= (
+        ticks['step_activation_peak_bytes'])
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testDataflowTimelineKeepsEveryDependencyAndNoLockstep(schedule, v):
+  rng = random.Random(3)
+  k, m = 3, 6
+  table = _Pipe(schedule, k, m, [False] * m, v).Table()
+  for remat in ([False] * m, [True] * m):
+    costs = {(kind, ch): rng.uniform(0.5, 2.0) for kind in 'FBW'
+             for ch in range(k * v)}
+    tl = plan_lib.DataflowTimeline(table, costs, remat)
+    end = {e.action: e.end for e in tl.events}
+    fused = plan_lib.FusedBackwards(table)
+    want = [a for acts in table.actions for a in acts
+            if not (a.kind == 'W' and (a.chunk, a.mb) in fused)]
+    assert sorted(end) == sorted(want)
+    for e in tl.events:
+      a = e.action
+      deps = {'F': [('F', a.chunk - 1)] if a.chunk else [],
+              'B': [('F', a.chunk)] + ([('B', a.chunk + 1)]
+                                       if a.chunk < k * v - 1 else []),
+              'W': [('B', a.chunk)]}[a.kind]
+      for kind, ch in deps:
+        assert end[schedule_lib.Action(kind, ch, a.mb)] <= e.start + 1e-12
+    for d in range(k):  # a device runs its actions in order, one at a time
+      mine = [e for e in tl.events if e.device == d]
+      assert [e.action for e in mine] == [a for a in table.actions[d]
+                                          if a in end]
+      assert all(x.end <= y.start + 1e-12 for x, y in zip(mine, mine[1:]))
+    # Without ticks nobody waits for the slowest device of a tick (a fused
+    # B+W hands its input gradient on only when both are done).
+    if not fused:
+      assert tl.duration <= table.Timeline(costs,
+                                           remat=remat).duration + 1e-9
+    # One shared host running one action at a time: all the work, no idle.
+    serial = plan_lib.DataflowTimeline(table, costs, remat, 1,
+                                       action_overhead=0.25)
+    assert math.isclose(serial.duration, sum(
+        e.end - e.start for e in tl.events) + 0.25 * len(tl.events))
 
 
 def testPlanStaticBytesAndTime():
@@ -419,14 +493,14 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
        '--model_params_override=task.network.num_stages = 8',
        '--model_params_override=task.network.partition = "flops"',
        '--model_params_override=task.network.topology.memory_budget_bytes'
-       ' = 200000000',
-       '--model_params_override=task.network.execution = "dataflow"'],
+       ' = 200000000'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
-  # The time model is the tick loop's; the plan says so for dataflow.
-  assert "runs execution='dataflow'" in out.stdout
+  # The default execution, planned as it runs.
+  assert 'execution dataflow' in out.stdout and 'lockstep' not in out.stdout
   plan = json.loads((tmp_path / 'plan.json').read_text())
   assert plan['num_stages'] == 8 and len(plan['stages']) == 8
+  assert plan['execution'] == 'dataflow'
   assert sum(plan['partition']) == 11 and plan['partition_spec'] == 'flops'
   assert plan['fits'] and plan['largest_batch_that_fits'] >= 128
   assert '| 7 |' in out.stdout and 'bubble' in out.stdout

@@ -49,7 +49,7 @@ PIPELINE_FIELDS = {
     'virtual_stages': (PositiveInt, 'an int >= 1'),
     'parallel_iterations': (PositiveInt, 'an int >= 1'),
     'schedule': (Text, 'a schedule name (str)'),
-    'execution': (Text, "'dataflow' or 'ticks' (str)"),
+    'execution': (Text, "'dataflow', 'ticks' or 'auto' (str)"),
     'remat': (Text, 'a remat policy name (str)'),
     'batch_norm_mode': (Text, "a batch-norm mode name or '' (str)"),
 }
@@ -59,6 +59,7 @@ TOPOLOGY_FIELDS = {
     'num_logical_devices': (NonNegativeInt, 'an int >= 0'),
     'gpu_memory_limit_mb': (NonNegativeNumber, 'a number >= 0'),
     'intra_op_threads': (NonNegativeInt, 'an int >= 0'),
+    'inter_op_threads': (NonNegativeInt, 'an int >= 0'),
     'memory_budget_bytes': (Budget, 'bytes per device: a number >= 0 (0: no '
                             'limit) or a list of numbers > 0, one per stage'),
     'placement': (Text, "a placement name or '' (str)"),
