@@ -350,6 +350,27 @@ def testRegisteredModelUnderImpossibleBudgetFailsWithTheLeastBudget(model):
     model_plan.PlanModel(p)
 
 
+def testAutoExecutionRunsTicksForLargeTables():
+  # 'auto' unrolls a table up to AUTO_DATAFLOW_MAX_ACTIONS actions; the
+  # network runs, and the plan plans, the execution it picks.
+  limit = executor.AUTO_DATAFLOW_MAX_ACTIONS
+  assert executor.NumActions('gpipe', 8, 32) == 512 > limit
+  assert executor.ChooseExecution('auto', limit) == 'dataflow'
+  assert executor.ChooseExecution('auto', limit + 1) == 'ticks'
+  assert executor.ChooseExecution('ticks', 1) == 'ticks'
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams('cifar10.ResNet20')
+  p.task.network.Set(execution='auto', num_stages=8, num_micro_batches=32)
+  assert model_plan.Pipeline(p).execution == 'ticks'
+  p.task.network.Set(num_stages=2, num_micro_batches=4)
+  assert model_plan.Pipeline(p).execution == 'dataflow'
+  net = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=[layers.Identity.Params().Set(name=n)
+                         for n in 'ab'],
+      num_stages=2, num_micro_batches=2, execution='auto').Instantiate()
+  assert net.execution == 'dataflow'
+
+
 def testNegativeBudgetRefusedAtInstantiate():
   p = pipelined_network.PipelinedNetwork.Params().Set(
       name='net', cells=[layers.Identity.Params().Set(name='a')] * 2,
@@ -361,6 +382,12 @@ def testNegativeBudgetRefusedAtInstantiate():
                              r'.*, got') as e:
       p.Instantiate()
     assert '\n' not in str(e.value)
+  p.topology.memory_budget_bytes = 0
+  p.topology.inter_op_threads = -1
+  with pytest.raises(errors.ParamsError,
+                     match=r'^net\.topology\.inter_op_threads must be an '
+                           r'int >= 0, got -1'):
+    p.Instantiate()
 
 
 def testCostPartitionOverChunks():
