@@ -34,6 +34,7 @@ from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import strategy as strategy_lib
 from gpipe_lingvo.distribute import tpu as tpu_lib
 from gpipe_lingvo.distribute import world as world_lib
+from gpipe_lingvo.planning import auto
 from gpipe_lingvo.planning import model_plan
 
 FLAGS = flags.FLAGS
@@ -66,6 +67,15 @@ flags.DEFINE_bool('plan_measure', False,
                   'measured times and kernel workspace (allocates weights), '
                   "and the executor on the schedule's table with tiny "
                   'chunks for its per-tick cost (creates the devices).')
+flags.DEFINE_bool('search', False,
+                  '--mode=plan: search stages x replicas, micro-batches, '
+                  'schedules, virtual stages, recompute and the cut on the '
+                  "topology's devices and budget; print the ten fastest "
+                  'that fit and write plan.json of the first '
+                  '(planning/search.py).')
+flags.DEFINE_integer('search_devices', 0,
+                     '--search: devices to search over (0: '
+                     'topology.num_logical_devices, the GPUs, else 1).')
 flags.DEFINE_integer('timeline_at_step', 0,
                      'Training: profile this step and write '
                      'step_timeline.png (measured beside planned) to the '
@@ -93,6 +103,9 @@ def _SetDataDir(params, data_dir):
 def _CheckFlags():
   if FLAGS.mode not in ('summary', 'plan', 'check') and not FLAGS.logdir:
     raise UsageError(f'--logdir is required for --mode={FLAGS.mode}.')
+  if FLAGS.search and FLAGS.mode != 'plan':
+    raise UsageError(f'--search is for --mode=plan, not --mode={FLAGS.mode}; '
+                     "to let training choose, set fields to 'auto'.")
   if FLAGS.checkpoint and FLAGS.mode != 'eval':
     raise UsageError(
         f'--checkpoint is for --mode=eval; --mode={FLAGS.mode} resumes from '
@@ -154,6 +167,11 @@ def _Run():
   max_steps = FLAGS.max_steps
   if training and max_steps is None:
     max_steps = params.task.train.max_steps
+  if FLAGS.mode == 'plan' and FLAGS.search:
+    auto.RunSearchMode(params, FLAGS.logdir, num_devices=FLAGS.search_devices)
+    return 0
+  # 'auto' pipeline fields: chosen before anything checks or builds them.
+  auto.Resolve(params, FLAGS.logdir)
   # Before devices: a bad stage count must not reach TensorFlow.
   validation.CheckRun(params, max_steps if training else None)
   if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.
