@@ -273,3 +273,46 @@ def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
     plan.pop('timeline', None)
     print_fn(f'wrote {model_plan.WritePlan(plan, logdir)}')
   return points
+
+
+def LargestModel(model_name: str, knob: str, values, num_devices: int,
+                 budget: Optional[float], overrides=(), print_fn=print):
+  """The largest value of a registered model's size knob (a class
+  attribute its Task() reads, e.g. FILTERS) with which some configuration
+  fits num_devices devices of `budget` bytes: (value, its best point), or
+  (None, None). Fitting grows monotonically with the size, so the values
+  are bisected; each is traced once without timing (FLOPs rank the
+  configurations; only the fit matters)."""
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  cls = model_registry.GetClass(model_name)
+  if not hasattr(cls, knob):
+    raise SearchError(f'{model_name} has no size knob {knob!r}; its class '
+                      'attributes in capitals are the knobs its Task() may '
+                      'read.')
+  values = sorted(values)
+
+  def Best(value):
+    p = type(cls.__name__, (cls,), {knob: value})().Model()
+    for text in overrides:
+      hyperparams.ApplyOverrides(p, text)
+    costs = model_plan.ModelCosts(p, p.train.batch_size, measure=False)
+    space = search_lib.Space(num_devices, p.train.batch_size, budget)
+    opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
+    points = search_lib.Searcher(costs.Scaled, space, opt,
+                                 flops_per_s=1e10).Search(1)
+    print_fn(f'{knob} = {value}: '
+             + (f'fits ({points[0].Overrides()})' if points else
+                'does not fit'))
+    return points[0] if points else None
+
+  lo, hi, found = 0, len(values) - 1, (None, None)
+  while lo <= hi:
+    mid = (lo + hi) // 2
+    point = Best(values[mid])
+    if point is None:
+      hi = mid - 1
+    else:
+      found, lo = (values[mid], point), mid + 1
+  return found
