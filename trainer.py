@@ -170,7 +170,7 @@ def _Largest(params):
   n = FLAGS.search_devices or auto.NumDevices(topo)
   budget = auto.Budget(topo)
   value, point = auto.LargestModel(
-      FLAGS.model, knob.strip(), values, n, budget,
+      model_registry.GetClass(FLAGS.model), knob.strip(), values, n, budget,
       FLAGS.model_params_override)
   where = f'{n} device(s)' + (f' of {budget / 2**20:.1f} MiB' if budget
                               else '')

@@ -73,3 +73,19 @@ def testSearchFlagOutsidePlanModeAndNegativeBudgetAreOneLine(tmp_path,
     assert 'memory_budget_bytes must be >= 0' in str(e)
   else:
     raise AssertionError('a negative budget was accepted')
+
+
+def testLargestFilterCountThatFits(capsys):
+  """AmoebaNet-D(6, F) on 2 devices of 256 MiB: F = 1024 does not fit (its
+  weights, slots and accumulators alone are over 2 x 256 MiB), F = 16
+  does; the answer is the largest value that fits, with its override."""
+  rc, out, err = cli._Cli(
+      capsys, '--model=cifar10.AmoebaNetD_6_32', '--mode=plan', '--search',
+      '--search_devices=2', '--search_largest=FILTERS=16,1024',
+      '--model_params_override=task.network.topology.memory_budget_bytes'
+      ' = 268435456')
+  assert rc == 0, err
+  assert 'FILTERS = 1024: does not fit' in out
+  assert re.search(r'largest FILTERS that fits 2 device\(s\) of 256.0 MiB: '
+                   r"16 \(--model_params_override='task.network.num_stages",
+                   out), out

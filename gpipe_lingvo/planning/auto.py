@@ -275,20 +275,19 @@ def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
   return points
 
 
-def LargestModel(model_name: str, knob: str, values, num_devices: int,
+def LargestModel(cls, knob: str, values, num_devices: int,
                  budget: Optional[float], overrides=(), print_fn=print):
-  """The largest value of a registered model's size knob (a class
-  attribute its Task() reads, e.g. FILTERS) with which some configuration
+  """The largest value of a registered model's size knob (an attribute of
+  its params class `cls` that Task() reads, e.g. FILTERS) with which some
+  configuration
   fits num_devices devices of `budget` bytes: (value, its best point), or
   (None, None). Fitting grows monotonically with the size, so the values
   are bisected; each is traced once without timing (FLOPs rank the
   configurations; only the fit matters)."""
   from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
-  cls = model_registry.GetClass(model_name)
   if not hasattr(cls, knob):
-    raise SearchError(f'{model_name} has no size knob {knob!r}; its class '
+    raise SearchError(f'{cls.__name__} has no size knob {knob!r}; its class '
                       'attributes in capitals are the knobs its Task() may '
                       'read.')
   values = sorted(values)
