@@ -143,3 +143,13 @@ def testFastStageBytesEqualThePlans(schedule, k, m, remat):
   for kk in range(k):
     for a, b in itertools.combinations(range(9), 2):
       assert fast(kk, a, b) == pytest.approx(ref(kk, a, b))
+
+
+@pytest.mark.parametrize('schedule,k,m,v', [
+    ('gpipe', 2, 4, 1), ('zb_h1', 3, 6, 1), ('zb_v', 2, 4, 2),
+    ('interleaved_1f1b', 2, 4, 2)])
+def testActionCostCountsEveryActionOfTheTable(schedule, k, m, v):
+  s = search.Searcher(_BASE.Scaled, search.Space(4, 16), action_s=1.0)
+  table = plan_lib.Pipeline(schedule, k, m, (False,) * m, v).Table()
+  assert s._ActionsSeconds(schedule, k, m, v) == sum(  # pylint: disable=protected-access
+      len(a) for a in table.actions)

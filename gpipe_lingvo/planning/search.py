@@ -125,8 +125,9 @@ class Searcher:
     self._costs: Dict[int, object] = {}
     self._tables: Dict[tuple, object] = {}
     self._rows: Dict[tuple, list] = {}
+    self._kinds: Dict[str, int] = {}
     self.evaluated = 0
-    self.bounded = 0
+    self.bounded = 0  # configurations pruned by a bound
 
   # -- pieces ------------------------------------------------------------------
 
@@ -163,6 +164,11 @@ class Searcher:
             continue
           for sched in s.schedules:
             vs = s.virtual_stages or VIRTUAL.get(sched, (1,))
+            if k == 1 and not s.num_stages and (sched, 1) != (
+                s.schedules[0], 1):
+              # One stage: every schedule and chunking runs the same
+              # forwards and backwards; the first schedule stands for all.
+              continue
             for v in vs:
               if k * v > num_cells:
                 continue
@@ -171,6 +177,17 @@ class Searcher:
               except schedule_view.ScheduleError:
                 continue
               yield r, k, m, sched, v
+
+  def WorkBound(self, r, k, m, sched, v) -> float:
+    """A cheaper, looser bound: each device's share of the work (the host's
+    when it runs fewer actions at once than there are devices)."""
+    costs = self.Costs(self.space.batch_size // (r * m))
+    f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
+                                  self.flops_per_s)
+    if f is None:
+      return 0.0
+    return (m * (f + b + w) / min(k, self.host_parallelism(k)) +
+            self._ActionsSeconds(sched, k, m, v))
 
   def LowerBound(self, r, k, m, sched, v) -> float:
     """Step seconds of the point on perfectly balanced chunks, nothing
@@ -302,10 +319,15 @@ class Searcher:
                  self.space.batch_size / step, plan)
 
   def _ActionsSeconds(self, sched, k, m, v) -> float:
+    """The executor's cost of the step's actions: F and B (and W when the
+    schedule splits the backward) per chunk and micro-batch."""
     if not self.action_s:
       return 0.0
-    table = self._Table(sched, k, m, v)
-    return self.action_s * sum(len(a) for a in table.actions)
+    if sched not in self._kinds:
+      small = self._Table(sched, 2, 4, VIRTUAL.get(sched, (1,))[0])
+      self._kinds[sched] = len({a.kind for acts in small.actions
+                                for a in acts})
+    return self.action_s * k * v * m * self._kinds[sched]
 
   def Best(self, r, k, m, sched, v) -> Optional[Point]:
     """The fastest remat choice of a configuration that fits."""
@@ -364,13 +386,16 @@ class Searcher:
   def Search(self, top: int = 10) -> List[Point]:
     """The `top` fastest configurations that fit, fastest first."""
     num_cells = len(self.Costs(self.space.batch_size).cells)
-    cands = [(self.LowerBound(*c), c) for c in self.Candidates(num_cells)]
+    cands = [(self.WorkBound(*c), c) for c in self.Candidates(num_cells)]
     cands.sort(key=lambda x: x[0])
     best: List[tuple] = []  # the worst kept first (negated rank)
     for i, (bound, cand) in enumerate(cands):
-      if len(best) >= top and bound > -best[0][0][0]:
-        self.bounded = len(cands) - i
+      if len(best) >= top and bound >= -best[0][0][0]:
+        self.bounded += len(cands) - i
         break
+      if len(best) >= top and self.LowerBound(*cand) >= -best[0][0][0]:
+        self.bounded += 1
+        continue
       p = self.Best(*cand)
       if p is None:
         continue
