@@ -82,6 +82,13 @@ def CostsAt(model_params, cache_dir: str = '',
             print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
   """costs_at(micro_batch) for the search: two timed traces, cached."""
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  try:
+    model_params.train.Instantiate().ImageShape()
+  except NotImplementedError:
+    raise SearchError(
+        f'{model_params.model}: the search traces networks fed by image '
+        'inputs (an input generator with ImageShape); set the pipeline '
+        "fields of this model explicitly instead of 'auto'.") from None
   batch = model_params.train.batch_size
   sizes = sorted({batch, max(1, batch // 8)})
   net = model_params.task.network
@@ -237,6 +244,12 @@ def Resolve(model_params, logdir='', print_fn=print) -> Optional[
   fields = AutoFields(net)
   if not fields:
     return None
+  topo = net.topology
+  if topo.device_type in ('cpu', 'gpu'):
+    # Timing the cells starts TensorFlow: its devices must exist first.
+    from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+    devices.EnsureDevices(topo.device_type, NumDevices(topo),
+                          topo.gpu_memory_limit_mb, topo.intra_op_threads)
   points, seconds, _ = Search(model_params, logdir, print_fn=print_fn,
                               top=1)
   best = points[0]
