@@ -89,3 +89,29 @@ def testLargestFilterCountThatFits(capsys):
   assert re.search(r'largest FILTERS that fits 2 device\(s\) of 256.0 MiB: '
                    r"16 \(--model_params_override='task.network.num_stages",
                    out), out
+
+
+def testAutoInTextOverridesOfIntFields():
+  p = model_registry.GetParams(MODEL)
+  hyperparams.ApplyOverrides(p, 'task.network.num_stages = auto; '
+                                'task.network.num_micro_batches = "auto"')
+  assert (p.task.network.num_stages, p.task.network.num_micro_batches) == (
+      'auto', 'auto')
+  assert auto.AutoFields(p.task.network) == ['num_stages',
+                                             'num_micro_batches']
+
+
+def testModePlanModelsPerCellRecompute():
+  """--mode=plan's stash shrinks and its backward grows with the cells a
+  per-cell remat list recomputes."""
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  plans = {}
+  for name in ('never', 'cells'):
+    p = model_registry.GetParams(MODEL)
+    n = len(p.task.network.cells)
+    p.task.network.remat = ('never' if name == 'never' else
+                            [True] * (n - 1) + [False])
+    plans[name] = model_plan.PlanModel(p)
+  stash = lambda plan: sum(s['stash_peak_bytes'] for s in plan['stages'])
+  assert stash(plans['cells']) < stash(plans['never'])
+  assert plans['cells']['step_s'] > plans['never']['step_s']
