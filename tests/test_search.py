@@ -153,3 +153,13 @@ def testActionCostCountsEveryActionOfTheTable(schedule, k, m, v):
   table = plan_lib.Pipeline(schedule, k, m, (False,) * m, v).Table()
   assert s._ActionsSeconds(schedule, k, m, v) == sum(  # pylint: disable=protected-access
       len(a) for a in table.actions)
+
+
+@pytest.mark.parametrize('schedule,v', [('gpipe', 1), ('zb_h1', 1),
+                                        ('zb_v', 2),
+                                        ('interleaved_1f1b', 2)])
+def testWorkBoundIsBelowTheTimelineBound(schedule, v):
+  s = _Searcher()
+  for k, m in itertools.product([2, 4], [4, 8]):
+    assert s.WorkBound(1, k, m, schedule, v) <= s.LowerBound(
+        1, k, m, schedule, v) * (1 + 1e-9)

@@ -179,14 +179,18 @@ class Searcher:
               yield r, k, m, sched, v
 
   def WorkBound(self, r, k, m, sched, v) -> float:
-    """A cheaper, looser bound: each device's share of the work (the host's
-    when it runs fewer actions at once than there are devices)."""
+    """A cheaper, looser bound without the table: each device's share of
+    the work, plus, when the devices compute at once, the last device's
+    wait for the first micro-batch's forward through the K-1 before it (or
+    the host's share of the work when it runs fewer actions at once)."""
     costs = self.Costs(self.space.batch_size // (r * m))
     f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
                                   self.flops_per_s)
     if f is None:
       return 0.0
-    return (m * (f + b + w) / min(k, self.host_parallelism(k)) +
+    hp = self.host_parallelism(k)
+    fill = (k - 1) * f / (k * v) if hp >= k else 0.0
+    return (m * (f + b + w) / min(k, hp) + fill +
             self._ActionsSeconds(sched, k, m, v))
 
   def LowerBound(self, r, k, m, sched, v) -> float:
@@ -234,11 +238,14 @@ class Searcher:
       else:
         ranges = partition_lib.Partition(len(costs.cells), pipe.num_chunks,
                                          spec)
-      plan = self._MakePlan(costs, ranges, pipe, budgets)
-      if plan['fits'] or not balanced or pipe.virtual_stages > 1:
-        return plan if plan['fits'] else None
-      ranges = partition_lib.Balance(vec, pipe.num_chunks,
-                                     self.StageBytes(costs, pipe), budgets)
+      fast = (self.StageBytes(costs, pipe)
+              if budgets and balanced and pipe.virtual_stages == 1 else None)
+      if fast is None or all(fast(k, a, b) <= budgets[k]
+                             for k, (a, b) in enumerate(ranges)):
+        plan = self._MakePlan(costs, ranges, pipe, budgets)
+        if plan['fits'] or fast is None:
+          return plan if plan['fits'] else None
+      ranges = partition_lib.Balance(vec, pipe.num_chunks, fast, budgets)
       plan = self._MakePlan(costs, ranges, pipe, budgets)
       return plan if plan['fits'] else None
     except (plan_lib.PlanError, partition_lib.PartitionError):
