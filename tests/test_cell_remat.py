@@ -117,3 +117,14 @@ def testBadListsNameTheField(remat, match):
   with pytest.raises(errors.ParamsError, match=match) as e:
     _Net(remat)
   assert 'net.remat' in str(e.value)
+
+
+def testRecomputeWaitsForTheGradientOfItsRun():
+  """In the backward piece the recomputed layer's ops have control inputs
+  (the gradient reaching their run), so they cannot run at its start."""
+  fn, _ = _Chunk([True, False, False])
+  fn.Backward(fn.Forward([tf.ones([4, 8])])[1], [tf.ones([4, 8])])
+  graph = fn._BackwardFn(True).graph  # pylint: disable=protected-access
+  tanh = [op for op in graph.get_operations() if op.type == 'Tanh']
+  gated = [op for op in tanh if op.control_inputs]
+  assert len(gated) == 1 and len(tanh) == 1
