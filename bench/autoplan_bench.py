@@ -145,7 +145,6 @@ def _Megatron(searcher, costs_fn):
   sub = search.Searcher(costs_fn, search.dataclasses.replace(
       space, partition='params'), searcher.opt, searcher.host_parallelism,
                         shared_host=searcher.shared_host,
-                        plan_kwargs=searcher.plan_kwargs,
                         action_s=searcher.action_s)
   for remat in ('never', 'always'):
     p = sub.Evaluate(1, k, m, '1f1b', 1, remat)
@@ -158,8 +157,6 @@ def Worker(cfg):
   sys.path.insert(0, ROOT)
   os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
-  devices.EnsureDevices('cpu', DEVICES)
   from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
@@ -167,6 +164,9 @@ def Worker(cfg):
                    cfg.get('execution', ''))
   p = meas.Params()
   p.task.network.topology.num_logical_devices = DEVICES
+  # The devices and threads as trainer.py sets them from the topology.
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  devices.ConfigureFromParams(p.task)
   t0 = time.perf_counter()
   costs_at = auto.CostsAt(p, cfg['cache_dir'], print_fn=lambda *_: None)
   trace_s = time.perf_counter() - t0
@@ -178,10 +178,9 @@ def Worker(cfg):
   def MakeSearcher(budget):
     space = search.Space(DEVICES, p.train.batch_size, budget,
                          schedules=tuple(s for s, _ in GRID_SCHEDULES) +
-                         ('1f1b_classic',))
-    return search.Searcher(costs_at, space, opt, hp,
-                           plan_kwargs={'execution': execution},
-                           action_s=action_s)
+                         ('1f1b_classic',),
+                         execution=execution)
+    return search.Searcher(costs_at, space, opt, hp, action_s=action_s)
 
   free = _Grid(MakeSearcher(None), len(costs_at(p.train.batch_size).cells))
   peaks = sorted(pt.peak_bytes for _, pt in free if pt is not None)

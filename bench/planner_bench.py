@@ -14,12 +14,17 @@ import argparse
 import json
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ('accuracy', 'registry')
+SECTIONS = ('trainer', 'accuracy', 'registry')
+DEFAULT_SECTIONS = ('trainer', 'registry')
+STEP_LINE_RE = re.compile(r'^step +(\d+) .* ([\d.]+) examples/s .*'
+                          r'step peak ([\d.]+) MiB')
 
 
 def _StepFn(model_params, batch_size):
@@ -147,6 +152,131 @@ def Accuracy(args):
             f"{r['predicted_s'] / r['measured_s']:.2f} |", flush=True)
 
 
+def _Overrides(k, m, extra=()):
+  return [f'task.network.num_stages = {k}',
+          f'task.network.num_micro_batches = {m}'] + list(extra)
+
+
+def PlanWorker(cfg):
+  """As `trainer.py --mode=plan --plan_measure` plans each (K, M): cell
+  costs traced and timed at the micro-batch (default threads, one trace per
+  micro-batch size), the executor's cost per tick when the execution is
+  'ticks' or per action when 'dataflow'. Prints RESULT lines."""
+  sys.path.insert(0, ROOT)
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  costs, params = {}, []
+  for k, m in cfg['configs']:
+    p = model_registry.GetParams(cfg['model'])
+    hyperparams.ApplyOverrides(p, '\n'.join(_Overrides(k, m, cfg['extra'])))
+    params.append(p)
+  # Devices first (the tick cost runs on them), as trainer.py does.
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  devices.ConfigureFromParams(max(params, key=lambda q: q.task.network
+                                  .num_stages).task)
+  for (k, m), p in zip(cfg['configs'], params):
+    micro = p.train.batch_size // m
+    if micro not in costs:
+      costs[micro] = model_plan.ModelCosts(p, micro, measure=True)
+    over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
+                                                   'cpu')
+    plan = model_plan.PlanModel(p, costs=costs[micro], overheads=over)
+    print('RESULT ' + json.dumps({
+        'k': k, 'm': m, 'batch': p.train.batch_size,
+        'schedule': plan['schedule'],
+        'execution': plan['execution'],
+        'predicted_bytes': plan['step_activation_peak_bytes'],
+        'predicted_s': plan['step_s']}), flush=True)
+
+
+def TrainerRun(model, k, m, data_dir, steps, extra=()):
+  """Trains `steps` steps with trainer.py (default threads and execution,
+  every step logged); (median step peak bytes, median examples/s) over
+  the steps after the first (which traces)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as logdir:
+    args = [sys.executable, os.path.join(ROOT, 'trainer.py'),
+            f'--model={model}', '--mode=train', f'--logdir={logdir}',
+            f'--data_dir={data_dir}', f'--max_steps={steps}',
+            '--model_params_override=task.train.log_interval_steps = 1',
+            '--model_params_override=task.train.save_interval_steps = 100000']
+    args += [f'--model_params_override={o}' for o in _Overrides(k, m, extra)]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                         timeout=1800, check=False)
+  if out.returncode:
+    raise RuntimeError(f'trainer failed:\n{out.stderr[-3000:]}')
+  rows = [STEP_LINE_RE.match(l) for l in out.stdout.splitlines()]
+  rows = [r for r in rows if r and int(r.group(1)) > 1]
+  if not rows:
+    raise RuntimeError(f'no step lines with a step peak:\n{out.stdout}')
+  eps = statistics.median(float(r.group(2)) for r in rows)
+  peak = statistics.median(float(r.group(3)) for r in rows) * 2**20
+  return peak, eps
+
+
+def CifarDataDir(args):
+  """--data_dir, or CIFAR-10 prepared by the real TFDS builder from an
+  archive in the download format holding 512 random images: memory and
+  time depend on the shapes only."""
+  if args.data_dir:
+    return args.data_dir
+  sys.path.insert(0, ROOT)
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from tasks import synthetic_archives  # pylint: disable=import-outside-toplevel
+  from tasks import tfds_data  # pylint: disable=import-outside-toplevel
+  root = tempfile.mkdtemp(prefix='planner_bench_cifar_')
+  archive, _, _ = synthetic_archives.WriteCifarArchive(
+      'cifar10', os.path.join(root, 'archive'), 512, 100)
+  tfds_data.PrepareCifarFromArchive('cifar10', os.path.join(root, 'data'),
+                                    archive, trust_archive=True)
+  return os.path.join(root, 'data')
+
+
+def Trainer(args):
+  """The plan against the run users make: trainer.py's own step lines."""
+  configs = [[int(x) for x in c.split(':')] for c in args.trainer_configs.split(',')]
+  extra = [e for e in args.override if e]
+  measured = {}
+  if args.load_measured and os.path.exists(args.load_measured):
+    with open(args.load_measured) as f:
+      measured = json.load(f)
+  data_dir = None
+  print('\n### Plan against trainer.py\'s own step (step peak above the '
+        'pre-step level and step time: medians over steps 2..'
+        f'{args.steps}; default threads and execution)\n')
+  if extra:
+    print(f'Overrides: `{"; ".join(extra)}`\n')
+  print('| model | schedule | execution | K | M | batch | predicted MiB | '
+        'measured MiB | ratio | predicted ms | measured ms | ratio |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+  for model in args.models.split(','):
+    cfg = dict(model=model, configs=configs, extra=extra)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--plan_worker',
+         json.dumps(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    plans = Collect(proc)
+    for r in plans:
+      key = f"{model}|{r['k']}|{r['m']}|{r['execution']}|{';'.join(extra)}"
+      if key not in measured:
+        data_dir = data_dir or CifarDataDir(args)
+        measured[key] = TrainerRun(model, r['k'], r['m'], data_dir,
+                                   args.steps, extra)
+        if args.load_measured:
+          with open(args.load_measured, 'w') as f:
+            json.dump(measured, f, indent=1)
+      peak, eps = measured[key]
+      secs = r['batch'] / eps
+      ps = r['predicted_s']
+      print(f"| {model} | {r['schedule']} | {r['execution']} | {r['k']} | "
+            f"{r['m']} | {r['batch']} | {r['predicted_bytes'] / 2**20:.1f} | "
+            f"{peak / 2**20:.1f} | {r['predicted_bytes'] / peak:.2f} | "
+            f"{ps * 1e3:.0f} | {secs * 1e3:.0f} | {ps / secs:.2f} |",
+            flush=True)
+
+
 def Registry(args):
   """Every registered model's partition (as configured; no trace)."""
   del args
@@ -178,7 +308,21 @@ def Registry(args):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--worker', help=argparse.SUPPRESS)
-  ap.add_argument('--sections', default=','.join(SECTIONS))
+  ap.add_argument('--plan_worker', help=argparse.SUPPRESS)
+  ap.add_argument('--sections', default=','.join(DEFAULT_SECTIONS),
+                  help=f'comma-separated, of {SECTIONS}')
+  ap.add_argument('--trainer_configs', default='1:1,1:4,1:8,2:1,2:4,2:8,'
+                  '4:1,4:4,4:8', help='trainer section: K:M,... per model')
+  ap.add_argument('--steps', type=int, default=4,
+                  help='trainer section: steps per trainer.py run')
+  ap.add_argument('--override', action='append', default=[],
+                  help='trainer section: extra params override (repeat)')
+  ap.add_argument('--data_dir', default='',
+                  help='trainer section: TFDS data dir holding cifar10 '
+                  '(default: prepared from 512 random images)')
+  ap.add_argument('--load_measured', default='',
+                  help='trainer section: JSON file of measured rows, read '
+                  'and extended (re-plans without re-measuring)')
   ap.add_argument('--models', default='cifar10.ResNet20,cifar10.AmoebaNetD_6_32')
   ap.add_argument('--configs', default='1:2,1:4,2:2,2:4,4:2,4:4',
                   help='K:M,... measured per model')
@@ -195,11 +339,15 @@ def main():
   if args.worker:
     Worker(json.loads(args.worker))
     return
+  if args.plan_worker:
+    PlanWorker(json.loads(args.plan_worker))
+    return
   print(f'# Planner checks — {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, '
         f'{platform.node()}, {os.cpu_count()} CPUs')
   t0 = time.time()
   for sec in args.sections.split(','):
-    {'accuracy': Accuracy, 'registry': Registry}[sec](args)
+    {'trainer': Trainer, 'accuracy': Accuracy,
+     'registry': Registry}[sec](args)
   print(f'\nTotal time: {time.time() - t0:.0f} s')
 
 

@@ -53,6 +53,12 @@ def TopologyParams() -> hyperparams.Params:
   p.Define('intra_op_threads', 0,
            'Threads per op (0: TensorFlow default). 1 lets stages overlap on '
            'a small CPU.')
+  p.Define('inter_op_threads', 1,
+           'Ops the host runs at once (0: TensorFlow default, one per '
+           'core). 1 runs one op at a time, each on all intra-op threads: '
+           "the peak --mode=plan predicts holds (independent ops running "
+           'together add their tensors), and on a 2-core CPU it measured '
+           'as fast (docs/planner.md).')
   p.Define('placement', '',
            "How each stage is pinned to its devices: 'device_scopes' "
            '(tf.device per stage; cpu, gpu), \'logical_cores\' (XLA sharding '
@@ -107,7 +113,7 @@ def CheckTopology(topo: hyperparams.Params, num_stages: int,
   dps = _IntField(topo, where, 'devices_per_stage', 1)
   replicas = _IntField(topo, where, 'num_replicas', 0)
   for field in ('num_logical_devices', 'gpu_memory_limit_mb',
-                'intra_op_threads'):
+                'intra_op_threads', 'inter_op_threads'):
     _IntField(topo, where, field, 0)
   kind = topo.device_type
   if topo.placement not in ('',) + PLACEMENTS:
@@ -162,7 +168,7 @@ def CheckTpuShapes(slice_shape: List[int], computation_shape: List[int],
 
 
 def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
-                  intra_op_threads=0, verify=True):
+                  intra_op_threads=0, verify=True, inter_op_threads=0):
   """Makes at least `count` logical devices of `device_type` available.
 
   Raises DeviceError naming the numbers if it cannot (e.g. TensorFlow was
@@ -184,6 +190,11 @@ def EnsureDevices(device_type, count, gpu_memory_limit_mb=0,
         raise DeviceError(
             f'intra_op_threads={intra_op_threads} must be set before '
             'TensorFlow initialises; set it first in the process.') from None
+  if inter_op_threads:
+    try:
+      tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+      pass  # Already initialised (a test process): speed and peak only.
   physical = tf.config.list_physical_devices(device_type.upper())
   if not physical:
     raise DeviceError(f'No {device_type.upper()} devices on this machine; '
@@ -301,4 +312,5 @@ def ConfigureFromParams(task_params, verify=True):
     if topo.device_type == 'cpu' and topo.num_logical_devices:
       need = max(need, topo.num_logical_devices)
     EnsureDevices(topo.device_type, need, topo.gpu_memory_limit_mb,
-                  topo.intra_op_threads, verify)
+                  topo.intra_op_threads, verify,
+                  dict(topo.IterParams()).get('inter_op_threads', 0))

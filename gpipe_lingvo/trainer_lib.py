@@ -64,6 +64,44 @@ def _FormatDuration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+class StepPeak:
+  """The allocator's peak bytes of one training step above the bytes in
+  use just before it (tf.config.experimental.get_memory_info): what a
+  memory budget must hold, as the plan predicts it. Read wherever the
+  allocator keeps statistics (GPU: BFC; CPU: BFC or oneDNN's allocator,
+  TensorFlow's default on x86); None elsewhere. Logical CPU devices share
+  the host's allocator: one number for the host. GPUs: the largest of
+  theirs."""
+
+  def __init__(self):
+    gpus = tf.config.list_logical_devices('GPU')
+    self._devices = [f'GPU:{i}' for i in range(len(gpus))] or ['CPU:0']
+    try:
+      for d in self._devices:
+        tf.config.experimental.get_memory_info(d)
+    except (ValueError, RuntimeError):  # no statistics on this allocator
+      self._devices = []
+    self._before = []
+
+  @property
+  def available(self) -> bool:
+    return bool(self._devices)
+
+  def Start(self):
+    """Call right before the step."""
+    for d in self._devices:
+      tf.config.experimental.reset_memory_stats(d)
+    self._before = [tf.config.experimental.get_memory_info(d)['current']
+                    for d in self._devices]
+
+  def End(self):
+    """Bytes: call once the step's results are read (the step is done)."""
+    if not self._devices:
+      return None
+    return max(tf.config.experimental.get_memory_info(d)['peak'] - b
+               for d, b in zip(self._devices, self._before))
+
+
 class _Progress:
   """Console and TensorBoard lines every log interval: loss, accuracy,
   learning rate, examples/s over the window, ETA from the run's rate."""
@@ -74,12 +112,17 @@ class _Progress:
     self._acc = metrics_lib.MetricAccumulator()
     self._t_start = self._t_window = time.time()
     self._steps, self._examples = 0, 0
+    self._peak = None
     self.last = {}
 
-  def Add(self, step, sums, lr, norm, log):
+  def Add(self, step, sums, lr, norm, log, peak_bytes=None):
+    """peak_bytes: the step's allocator peak (StepPeak), or None; the line
+    shows the largest of the window's."""
     self._acc.Add(sums)
     self._steps += 1
     self._examples += self._batch_size
+    if peak_bytes is not None:
+      self._peak = max(self._peak or 0, peak_bytes)
     if not log:
       return
     res = self._acc.Result()
@@ -89,7 +132,9 @@ class _Progress:
     self._print(f'step {step:6d}  loss {res["loss"]:.4f}  '
                 f'accuracy {res.get("accuracy", float("nan")):.4f}  '
                 f'lr {float(lr):.4g}  {eps:8.1f} examples/s  '
-                f'ETA {_FormatDuration(eta)}')
+                f'ETA {_FormatDuration(eta)}' + (
+                    '' if self._peak is None else
+                    f'  step peak {self._peak / 2**20:.1f} MiB'))
     with self._writer.as_default(step=step):
       for k, v in res.items():
         if k != 'num_examples':
@@ -97,8 +142,11 @@ class _Progress:
       tf.summary.scalar('learning_rate', float(lr))
       tf.summary.scalar('grad_norm', float(norm))
       tf.summary.scalar('examples_per_second', eps)
+      if self._peak is not None:
+        tf.summary.scalar('step_peak_mib', self._peak / 2**20)
     self._writer.flush()
     self.last = res
+    self._peak = None
     self._acc = metrics_lib.MetricAccumulator()
     self._t_window, self._examples = now, 0
 
@@ -251,15 +299,18 @@ class Trainer:
     progress = _Progress(self._Writer('train'), self._print,
                          position.generator.params.batch_size, max_steps)
     stopped = False
+    peak = StepPeak()
     while step < max_steps and not stopped:
       self.replicas.VoteStop(stop.signum is not None)
       batch = next(it)
+      peak.Start()
       if step + 1 == self.timeline_at_step:
         sums, lr, norm, finite = model_plan.ProfiledStep(
             self.params, self.logdir, lambda: train_step(batch), self._print)
       else:
         sums, lr, norm, finite = train_step(batch)
       sums = {k: v.numpy() for k, v in sums.items()}
+      step_peak = peak.End()
       stopped = self.replicas.StopAgreed(sums, stop.signum is not None)
       finite = {k: bool(v) for k, v in finite.items()}
       if not all(finite.values()):
@@ -267,7 +318,8 @@ class Trainer:
                                  float(norm))
       step += 1
       progress.Add(step, sums, lr, norm,
-                   log=step % tp.log_interval_steps == 0 or step == max_steps)
+                   log=step % tp.log_interval_steps == 0 or step == max_steps,
+                   peak_bytes=step_peak)
       if step % tp.save_interval_steps == 0 and step < max_steps:
         self._Save(ckpt, position, step)
       if (evaluate_splits and tp.eval_interval_steps and

@@ -292,7 +292,8 @@ def testFPropUnderTapeCollectsMicroBatchStatsOnce():
   sizes = {}
   for m in (2, 8):
     net = PN.Params().Set(name='net', cells=_BnCells(), num_stages=2,
-                          num_micro_batches=m).Instantiate()
+                          num_micro_batches=m,
+                          execution='ticks').Instantiate()
     _, _, _, step_stats = net.ComputeLossAndGradients(
         x, lab, util.LossFn(16), _Step0())
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from gpipe_lingvo import errors
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.pipeline import costs as costs_lib
@@ -19,6 +20,7 @@ from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.pipeline import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.planning import measure
 from tests import pipeline_test_util as util
 
@@ -106,8 +108,8 @@ def _ToyCosts(n=6, batch=4, res=1000, out=100, params=50, w_in=10):
   return costs_lib.NetworkCosts(batch, out, cells)
 
 
-def _Pipe(schedule, k, m, remat, v=1):
-  return plan_lib.Pipeline(schedule, k, m, tuple(remat), v)
+def _Pipe(schedule, k, m, remat, v=1, execution='ticks'):
+  return plan_lib.Pipeline(schedule, k, m, tuple(remat), v, execution)
 
 
 @pytest.mark.parametrize('schedule,v', SCHEDULES)
@@ -147,6 +149,79 @@ def testPlanStashFollowsTheTickTable(schedule, v):
     assert acts == sorted((a.kind, a.chunk, a.mb) for row in table.ticks
                           for d in row for a in d)
   assert json.loads(json.dumps(plan)) == plan  # Plans are data.
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
+  # Unrolled, a buffer entry is a graph edge: held from the tick its
+  # producer runs through the tick of its last reader, never longer than
+  # the tick loop's slot; a W fused with its B stashes nothing.
+  c = _ToyCosts(res=10_000, out=100, w_in=1)
+  k, m = 3, 6
+  ranges = partition.Partition(6, k * v)
+  for remat in ([False] * m, [True] * m):
+    flow = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v,
+                                              'dataflow'))
+    ticks = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v))
+    table = _Pipe(schedule, k, m, remat, v).Table()
+    fused = plan_lib.FusedBackwards(table)
+    keys = {'inputs': 'input_bytes', 'grads': 'output_bytes',
+            'residuals': 'residual_bytes',
+            'weight_inputs': 'weight_input_bytes'}
+    held = [[0] * k for _ in range(table.num_ticks)]
+    for ch, b in enumerate(flow['chunks']):
+      for name, lives in table.BufferLifetimes(ch, remat).items():
+        d = table.chunk_device[min(ch + 1, k * v - 1) if name == 'grads'
+                               else ch]
+        for i, life in enumerate(lives or []):
+          if life and not (name == 'weight_inputs' and (ch, i) in fused):
+            for t in range(life[0], life[1] + 1):
+              held[t][d] += b[keys[name]]
+    got = [s['stash_peak_bytes'] for s in flow['stages']]
+    assert got == [max(row[d] for row in held) for d in range(k)]
+    assert all(a <= b for a, b in zip(got, [
+        s['stash_peak_bytes'] for s in ticks['stages']]))
+    assert flow['step_activation_peak_bytes'] <= (
+        ticks['step_activation_peak_bytes'])
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testDataflowTimelineKeepsEveryDependencyAndNoLockstep(schedule, v):
+  rng = random.Random(3)
+  k, m = 3, 6
+  table = _Pipe(schedule, k, m, [False] * m, v).Table()
+  for remat in ([False] * m, [True] * m):
+    costs = {(kind, ch): rng.uniform(0.5, 2.0) for kind in 'FBW'
+             for ch in range(k * v)}
+    tl = plan_lib.DataflowTimeline(table, costs, remat)
+    end = {e.action: e.end for e in tl.events}
+    fused = plan_lib.FusedBackwards(table)
+    want = [a for acts in table.actions for a in acts
+            if not (a.kind == 'W' and (a.chunk, a.mb) in fused)]
+    assert sorted(end) == sorted(want)
+    for e in tl.events:
+      a = e.action
+      deps = {'F': [('F', a.chunk - 1)] if a.chunk else [],
+              'B': [('F', a.chunk)] + ([('B', a.chunk + 1)]
+                                       if a.chunk < k * v - 1 else []),
+              'W': [('B', a.chunk)]}[a.kind]
+      for kind, ch in deps:
+        assert end[schedule_lib.Action(kind, ch, a.mb)] <= e.start + 1e-12
+    for d in range(k):  # a device runs its actions in order, one at a time
+      mine = [e for e in tl.events if e.device == d]
+      assert [e.action for e in mine] == [a for a in table.actions[d]
+                                          if a in end]
+      assert all(x.end <= y.start + 1e-12 for x, y in zip(mine, mine[1:]))
+    # Without ticks nobody waits for the slowest device of a tick (a fused
+    # B+W hands its input gradient on only when both are done).
+    if not fused:
+      assert tl.duration <= table.Timeline(costs,
+                                           remat=remat).duration + 1e-9
+    # One shared host running one action at a time: all the work, no idle.
+    serial = plan_lib.DataflowTimeline(table, costs, remat, 1,
+                                       action_overhead=0.25)
+    assert math.isclose(serial.duration, sum(
+        e.end - e.start for e in tl.events) + 0.25 * len(tl.events))
 
 
 def testPlanStaticBytesAndTime():
@@ -212,6 +287,80 @@ def testBudgetFailureSaysWhatWouldFit():
   plan = plan_lib.MakePlan(c, ok, pipe)
   assert [fn(d, a, b) for d, (a, b) in enumerate(ok)] == [
       s['peak_bytes'] for s in plan['stages']]
+
+
+def testLeastBudgetEqualsBruteForce():
+  # The least budget per device is the smallest, over every contiguous
+  # cut, of its largest device's peak; at it the balancer finds a cut,
+  # just under it none exists.
+  rng = random.Random(2)
+  for _ in range(12):
+    n = rng.randint(3, 7)
+    k = rng.randint(1, min(n, 3))
+    m = rng.choice([1, 2, 4])
+    c = _ToyCosts(n=n, res=rng.randint(100, 20_000), out=rng.randint(10, 900))
+    pipe = _Pipe(rng.choice(['gpipe', '1f1b']), k, m,
+                 [rng.random() < 0.5] * m)
+    fn = plan_lib.StageBytesFn(c, pipe)
+    want = min(max(fn(s, a, b) for s, (a, b) in enumerate(rs))
+               for rs in _Cuts(n, k))
+    least, ranges = plan_lib.LeastBudget(c, pipe)
+    assert least == want
+    assert max(fn(s, a, b) for s, (a, b) in enumerate(ranges)) == least
+    plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[least] * k)
+    with pytest.raises(plan_lib.PlanError):
+      plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[least - 1] * k,
+                                 explain=False)
+
+
+def _Cuts(n, k):
+  for bounds in itertools.combinations(range(1, n), k - 1):
+    edges = (0,) + bounds + (n,)
+    yield list(zip(edges, edges[1:]))
+
+
+def testBudgetThatCannotFitNamesTheLeastBudget():
+  # A budget far below the weights: the error names the least budget that
+  # fits (a number the plan then confirms) rather than searching on.
+  c = _ResNetCosts(batch=32)
+  pipe = _Pipe('gpipe', 2, 4, [True] * 4)
+  least, _ = plan_lib.LeastBudget(c, pipe)
+  with pytest.raises(plan_lib.PlanError) as e:
+    plan_lib.BalancedPartition(c, 'memory', pipe, budgets=[100_000] * 2)
+  msg = str(e.value)
+  assert '\n' not in msg
+  assert f'least budget per device that fits K=2, M=4 is ' \
+         f'{partition.FormatBytes(least)}' in msg
+  ranges = plan_lib.BalancedPartition(c, 'memory', pipe, budgets=[least] * 2)
+  assert plan_lib.MakePlan(c, ranges, pipe, budgets=[least] * 2)['fits']
+
+
+@pytest.mark.parametrize('model', ['cifar10.ResNet20',
+                                   'cifar10.AmoebaNetD_6_32'])
+def testRegisteredModelUnderImpossibleBudgetFailsWithTheLeastBudget(model):
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams(model)
+  hyperparams.ApplyOverrides(p, 'task.network.partition = "memory"\n'
+                             'task.network.topology.memory_budget_bytes = '
+                             '100000')
+  with pytest.raises(plan_lib.PlanError,
+                     match=r'least budget per device that fits K=2, M=4 is '
+                           r'[\d.]+ MiB \(cut \[\d+, \d+\]\)'):
+    model_plan.PlanModel(p)
+
+
+def testNegativeBudgetRefusedAtInstantiate():
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=[layers.Identity.Params().Set(name='a')] * 2,
+      num_stages=2)
+  for bad in (-1, [100, -5], []):
+    p.topology.memory_budget_bytes = bad
+    with pytest.raises(errors.ParamsError,
+                       match=r'^net\.topology\.memory_budget_bytes must be '
+                             r'.*, got') as e:
+      p.Instantiate()
+    assert '\n' not in str(e.value)
 
 
 def testCostPartitionOverChunks():
@@ -344,14 +493,14 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
        '--model_params_override=task.network.num_stages = 8',
        '--model_params_override=task.network.partition = "flops"',
        '--model_params_override=task.network.topology.memory_budget_bytes'
-       ' = 200000000',
-       '--model_params_override=task.network.execution = "dataflow"'],
+       ' = 200000000'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
-  # The time model is the tick loop's; the plan says so for dataflow.
-  assert "runs execution='dataflow'" in out.stdout
+  # The default execution, planned as it runs.
+  assert 'execution dataflow' in out.stdout and 'lockstep' not in out.stdout
   plan = json.loads((tmp_path / 'plan.json').read_text())
   assert plan['num_stages'] == 8 and len(plan['stages']) == 8
+  assert plan['execution'] == 'dataflow'
   assert sum(plan['partition']) == 11 and plan['partition_spec'] == 'flops'
   assert plan['fits'] and plan['largest_batch_that_fits'] >= 128
   assert '| 7 |' in out.stdout and 'bubble' in out.stdout

@@ -52,6 +52,11 @@ def testTrainAndEvalWritesParamsCheckpointsAndMetrics(tmp_path):
   assert res['test']['loss'] == pytest.approx(
       -log_p[np.arange(len(labels)), labels].mean(), rel=1e-4)
   assert any('examples/s' in l and 'ETA' in l for l in logs)
+  # Each logged line reports the allocator's step peak (x86 CPU: oneDNN's
+  # allocator keeps statistics), at least one training batch's images.
+  peaks = [float(l.split('step peak ')[1].split()[0]) for l in logs
+           if 'step peak' in l]
+  assert len(peaks) == 4 and min(peaks) * 2**20 >= 32 * 64 * 4, logs
   params_text = (tmp_path / 'params.txt').read_text()
   assert "model : 'digits.ConvNet'" in params_text
   assert 'task.train.max_steps' in params_text
@@ -63,6 +68,23 @@ def testTrainAndEvalWritesParamsCheckpointsAndMetrics(tmp_path):
   assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
       'ckpt-10', 'ckpt-20']
   assert os.listdir(tmp_path / 'train')  # TensorBoard event file.
+
+
+def testStepPeakIsTheAllocatorPeakOfOneStep():
+  peak = trainer_lib.StepPeak()
+  assert peak.available
+  # A 4 MiB temporary (an input-dependent product, not folded at trace).
+  f = tf.function(lambda x, n: tf.reduce_sum(tf.fill([n, 1024], x) * x))
+  big, small = (tf.constant(1024), tf.constant(4))
+  x = tf.constant(2.0)
+  for n in (big, small):
+    f(x, n)
+  peak.Start()
+  f(x, big).numpy()
+  big_peak = peak.End()
+  peak.Start()
+  f(x, small).numpy()
+  assert big_peak >= 4 * 2**20 > 100 * peak.End()
 
 
 def testUnwritableLogdirIsAClearError(tmp_path):

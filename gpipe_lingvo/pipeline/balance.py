@@ -83,9 +83,12 @@ def Resolve(p, num_cells, num_chunks, effective_micro_batches,
   costs = NetworkCosts(p, batch // m, measure=(spec == 'time'))
   # Per-cell recompute changes what each cell stashes and its backward.
   costs = cell_remat.Apply(costs, params_check.CellRemat(p.remat, num_cells))
+  v = num_chunks // p.num_stages
+  execution = executor_lib.ChooseExecution(
+      p.execution, executor_lib.NumActions(p.schedule, p.num_stages, m, v))
   pipe = plan_lib.Pipeline(p.schedule, p.num_stages, m,
-                           tuple(executor_lib.RematFlags(p.remat, m)),
-                           num_chunks // p.num_stages)
+                           tuple(executor_lib.RematFlags(p.remat, m)), v,
+                           execution)
   try:
     return plan_lib.BalancedPartition(
         costs, spec, pipe, opt,

@@ -35,6 +35,12 @@ REMAT_POLICIES = ('always', 'except_last', 'never')
 # 'ticks': one tf.while_loop over the table's lockstep ticks (this module);
 # 'dataflow': the table's actions unrolled, chained per device (dataflow.py).
 EXECUTIONS = ('dataflow', 'ticks')
+# 'auto' picks one of EXECUTIONS per table (ChooseExecution).
+EXECUTION_CHOICES = EXECUTIONS + ('auto',)
+# Above this many actions per step, 'auto' runs the tick loop: the
+# unrolled graph's build time and memory grow with the actions (measured
+# by bench/pipeline_bench.py --sections=graph; docs/engine.md).
+AUTO_DATAFLOW_MAX_ACTIONS = 256
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
@@ -43,6 +49,24 @@ F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 # forward it reruns.
 ActionScope = dataflow.ActionScope
 RECOMPUTE_SCOPE = dataflow.RECOMPUTE_SCOPE
+
+
+def ChooseExecution(execution: str, num_actions: int) -> str:
+  """The execution that runs a table of `num_actions` actions: 'auto' is
+  'dataflow' (no lockstep waits, no per-tick cost, buffers freed after
+  their last reader) unless its unrolled graph would hold more than
+  AUTO_DATAFLOW_MAX_ACTIONS actions, then 'ticks' (one copy of each chunk's
+  functions whatever K, v and M are)."""
+  if execution != 'auto':
+    return execution
+  return 'dataflow' if num_actions <= AUTO_DATAFLOW_MAX_ACTIONS else 'ticks'
+
+
+def NumActions(schedule: str, num_stages: int, num_micro_batches: int,
+               virtual_stages: int = 1) -> int:
+  """Actions of a training step's table (pure: no TensorFlow)."""
+  return sum(len(a) for a in schedule_lib.Build(
+      schedule, num_stages, num_micro_batches, virtual_stages).actions)
 
 
 def RematFlags(policy, num_micro_batches: int) -> List[bool]:

@@ -30,6 +30,14 @@ def NonNegativeNumber(v):
   return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
+def Budget(v):
+  """memory_budget_bytes: one number >= 0 (0: no limit) or a list of
+  positive numbers, one per stage."""
+  if isinstance(v, (list, tuple)):
+    return bool(v) and all(NonNegativeNumber(x) and x > 0 for x in v)
+  return NonNegativeNumber(v)
+
+
 def Text(v):
   return isinstance(v, str)
 
@@ -41,7 +49,7 @@ PIPELINE_FIELDS = {
     'virtual_stages': (PositiveInt, 'an int >= 1'),
     'parallel_iterations': (PositiveInt, 'an int >= 1'),
     'schedule': (Text, 'a schedule name (str)'),
-    'execution': (Text, "'dataflow' or 'ticks' (str)"),
+    'execution': (Text, "'dataflow', 'ticks' or 'auto' (str)"),
     'remat': (lambda v: isinstance(v, (str, list, tuple)),
               'a remat policy name (str) or a list of booleans, one per '
               'cell'),
@@ -53,6 +61,9 @@ TOPOLOGY_FIELDS = {
     'num_logical_devices': (NonNegativeInt, 'an int >= 0'),
     'gpu_memory_limit_mb': (NonNegativeNumber, 'a number >= 0'),
     'intra_op_threads': (NonNegativeInt, 'an int >= 0'),
+    'inter_op_threads': (NonNegativeInt, 'an int >= 0'),
+    'memory_budget_bytes': (Budget, 'bytes per device: a number >= 0 (0: no '
+                            'limit) or a list of numbers > 0, one per stage'),
     'placement': (Text, "a placement name or '' (str)"),
 }
 
@@ -73,7 +84,8 @@ AUTO_FIELDS = ('num_stages', 'num_micro_batches', 'schedule', 'virtual_stages',
 
 def _CheckNotAuto(params, where):
   values = dict(params.IterParams())
-  for name in AUTO_FIELDS:
+  # execution 'auto' the runtime resolves itself (executor.ChooseExecution).
+  for name in [f for f in AUTO_FIELDS if f != 'execution']:
     if values.get(name) == AUTO:
       raise errors.ParamsError(
           f"{where}.{name} is 'auto', which the trainer resolves at start "

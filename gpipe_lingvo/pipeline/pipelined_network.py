@@ -145,12 +145,14 @@ class PipelinedNetwork(base_layer.BaseLayer):
              f'If set, one of {normalization.MODES}, applied to every '
              "BatchNorm inside the cells ('' keeps each layer's own mode; a "
              'string default so that text overrides can set it).')
-    p.Define('execution', 'ticks',
-             f'How the schedule runs, one of {executor_lib.EXECUTIONS}: '
-             "'ticks' is one tf.while_loop over lockstep clock ticks; "
-             "'dataflow' unrolls the table's actions, chained per device, so "
-             'devices do not wait for each other at tick ends (see '
-             'docs/engine.md).')
+    p.Define('execution', 'dataflow',
+             f'How the schedule runs, one of {executor_lib.EXECUTION_CHOICES}'
+             ": 'dataflow' unrolls the table's actions, chained per device, "
+             'so devices do not wait for each other at tick ends; '
+             "'ticks' is one tf.while_loop over lockstep clock ticks (a "
+             "graph of one copy of each chunk whatever K and M); 'auto' "
+             'picks ticks above executor.AUTO_DATAFLOW_MAX_ACTIONS actions '
+             'per step (see docs/engine.md).')
     p.Define('parallel_iterations', 1,
              "Ticks the step loop may run ahead (execution='ticks'); 1 "
              'keeps memory lowest.')
@@ -207,6 +209,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
                                               self.path)
     self._remat_flags = executor_lib.RematFlags(
         self._cell_remat or p.remat, self.effective_micro_batches)
+    # The execution the step runs ('auto' resolved for this table).
+    self.execution = executor_lib.ChooseExecution(
+        p.execution, sum(len(a) for a in self.schedule_table.actions))
 
   def _CheckParams(self):
     """Errors that name the fields, raised before anything is built."""
@@ -220,9 +225,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
     if p.schedule not in schedule_lib.SCHEDULES:
       raise ValueError(f'{self.path}: unknown schedule {p.schedule!r}; use '
                        f'one of {schedule_lib.SCHEDULES}.')
-    if p.execution not in executor_lib.EXECUTIONS:
+    if p.execution not in executor_lib.EXECUTION_CHOICES:
       raise ValueError(f'{self.path}: unknown execution {p.execution!r}; use '
-                       f'one of {executor_lib.EXECUTIONS}.')
+                       f'one of {executor_lib.EXECUTION_CHOICES}.')
     if (isinstance(params_check.ParseList(p.remat), str) and
         p.remat not in executor_lib.REMAT_POLICIES):
       raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
@@ -358,7 +363,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
          for c in range(self.num_chunks)],
         self._GradAccumulator,
         parallel_iterations=self.params.parallel_iterations,
-        execution=self.params.execution)
+        execution=self.execution)
 
   # -- forward -----------------------------------------------------------------
 

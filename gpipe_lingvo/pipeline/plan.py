@@ -27,10 +27,12 @@ peak adds every device's buffers and the largest action's working bytes,
 tick by tick.
 """
 import dataclasses
+import math
 from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import schedule_view
 
 SLOTS_PER_WEIGHT = {'sgd': 0, 'momentum': 1, 'rmsprop': 2, 'adam': 2}
@@ -49,6 +51,7 @@ class Pipeline:
   num_micro_batches: int    # M
   remat: tuple              # per micro-batch: True where recomputed
   virtual_stages: int = 1   # v chunks per device
+  execution: str = 'dataflow'  # or 'ticks' (executor.EXECUTIONS)
 
   @property
   def num_chunks(self) -> int:
@@ -81,8 +84,10 @@ class Overheads:
   """Executor costs beyond the cells' own work, measured on the device
   (planning/measure.py ExecutorOverhead): seconds per clock tick of the
   loop's bookkeeping, the switches over each device's actions and the
-  calls and buffer reads and writes of the actions."""
+  calls and buffer reads and writes of the actions ('ticks'); seconds per
+  action of the unrolled graph's calls and gates ('dataflow')."""
   tick_s: float = 0.0
+  action_s: float = 0.0
 
 
 def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
@@ -154,16 +159,17 @@ def _ActionWork(a: schedule_view.Action, act: dict, remat) -> int:
 
 
 def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
-               chunks: Optional[Sequence[int]] = None):
+               chunks: Optional[Sequence[int]] = None,
+               execution: str = 'ticks'):
   """Per tick, per device: (buffered bytes, working bytes).
 
   acts: ChunkActivations per chunk; chunks: only these chunks' buffers and
-  actions (default all)."""
+  actions (default all); execution: how buffers are held (BufferCounts)."""
   chunks = range(table.num_chunks) if chunks is None else chunks
   dev = table.chunk_device
   buffered = [[0] * table.num_devices for _ in range(table.num_ticks)]
   for c in chunks:
-    counts = schedule_view.BufferCounts(table, c, remat)
+    counts = BufferCounts(table, c, remat, execution)
     nxt = dev[min(c + 1, table.num_chunks - 1)]
     where = {'inputs': (dev[c], 'input_bytes'),
              'grads': (nxt, 'output_bytes'),  # on the next chunk's device
@@ -183,6 +189,109 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
   return out
 
 
+def FusedBackwards(table) -> set:
+  """(chunk, micro-batch) of each W its device runs right after the B of
+  the same chunk and micro-batch: execution='dataflow' runs the pair as one
+  backward (dataflow.FusedBackwards, the runtime's rule; restated here so
+  the planner needs no TensorFlow)."""
+  fused = set()
+  for order in table.actions:
+    for a, nxt in zip(order, order[1:]):
+      if a.kind == B and nxt == schedule_view.Action(W, a.chunk, a.mb):
+        fused.add((a.chunk, a.mb))
+  return fused
+
+
+def BufferCounts(table, chunk: int, remat: Sequence[bool],
+                 execution: str = 'dataflow') -> Dict[str, List[int]]:
+  """Per buffer of `chunk`, per tick: entries held.
+
+  'ticks': the executor's TensorArray slots keep an entry until the slot is
+  written again (schedule_view.BufferCounts). 'dataflow': entries are graph
+  edges the runtime frees after their last reader, so an entry is held
+  from the tick it is written through the tick of its last read; a W fused
+  with its B stashes nothing."""
+  if execution == 'ticks':
+    return schedule_view.BufferCounts(table, chunk, remat)
+  fused = FusedBackwards(table)
+  out = {}
+  for name, lifetimes in table.BufferLifetimes(chunk, remat).items():
+    counts = [0] * table.num_ticks
+    for i, life in enumerate(lifetimes or []):
+      if life is None or (name == 'weight_inputs' and (chunk, i) in fused):
+        continue
+      for t in range(life[0], life[1] + 1):
+        counts[t] += 1
+    out[name] = counts
+  return out
+
+
+def DataflowTimeline(table, cost, remat: Sequence[bool],
+                     host_parallelism: Optional[float] = None,
+                     action_overhead: float = 0.0
+                     ) -> 'schedule_lib.Timeline':
+  """Start and end of every action under execution='dataflow': each
+  device runs its actions in the table's order, each as soon as the device
+  is free and its inputs exist (F after the previous chunk's F, B after its
+  own F and the next chunk's B, W after its B); no ticks, no lockstep.
+
+  cost(kind, chunk): seconds of an action (B: input-gradient part, W:
+  weight-gradient part; a fused B+W costs both). host_parallelism: None,
+  devices compute on their own; p <= 1: the devices share one host that
+  runs one action at a time (the earliest startable next, device order on
+  ties); p > 1: the step lasts at least its total work / p.
+  action_overhead: seconds each action adds (its calls and gates)."""
+  base = table._CostFn(cost, remat)  # pylint: disable=protected-access
+  fused = FusedBackwards(table)
+  last = table.num_chunks - 1
+  queues = [[a for a in acts if not (a.kind == W and (a.chunk, a.mb) in fused)]
+            for acts in table.actions]
+
+  def Deps(a):
+    if a.kind == F:
+      return [schedule_view.Action(F, a.chunk - 1, a.mb)] if a.chunk else []
+    if a.kind == B:
+      return [schedule_view.Action(F, a.chunk, a.mb)] + (
+          [schedule_view.Action(B, a.chunk + 1, a.mb)]
+          if a.chunk < last and not table.forward_only else [])
+    return [schedule_view.Action(B, a.chunk, a.mb)]
+
+  def Duration(a):
+    extra = (base(schedule_view.Action(W, a.chunk, a.mb))
+             if a.kind == B and (a.chunk, a.mb) in fused else 0.0)
+    return base(a) + extra + action_overhead
+
+  serial = host_parallelism is not None and host_parallelism <= 1
+  done, events = {}, []
+  pos, free, host = [0] * table.num_devices, [0.0] * table.num_devices, 0.0
+  while True:
+    best = None
+    for d, q in enumerate(queues):
+      if pos[d] == len(q):
+        continue
+      a = q[pos[d]]
+      deps = Deps(a)
+      if any(x not in done for x in deps):
+        continue
+      start = max([free[d], host if serial else 0.0] +
+                  [done[x] for x in deps])
+      if best is None or start < best[0]:
+        best = (start, d, a)
+    if best is None:
+      break
+    start, d, a = best
+    end = start + Duration(a)
+    done[a], free[d], pos[d] = end, end, pos[d] + 1
+    host = end if serial else host
+    events.append(schedule_lib.TimelineEvent(
+        d, table.Tick(a.kind, a.chunk, a.mb), a, start, end))
+  duration = max([e.end for e in events] or [0.0])
+  if host_parallelism is not None and not serial:
+    duration = max(duration, sum(e.end - e.start for e in events) /
+                   host_parallelism)
+  return schedule_lib.Timeline(events, duration, [])
+
+
 def _Static(s: dict) -> int:
   return s['weight_bytes'] + s['slot_bytes'] + s['accumulator_bytes']
 
@@ -191,13 +300,16 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
              budgets: Optional[Sequence[float]] = None,
              shared_host: bool = True, host_parallelism: float = 1.0,
              flops_per_s: Optional[float] = None,
-             overheads: Overheads = Overheads()) -> dict:
+             overheads: Overheads = Overheads(),
+             prefetch_bytes: int = 0) -> dict:
   """The plan of one configuration (see the module docstring).
 
   costs: NetworkCosts at the micro-batch size; ranges: [(start, end)] per
   chunk; budgets: bytes per device. shared_host: all devices on one host
   allocator (logical CPU devices); host_parallelism: how many actions the
   host runs at once at full speed (1 when every op already uses all cores).
+  prefetch_bytes: host bytes the input pipeline fills while a step runs
+  (the next training batches), on top of the step's own.
   """
   table = pipe.Table()
   remat = list(pipe.remat)
@@ -208,7 +320,7 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
     ch['forward_s'], ch['backward_s'], ch['weight_s'] = ChunkTimes(
         costs, a, b, flops_per_s)
     chunks.append(ch)
-  mem = TickMemory(table, chunks, remat)
+  mem = TickMemory(table, chunks, remat, execution=pipe.execution)
   peak_stash = table.PeakStash()
   stages = [_Device(d, chunks, mem, peak_stash[d], opt)
             for d in range(pipe.num_stages)]
@@ -219,7 +331,7 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   # up. After the loop its buffers are gone and the update runs.
   host_step = max(max(sum(s for s, _ in row) + max(w for _, w in row)
                       for row in mem),
-                  sum(s['update_bytes'] for s in stages))
+                  sum(s['update_bytes'] for s in stages)) + prefetch_bytes
   plan = {
       'schedule': pipe.schedule, 'num_stages': pipe.num_stages,
       'virtual_stages': pipe.virtual_stages,
@@ -232,11 +344,12 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
       'step_activation_peak_bytes': host_step if shared_host else None,
       'host_peak_bytes': (sum(_Static(s) for s in stages) + host_step
                           if shared_host else None),
+      'prefetch_bytes': prefetch_bytes, 'execution': pipe.execution,
       'ticks': table.num_ticks, 'host_parallelism': host_parallelism,
       'overheads': dataclasses.asdict(overheads),
   }
   plan.update(_TimeEstimate(table, chunks, remat, host_parallelism,
-                            overheads))
+                            overheads, pipe.execution))
   plan['fits'] = budgets is None or all(
       s['peak_bytes'] <= s['budget_bytes'] for s in stages)
   return plan
@@ -267,8 +380,10 @@ def _Device(d, chunks, mem, peak_stash, opt: Optimizer) -> dict:
   return st
 
 
-def _TimeEstimate(table, chunks, remat, host_parallelism, overheads):
-  """The engine's simulator (TickTable.Timeline) on the chunk times."""
+def _TimeEstimate(table, chunks, remat, host_parallelism, overheads,
+                  execution='ticks'):
+  """The execution's simulator on the chunk times: the engine's tick
+  loop (TickTable.Timeline) or per-device chains (DataflowTimeline)."""
   if any(ch['forward_s'] is None for ch in chunks):
     return {'timeline': None, 'bubble': None, 'step_s': None,
             'examples_per_s': None}
@@ -277,10 +392,16 @@ def _TimeEstimate(table, chunks, remat, host_parallelism, overheads):
   def Cost(kind, c):
     return chunks[c][key[kind]]
 
-  tl = table.Timeline(Cost, remat=remat, host_parallelism=host_parallelism,
-                      tick_overhead=overheads.tick_s)
-  # The schedule's own bubble: devices computing on their own.
-  own = table.Timeline(Cost, remat=remat, tick_overhead=overheads.tick_s)
+  if execution == 'dataflow':
+    tl = DataflowTimeline(table, Cost, remat, host_parallelism,
+                          overheads.action_s)
+    own = DataflowTimeline(table, Cost, remat,
+                           action_overhead=overheads.action_s)
+  else:
+    tl = table.Timeline(Cost, remat=remat, host_parallelism=host_parallelism,
+                        tick_overhead=overheads.tick_s)
+    # The schedule's own bubble: devices computing on their own.
+    own = table.Timeline(Cost, remat=remat, tick_overhead=overheads.tick_s)
   def Box(e):
     a = e.action
     rerun = a.kind == B and remat[a.mb]
@@ -328,7 +449,8 @@ def StageBytesFn(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
     prev = {**dict.fromkeys(act, 0), 'output_bytes': act['input_bytes']}
     acts = [act if c == k else prev for c in range(table.num_chunks)]
     rows = TickMemory(table, acts, remat,
-                      chunks=[c for c in (k - 1, k) if c >= 0])
+                      chunks=[c for c in (k - 1, k) if c >= 0],
+                      execution=pipe.execution)
     return _PeakBytes(ChunkStatic(costs, a, b, opt),
                       [sum(row[k]) for row in rows], opt)
 
@@ -362,52 +484,101 @@ def CostVector(costs, mode: str, num_micro_batches: int = 1,
 
 def BalancedPartition(costs, mode: str, pipe: Pipeline,
                       opt: Optimizer = Optimizer(),
-                      budgets: Optional[Sequence[float]] = None):
+                      budgets: Optional[Sequence[float]] = None,
+                      explain: bool = True):
   """Exact min-max cut of the cells into the pipeline's chunks by `mode`.
 
   One chunk per device (v = 1): only cuts whose every device fits its
   budget are searched. Several chunks per device (v > 1): the cut that
   minimises the most expensive chunk is chosen, then each device's bytes
   (the sum of its chunks') are checked against its budget. A cut that
-  cannot fit raises PlanError saying what would (more stages, more
-  micro-batches, remat)."""
+  cannot fit raises PlanError naming the least budget that would fit and
+  (explain) what else would (more stages, more micro-batches, remat)."""
   vec = CostVector(costs, mode, pipe.num_micro_batches, opt)
-  try:
-    if pipe.virtual_stages == 1:
-      fn = (None if budgets is None else
-            StageBytesFn(costs, pipe, opt))
+  if pipe.virtual_stages == 1:
+    fn = None if budgets is None else StageBytesFn(costs, pipe, opt)
+    try:
       return partition_lib.Balance(vec, pipe.num_chunks, fn, budgets)
-    ranges = partition_lib.Balance(vec, pipe.num_chunks)
-  except partition_lib.BudgetError as e:
-    raise PlanError(f'{e}. {Suggest(costs, mode, pipe, opt, budgets)}') from None
+    except partition_lib.BudgetError as e:
+      if not explain:
+        raise PlanError(str(e)) from None
+      raise PlanError(f'{e}. {_LeastFit(costs, pipe, opt)} '
+                      f'{Suggest(costs, mode, pipe, opt, budgets)}') from None
+  ranges = partition_lib.Balance(vec, pipe.num_chunks)
   if budgets is not None:
-    plan = MakePlan(costs, ranges, pipe, opt, budgets)
-    over = [d for d, s in enumerate(plan['stages'])
-            if s['peak_bytes'] > budgets[d]]
+    need = _DeviceBytes(costs, ranges, pipe, opt)
+    over = [d for d in range(pipe.num_stages) if need[d] > budgets[d]]
     if over:
-      d = max(over, key=lambda x: plan['stages'][x]['peak_bytes'] /
-              budgets[x])
-      raise PlanError(
-          f'the cut of {len(costs.cells)} cells into {pipe.num_chunks} '
-          f'chunks balanced as {partition_lib.Counts(ranges)} does not fit '
-          f"the memory budget: device {d} needs "
-          f"{partition_lib.FormatBytes(plan['stages'][d]['peak_bytes'])}, "
-          f'over its budget of {partition_lib.FormatBytes(budgets[d])}. '
-          f'{Suggest(costs, mode, pipe, opt, budgets)}')
+      d = max(over, key=lambda x: need[x] / budgets[x])
+      msg = (f'the cut of {len(costs.cells)} cells into {pipe.num_chunks} '
+             f'chunks balanced as {partition_lib.Counts(ranges)} does not '
+             f'fit the memory budget: device {d} needs '
+             f'{partition_lib.FormatBytes(need[d])}, over its budget of '
+             f'{partition_lib.FormatBytes(budgets[d])}')
+      if explain:
+        msg += (f'; it fits a budget of {partition_lib.FormatBytes(max(need))}'
+                f' per device. {Suggest(costs, mode, pipe, opt, budgets)}')
+      raise PlanError(msg)
   return ranges
 
 
-def _Fits(costs, mode, pipe, opt, budgets) -> bool:
-  try:
-    BalancedPartition(costs, mode, pipe, opt, budgets)
-    return True
-  except (PlanError, partition_lib.PartitionError):
-    return False
+def _DeviceBytes(costs, ranges, pipe, opt) -> List[float]:
+  return [s['peak_bytes'] for s in MakePlan(costs, ranges, pipe, opt)['stages']]
+
+
+def LeastBudget(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
+  """(bytes, ranges): the least budget per device under which a cut of the
+  cells fits this pipeline, and that cut. v = 1: exact over every
+  contiguous cut (min over cuts of the largest device's peak, a min-max
+  dynamic program on StageBytesFn); v > 1: the flops-balanced cut's."""
+  n, k = len(costs.cells), pipe.num_chunks
+  if k > n:
+    return math.inf, None
+  if pipe.virtual_stages > 1:
+    ranges = partition_lib.Balance(CostVector(costs, 'flops'), k)
+    return max(_DeviceBytes(costs, ranges, pipe, opt)), ranges
+  fn = StageBytesFn(costs, pipe, opt)
+  inf = math.inf
+  best = [[inf] * (n + 1) for _ in range(k)]
+  back = [[0] * (n + 1) for _ in range(k)]
+  for j in range(1, n - k + 2):
+    best[0][j] = fn(0, 0, j)
+  for s in range(1, k):
+    for j in range(s + 1, n - k + s + 2):
+      for i in range(s, j):
+        if best[s - 1][i] < best[s][j]:
+          cand = max(best[s - 1][i], fn(s, i, j))
+          if cand < best[s][j]:
+            best[s][j], back[s][j] = cand, i
+  ranges, j = [], n
+  for s in range(k - 1, -1, -1):
+    i = back[s][j] if s else 0
+    ranges.append((i, j))
+    j = i
+  return best[-1][n], ranges[::-1]
+
+
+def _LeastFit(costs, pipe, opt) -> str:
+  """What would fit this very configuration: the least budget, and the
+  cell that alone sets it when its stage holds nothing else."""
+  least, ranges = LeastBudget(costs, pipe, opt)
+  fn = StageBytesFn(costs, pipe, opt)
+  need = [fn(s, a, b) for s, (a, b) in enumerate(ranges)]
+  s = max(range(len(ranges)), key=lambda x: need[x])
+  a, b = ranges[s]
+  msg = (f'The least budget per device that fits K={pipe.num_stages}, '
+         f'M={pipe.num_micro_batches} is {partition_lib.FormatBytes(least)} '
+         f'(cut {partition_lib.Counts(ranges)})')
+  if b - a == 1:
+    msg += (f'; cell {costs.cells[a].name!r} alone needs it on stage {s}, '
+            'so no cut of these cells fits less')
+  return msg + '.'
 
 
 def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
   """What would fit: re-materialization, more micro-batches (same batch),
-  or more stages, each tried with the same budget per device."""
+  or more stages, each tried with the same budget per device (the least
+  budget of each, LeastBudget: one dynamic program per candidate)."""
   tips = []
   per_device = max(budgets)
   m, k = pipe.num_micro_batches, pipe.num_stages
@@ -421,10 +592,10 @@ def Suggest(costs, mode, pipe: Pipeline, opt: Optimizer, budgets):
       schedule_view.CheckConfig(pipe.schedule, kk, mm, pipe.virtual_stages)
     except schedule_view.ScheduleError:
       return False
-    return _Fits(costs.Scaled(batch // mm), mode,
-                 pipe.Replace(num_stages=kk, num_micro_batches=mm,
-                              remat=tuple(flags)),
-                 opt, [per_device] * kk)
+    scaled = costs if mm == m else costs.Scaled(batch // mm)
+    least, _ = LeastBudget(scaled, pipe.Replace(
+        num_stages=kk, num_micro_batches=mm, remat=tuple(flags)), opt)
+    return least <= per_device
 
   if not remat_all and Fits(k, m, [True] * m):
     tips.append("remat 'always'")

@@ -28,9 +28,6 @@ from gpipe_lingvo.planning import search as search_lib
 
 AUTO = params_check.AUTO
 COSTS_FILE = 'search_costs.json'
-# Unrolled actions (K * v * M) above which 'auto' execution picks the tick
-# loop: the dataflow graph grows with them (one copy of each action).
-DATAFLOW_MAX_ACTIONS = 256
 
 
 class SearchError(errors.UserError, ValueError):
@@ -176,7 +173,8 @@ def SpaceOf(model_params, search_all: bool = False,
       schedules=schedules,
       virtual_stages=pick('virtual_stages'),
       remat=remat,
-      partition='auto' if 'partition' in free else net.partition)
+      partition='auto' if 'partition' in free else net.partition,
+      execution='auto' if 'execution' in free else net.execution)
 
 
 def _HostParallelism(topo):
@@ -186,10 +184,20 @@ def _HostParallelism(topo):
                     else 1.0)
 
 
+def _PrefetchBytes(model_params) -> int:
+  """The input batches a CPU host holds during a step, as --mode=plan
+  counts them."""
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  if model_params.task.network.topology.device_type != 'cpu':
+    return 0
+  return model_plan.PREFETCHED_BATCHES * model_plan.InputBatchBytes(
+      model_params)
+
+
 def Execution(point: search_lib.Point) -> str:
-  """'dataflow' unless the unrolled graph would be large."""
-  actions = point.num_stages * point.virtual_stages * point.num_micro_batches
-  return 'dataflow' if actions <= DATAFLOW_MAX_ACTIONS else 'ticks'
+  """The execution the point was planned for (the runtime's 'auto' rule:
+  dataflow unless the unrolled graph would hold too many actions)."""
+  return point.execution
 
 
 def Search(model_params, cache_dir='', search_all=False, num_devices=0,
@@ -203,8 +211,8 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
   searcher = search_lib.Searcher(
       costs_at, space, opt, _HostParallelism(net.topology),
       shared_host=net.topology.device_type == 'cpu',
-      plan_kwargs={'execution': 'dataflow'},
-      action_s=ActionSeconds('dataflow', cache_dir))
+      action_s=ActionSeconds('dataflow', cache_dir),
+      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)})
   t0 = time.perf_counter()
   points = searcher.Search(top)
   seconds = time.perf_counter() - t0

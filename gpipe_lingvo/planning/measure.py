@@ -169,9 +169,10 @@ def ProfileStep(step_fn, table):
 
 def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   """plan.Overheads of the executor running `pipe`'s tick table on this
-  host: the median time of a training step of the same table whose chunks
-  are one tiny dense layer each (their own work is negligible), spread over
-  its ticks. Needs the pipeline's logical devices."""
+  host in `pipe.execution`: the median time of a training step of the same
+  table whose chunks are one tiny dense layer each (their own work is
+  negligible), spread over its ticks ('ticks') or its actions
+  ('dataflow'). Needs the pipeline's logical devices."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
@@ -182,7 +183,7 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   p = pipelined_network.PipelinedNetwork.Params().Set(
       name='overhead', num_stages=pipe.num_stages, num_micro_batches=m,
       schedule=pipe.schedule, virtual_stages=pipe.virtual_stages,
-      remat=remat, cells=[layers.FullyConnected.Params().Set(
+      remat=remat, execution=pipe.execution, cells=[layers.FullyConnected.Params().Set(
           name=f'fc{c}', input_dim=2, output_dim=2, activation='tanh')
                           for c in range(pipe.num_chunks)])
   p.topology.device_type = device_type
@@ -192,9 +193,12 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
   step = tf.function(lambda: net.ComputeLossAndGradients(
       x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-  return plan_lib.Overheads(
-      tick_s=MedianSeconds(lambda: step().numpy(), reps) /
-      net.schedule_table.num_ticks)
+  secs = MedianSeconds(lambda: step().numpy(), reps)
+  table = net.schedule_table
+  if pipe.execution == 'dataflow':
+    return plan_lib.Overheads(
+        action_s=secs / sum(len(a) for a in table.actions))
+  return plan_lib.Overheads(tick_s=secs / table.num_ticks)
 
 
 def ConfigureTensorFlow(num_devices):

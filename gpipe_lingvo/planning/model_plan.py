@@ -10,6 +10,7 @@ prints it and writes plan.json and the pictures to the logdir.
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo import base_layer
@@ -26,6 +27,10 @@ from gpipe_lingvo.planning import measure as measure_lib
 from gpipe_lingvo.planning import recompute
 
 COSTS_FILE = 'cell_costs.json'
+# Training batches the input pipeline fills while a step runs (the next
+# one prefetched, one being assembled): measured against trainer.py's step
+# peak (bench/planner_bench.py, docs/planner.md).
+PREFETCHED_BATCHES = 2
 
 
 def PrepareNetworkParams(model_params, logdir=''):
@@ -55,9 +60,12 @@ def _Pipeline(net):
   if 'num_stages' not in keys:
     return plan_lib.Pipeline('gpipe', 1, 1, (False,)), 'never', 'uniform', None
   m = 1 if net.batch_norm_mode == 'full_batch' else net.num_micro_batches
+  execution = executor_lib.ChooseExecution(
+      net.execution, executor_lib.NumActions(net.schedule, net.num_stages, m,
+                                             net.virtual_stages))
   pipe = plan_lib.Pipeline(net.schedule, net.num_stages, m,
                            tuple(executor_lib.RematFlags(net.remat, m)),
-                           net.virtual_stages)
+                           net.virtual_stages, execution)
   return pipe, net.remat, net.partition, net.topology
 
 
@@ -94,6 +102,15 @@ def ModelCosts(model_params, micro_batch, measure=False):
     costs = costs.TimesScaledTo(
         ForwardBackwardSeconds(model_params, micro_batch))
   return costs
+
+
+def InputBatchBytes(model_params) -> int:
+  """Bytes of one training batch as the input generator yields it: the
+  examples (ModelCosts' input spec) and an int32 label and float32 weight
+  per example."""
+  gen = model_params.train.Instantiate()
+  per = int(np.prod(gen.ImageShape())) * tf.as_dtype(gen.params.dtype).size
+  return model_params.train.batch_size * (per + 8)
 
 
 def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
@@ -159,7 +176,9 @@ def PlanModel(model_params, measure=False, costs=None,
   plan = plan_lib.MakePlan(costs, ranges, pipe, opt, budgets,
                            shared_host=cpu,
                            host_parallelism=host_parallelism if cpu else None,
-                           flops_per_s=rate, overheads=overheads)
+                           flops_per_s=rate, overheads=overheads,
+                           prefetch_bytes=PREFETCHED_BATCHES *
+                           InputBatchBytes(model_params) if cpu else 0)
   plan['model'] = model_params.model
   plan['partition_spec'] = spec if isinstance(spec, str) else list(spec)
   plan['time_source'] = ('measured cell times' if rate is None else
@@ -215,8 +234,8 @@ def Summary(plan):
   out = [f"{plan['model']}: K={plan['num_stages']}, "
          f"{f'v={v}, ' if v > 1 else ''}M="
          f"{plan['num_micro_batches']} ({plan['schedule']}, micro-batch "
-         f"{plan['micro_batch_size']}), partition {plan['partition']} "
-         f"({plan['partition_spec']})"]
+         f"{plan['micro_batch_size']}, execution {plan['execution']}), "
+         f"partition {plan['partition']} ({plan['partition_spec']})"]
   if plan['step_s'] is not None:
     shared = plan['host_parallelism']
     host = ('' if shared is None else
@@ -270,11 +289,13 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
   plan = PlanModel(model_params, measure=measure, overheads=overheads)
   print_fn(plan_lib.FormatTable(plan))
   print_fn(Summary(plan))
-  if dict(model_params.task.network.IterParams()).get('execution') == (
-      'dataflow'):
-    print_fn("note: times model execution='ticks' (lockstep clock ticks); "
-             "this network runs execution='dataflow', which has neither the "
-             'per-tick cost nor the lockstep waits.')
+  topo = dict(model_params.task.network.IterParams()).get('topology')
+  if topo is not None and topo.inter_op_threads != 1 and (
+      topo.device_type == 'cpu'):
+    print_fn(f'note: topology.inter_op_threads={topo.inter_op_threads} runs '
+             'independent ops together; their tensors add to the peak, '
+             'which the plan counts for one op at a time (inter_op_threads '
+             '= 1, the default; docs/planner.md).')
   if logdir:
     print_fn(f'wrote {WritePlan(plan, logdir)}')
     if plan['timeline']:

@@ -33,6 +33,8 @@ from gpipe_lingvo.planning import recompute
 
 POLICIES = ('never', 'except_last', 'always')
 CELLS = 'cells'  # the per-cell recompute choice
+# executor.AUTO_DATAFLOW_MAX_ACTIONS (restated: no TensorFlow here).
+AUTO_DATAFLOW_MAX_ACTIONS = 256
 # Virtual stages tried per schedule (the others take v = 1).
 VIRTUAL = {'interleaved_1f1b': (2, 3, 4), 'zb_v': (2,)}
 
@@ -52,6 +54,7 @@ class Space:
   remat: Tuple = POLICIES + (CELLS,)  # policies, CELLS, or per-cell tuples
   partition: object = 'auto'  # 'auto': the exact cut; else a fixed spec
   max_micro_batches: int = 64
+  execution: str = 'auto'  # 'auto': executor.ChooseExecution's rule
 
 
 @dataclasses.dataclass
@@ -69,6 +72,7 @@ class Point:
   peak_bytes: int      # the largest device's
   examples_per_s: float
   plan: dict = dataclasses.field(repr=False, default=None)
+  execution: str = 'dataflow'
 
   def Overrides(self, prefix: str = 'task.network') -> str:
     """The --model_params_override text that reproduces this point."""
@@ -79,7 +83,8 @@ class Point:
              f'{prefix}.schedule = "{self.schedule}"',
              f'{prefix}.virtual_stages = {self.virtual_stages}',
              f'{prefix}.remat = {remat}',
-             f'{prefix}.partition = "{self.partition}"']
+             f'{prefix}.partition = "{self.partition}"',
+             f'{prefix}.execution = "{self.execution}"']
     if self.num_replicas > 1:
       parts.append(f'{prefix}.topology.num_replicas = {self.num_replicas}')
     return '; '.join(parts)
@@ -116,9 +121,11 @@ class Searcher:
     self.shared_host = shared_host
     self.overheads = overheads
     # The executor's own cost per action (a call, its buffer reads and
-    # writes), measured (auto.ActionSeconds); the host runs them one after
-    # another, so they add to the step.
-    self.action_s = action_s
+    # writes), measured (auto.ActionSeconds): the plan's dataflow timeline
+    # adds it to every action (Overheads.action_s).
+    if action_s and not overheads.action_s:
+      self.overheads = dataclasses.replace(overheads, action_s=action_s)
+    self.action_s = self.overheads.action_s
     accepted = inspect.signature(plan_lib.MakePlan).parameters
     self.plan_kwargs = {k: v for k, v in (plan_kwargs or {}).items()
                         if k in accepted}
@@ -179,34 +186,35 @@ class Searcher:
               yield r, k, m, sched, v
 
   def WorkBound(self, r, k, m, sched, v) -> float:
-    """A cheaper, looser bound without the table: each device's share of
-    the work, plus, when the devices compute at once, the last device's
-    wait for the first micro-batch's forward through the K-1 before it (or
-    the host's share of the work when it runs fewer actions at once)."""
+    """A bound without the table: each device's share of the work and of
+    the actions' own cost (the host's share when it runs fewer actions at
+    once than there are devices)."""
     costs = self.Costs(self.space.batch_size // (r * m))
     f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
                                   self.flops_per_s)
     if f is None:
       return 0.0
     hp = self.host_parallelism(k)
-    fill = (k - 1) * f / (k * v) if hp >= k else 0.0
-    return (m * (f + b + w) / min(k, hp) + fill +
-            self._ActionsSeconds(sched, k, m, v))
+    return ((m * (f + b + w) + self._ActionsSeconds(sched, k, m, v)) /
+            min(k, max(hp, 1.0)))
 
   def LowerBound(self, r, k, m, sched, v) -> float:
-    """Step seconds of the point on perfectly balanced chunks, nothing
-    recomputed."""
+    """A lower bound of the point's step seconds: under the tick loop, its
+    schedule's timeline on perfectly balanced chunks, nothing recomputed."""
     costs = self.Costs(self.space.batch_size // (r * m))
     n = k * v
     f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
                                   self.flops_per_s)
     if f is None:
       return 0.0
-    tl = self._Table(sched, k, m, v).Timeline(
-        {'F': f / n, 'B': b / n, 'W': w / n},
-        host_parallelism=self.host_parallelism(k),
-        tick_overhead=self.overheads.tick_s)
-    return tl.duration + self._ActionsSeconds(sched, k, m, v)
+    if self.Execution(sched, k, m, v) == 'dataflow':
+      # Without lockstep ticks an uneven cut can shorten the fill (a light
+      # first chunk): balanced chunks bound nothing, the work does.
+      return self.WorkBound(r, k, m, sched, v)
+    table = self._Table(sched, k, m, v)
+    cost = {'F': f / n, 'B': b / n, 'W': w / n}
+    return table.Timeline(cost, host_parallelism=self.host_parallelism(k),
+                          tick_overhead=self.overheads.tick_s).duration
 
   def _StaticFits(self, k, costs) -> bool:
     """The weights, slots and accumulators alone, spread evenly, fit."""
@@ -257,11 +265,11 @@ class Searcher:
     weight inputs; its actions) over the ticks, as plan.TickMemory counts
     them."""
     key = (pipe.schedule, pipe.num_stages, pipe.num_micro_batches,
-           pipe.remat)
+           pipe.remat, pipe.execution)
     if key not in self._rows:
       table = self._Table(pipe.schedule, pipe.num_stages,
                           pipe.num_micro_batches, 1)
-      counts = [schedule_view.BufferCounts(table, c, pipe.remat)
+      counts = [plan_lib.BufferCounts(table, c, pipe.remat, pipe.execution)
                 for c in range(table.num_chunks)]
       rows = []
       for k in range(pipe.num_stages):
@@ -315,26 +323,38 @@ class Searcher:
       costs, flags = base, plan_lib_flags(remat, m)
     else:
       costs, flags = recompute.Apply(base, remat), (False,) * m
-    pipe = plan_lib.Pipeline(sched, k, m, flags, v)
+    pipe = plan_lib.Pipeline(sched, k, m, flags, v,
+                             self.Execution(sched, k, m, v))
     plan = self.Plan(costs, pipe)
     if plan is None or not plan.get('step_s'):
       return None
-    step = plan['step_s'] + self._ActionsSeconds(sched, k, m, v)
+    step = plan['step_s']
     return Point(k, r, m, sched, v, remat, list(plan['partition']),
                  step, plan['bubble'],
                  max(s['peak_bytes'] for s in plan['stages']),
-                 self.space.batch_size / step, plan)
+                 self.space.batch_size / step, plan, pipe.execution)
 
-  def _ActionsSeconds(self, sched, k, m, v) -> float:
-    """The executor's cost of the step's actions: F and B (and W when the
-    schedule splits the backward) per chunk and micro-batch."""
-    if not self.action_s:
-      return 0.0
+  def Execution(self, sched, k, m, v) -> str:
+    """The execution a configuration runs ('auto': the runtime's rule)."""
+    if self.space.execution != 'auto':
+      return self.space.execution
+    n = k * v * m * self._Kinds(sched)
+    return 'dataflow' if n <= AUTO_DATAFLOW_MAX_ACTIONS else 'ticks'
+
+  def _Kinds(self, sched) -> int:
+    """Actions per chunk and micro-batch: F and B, and W when the schedule
+    splits the backward."""
     if sched not in self._kinds:
       small = self._Table(sched, 2, 4, VIRTUAL.get(sched, (1,))[0])
       self._kinds[sched] = len({a.kind for acts in small.actions
                                 for a in acts})
-    return self.action_s * k * v * m * self._kinds[sched]
+    return self._kinds[sched]
+
+  def _ActionsSeconds(self, sched, k, m, v) -> float:
+    """The executor's own cost of all the step's actions."""
+    if not self.action_s:
+      return 0.0
+    return self.action_s * k * v * m * self._Kinds(sched)
 
   def Best(self, r, k, m, sched, v) -> Optional[Point]:
     """The fastest remat choice of a configuration that fits."""
