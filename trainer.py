@@ -34,6 +34,7 @@ from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import strategy as strategy_lib
 from gpipe_lingvo.distribute import tpu as tpu_lib
 from gpipe_lingvo.distribute import world as world_lib
+from gpipe_lingvo.planning import auto
 from gpipe_lingvo.planning import model_plan
 
 FLAGS = flags.FLAGS
@@ -66,6 +67,20 @@ flags.DEFINE_bool('plan_measure', False,
                   'measured times and kernel workspace (allocates weights), '
                   "and the executor on the schedule's table with tiny "
                   'chunks for its per-tick cost (creates the devices).')
+flags.DEFINE_bool('search', False,
+                  '--mode=plan: search stages x replicas, micro-batches, '
+                  'schedules, virtual stages, recompute and the cut on the '
+                  "topology's devices and budget; print the ten fastest "
+                  'that fit and write plan.json of the first '
+                  '(planning/search.py).')
+flags.DEFINE_integer('search_devices', 0,
+                     '--search: devices to search over (0: '
+                     'topology.num_logical_devices, the GPUs, else 1).')
+flags.DEFINE_string('search_largest', '',
+                    '--search: KNOB=V1,V2,... the largest value of the '
+                    "model's size knob (a class attribute of its params, "
+                    'e.g. FILTERS=32,64,128) with which some configuration '
+                    'fits the devices and budget.')
 flags.DEFINE_integer('timeline_at_step', 0,
                      'Training: profile this step and write '
                      'step_timeline.png (measured beside planned) to the '
@@ -93,6 +108,9 @@ def _SetDataDir(params, data_dir):
 def _CheckFlags():
   if FLAGS.mode not in ('summary', 'plan', 'check') and not FLAGS.logdir:
     raise UsageError(f'--logdir is required for --mode={FLAGS.mode}.')
+  if FLAGS.search and FLAGS.mode != 'plan':
+    raise UsageError(f'--search is for --mode=plan, not --mode={FLAGS.mode}; '
+                     "to let training choose, set fields to 'auto'.")
   if FLAGS.checkpoint and FLAGS.mode != 'eval':
     raise UsageError(
         f'--checkpoint is for --mode=eval; --mode={FLAGS.mode} resumes from '
@@ -139,6 +157,30 @@ def _RunMode(trainer, max_steps):
   return 0
 
 
+def _Largest(params):
+  """--search --search_largest=KNOB=V1,V2,...: prints the largest value."""
+  knob, _, text = FLAGS.search_largest.partition('=')
+  try:
+    values = [int(v) for v in text.split(',')]
+  except ValueError:
+    raise UsageError(f'--search_largest={FLAGS.search_largest!r}: write '
+                     'KNOB=V1,V2,... with int values, e.g. '
+                     'FILTERS=32,64,128.') from None
+  topo = params.task.network.topology
+  n = FLAGS.search_devices or auto.NumDevices(topo)
+  budget = auto.Budget(topo)
+  value, point = auto.LargestModel(
+      model_registry.GetClass(FLAGS.model), knob.strip(), values, n, budget,
+      FLAGS.model_params_override)
+  where = f'{n} device(s)' + (f' of {budget / 2**20:.1f} MiB' if budget
+                              else '')
+  if value is None:
+    print(f'no {knob} in {values} fits {where}')
+  else:
+    print(f'largest {knob} that fits {where}: {value} '
+          f"(--model_params_override='{point.Overrides()}')")
+
+
 def _Run():
   if FLAGS.list_models:
     for name in model_registry.GetAllRegisteredClasses():
@@ -154,6 +196,14 @@ def _Run():
   max_steps = FLAGS.max_steps
   if training and max_steps is None:
     max_steps = params.task.train.max_steps
+  if FLAGS.mode == 'plan' and FLAGS.search and FLAGS.search_largest:
+    _Largest(params)
+    return 0
+  if FLAGS.mode == 'plan' and FLAGS.search:
+    auto.RunSearchMode(params, FLAGS.logdir, num_devices=FLAGS.search_devices)
+    return 0
+  # 'auto' pipeline fields: chosen before anything checks or builds them.
+  auto.Resolve(params, FLAGS.logdir)
   # Before devices: a bad stage count must not reach TensorFlow.
   validation.CheckRun(params, max_steps if training else None)
   if FLAGS.mode == 'plan':  # Needs no devices: nothing is built on them.

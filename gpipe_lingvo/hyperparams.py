@@ -11,6 +11,8 @@ from lingvo.core import hyperparams as _hyperparams
 from gpipe_lingvo import errors
 
 Params = _hyperparams.Params
+# The value that lets the trainer choose a pipeline field (planning/auto.py).
+AUTO = 'auto'
 InstantiableParams = _hyperparams.InstantiableParams
 
 
@@ -69,6 +71,8 @@ def ApplyOverrides(params, text):
         parent = parent.Get(part)
     if parent.Get(parts[-1]) is None and _TypeOfNoneOverride(value):
       type_overrides[key] = _TypeOfNoneOverride(value)
+    elif value.strip('\'"') == AUTO:
+      type_overrides[key] = 'str'  # 'auto' in an int field (num_stages)
     lines.append(f'{key} : {value}')
   try:
     params.FromText('\n'.join(lines), type_overrides=type_overrides)

@@ -116,10 +116,15 @@ class _Cifar(base_model_params.SingleTaskModelParams):
 
 @model_registry.RegisterSingleTaskModel
 class AmoebaNetD_6_32(_Cifar):  # pylint: disable=invalid-name
-  """AmoebaNet-D(6, 32), CIFAR stem, aux head; pipelined K=2, M=4."""
+  """AmoebaNet-D(6, 32), CIFAR stem, aux head; pipelined K=2, M=4. Its size
+  knobs (trainer.py --search_largest) are NUM_NORMAL_CELLS and FILTERS."""
+  NUM_NORMAL_CELLS = 6
+  FILTERS = 32
 
   def Task(self):
     return SmallAmoebaNetTask(cifar.NUM_CLASSES[DATASET],
+                              num_normal_cells=self.NUM_NORMAL_CELLS,
+                              filters=self.FILTERS,
                               fprop_dtype=self.FPROP_DTYPE)
 
 

@@ -14,8 +14,10 @@ import tensorflow as tf
 
 from gpipe_lingvo import base_layer
 from gpipe_lingvo.layers import sequential
+from gpipe_lingvo.pipeline import cell_remat
 from gpipe_lingvo.pipeline import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
+from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
 
@@ -79,6 +81,8 @@ def Resolve(p, num_cells, num_chunks, effective_micro_batches,
         f'input_shape batch {batch} is not divisible by num_micro_batches='
         f'{p.num_micro_batches}.')
   costs = NetworkCosts(p, batch // m, measure=(spec == 'time'))
+  # Per-cell recompute changes what each cell stashes and its backward.
+  costs = cell_remat.Apply(costs, params_check.CellRemat(p.remat, num_cells))
   v = num_chunks // p.num_stages
   execution = executor_lib.ChooseExecution(
       p.execution, executor_lib.NumActions(p.schedule, p.num_stages, m, v))

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpipe_lingvo.pipeline import dataflow
+from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
@@ -68,8 +69,12 @@ def NumActions(schedule: str, num_stages: int, num_micro_batches: int,
       schedule, num_stages, num_micro_batches, virtual_stages).actions)
 
 
-def RematFlags(policy: str, num_micro_batches: int) -> List[bool]:
-  """Per micro-batch: True where its chunk forwards are recomputed."""
+def RematFlags(policy, num_micro_batches: int) -> List[bool]:
+  """Per micro-batch: True where its chunk forwards are recomputed. A
+  per-cell list (recompute some cells, every micro-batch) keeps whole
+  micro-batches: the stage functions recompute the cells it marks."""
+  if isinstance(params_check.ParseList(policy), (list, tuple)):
+    return [False] * num_micro_batches
   if policy == 'always':
     return [True] * num_micro_batches
   if policy == 'never':

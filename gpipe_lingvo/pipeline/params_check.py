@@ -50,7 +50,9 @@ PIPELINE_FIELDS = {
     'parallel_iterations': (PositiveInt, 'an int >= 1'),
     'schedule': (Text, 'a schedule name (str)'),
     'execution': (Text, "'dataflow', 'ticks' or 'auto' (str)"),
-    'remat': (Text, 'a remat policy name (str)'),
+    'remat': (lambda v: isinstance(v, (str, list, tuple)),
+              'a remat policy name (str) or a list of booleans, one per '
+              'cell'),
     'batch_norm_mode': (Text, "a batch-norm mode name or '' (str)"),
 }
 TOPOLOGY_FIELDS = {
@@ -72,6 +74,54 @@ def _CheckTable(params, table, where):
     if name in values and not ok(values[name]):
       raise errors.ParamsError(
           f'{where}.{name} must be {accepts}, got {values[name]!r}.')
+
+
+# Fields the trainer resolves when they are 'auto' (planning/auto.py).
+AUTO = 'auto'
+AUTO_FIELDS = ('num_stages', 'num_micro_batches', 'schedule', 'virtual_stages',
+               'remat', 'partition', 'execution')
+
+
+def _CheckNotAuto(params, where):
+  values = dict(params.IterParams())
+  # execution 'auto' the runtime resolves itself (executor.ChooseExecution).
+  for name in [f for f in AUTO_FIELDS if f != 'execution']:
+    if values.get(name) == AUTO:
+      raise errors.ParamsError(
+          f"{where}.{name} is 'auto', which the trainer resolves at start "
+          '(trainer.py, or planning.auto.Resolve(model_params, ...) before '
+          'Instantiate()); set a value to build the network directly.')
+
+
+def ParseList(value):
+  """A list written as text (overrides set str fields as text), else the
+  value as it is."""
+  if isinstance(value, str) and value.strip().startswith(('[', '(')):
+    try:
+      return ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      return value
+  return value
+
+
+def CellRemat(remat, num_cells, where='network'):
+  """Per cell, whether it is recomputed in the backward: the flags of a
+  per-cell `remat` list, or None for a policy name (whole micro-batches).
+  Raises ParamsError naming the field if the list is not one boolean per
+  cell."""
+  value = ParseList(remat)
+  if isinstance(value, str):
+    return None
+  if (not isinstance(value, (list, tuple)) or
+      not all(isinstance(b, bool) for b in value)):
+    raise errors.ParamsError(
+        f'{where}.remat must be a policy name or a list of booleans (True: '
+        f'recompute that cell in the backward), got {remat!r}.')
+  if len(value) != num_cells:
+    raise errors.ParamsError(
+        f'{where}.remat lists {len(value)} flags but the network has '
+        f'{num_cells} cells; give one boolean per cell.')
+  return [bool(b) for b in value]
 
 
 def _CheckPartition(spec, where):
@@ -99,8 +149,10 @@ def CheckPipelineParams(p, where='network'):
       hasattr(c, 'Instantiate') for c in cells):
     raise errors.ParamsError(
         f'{where}.cells must be a list of layer params, got {cells!r}.')
+  _CheckNotAuto(p, where)
   _CheckTable(p, PIPELINE_FIELDS, where)
   _CheckPartition(p.partition, where)
+  CellRemat(p.remat, len(cells), where)
   topology = dict(p.IterParams()).get('topology')
   if topology is not None:
     _CheckTable(topology, TOPOLOGY_FIELDS, f'{where}.topology')

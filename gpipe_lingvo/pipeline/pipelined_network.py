@@ -7,6 +7,7 @@ the placement puts it (device chunk_device[c]). Cells are direct children
 named as in layers.Sequential, so checkpoints depend on none of K, M, v.
 Training steps and FProp both run through the executor.
 """
+import contextlib
 from typing import List
 
 import tensorflow as tf
@@ -25,6 +26,7 @@ from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
+from gpipe_lingvo.pipeline import stage_function
 
 
 def _OverrideBatchNormMode(params, mode):
@@ -51,8 +53,10 @@ class _ChunkBody:
   labels), in the step context of one micro-batch. Implements
   executor.StageBody."""
 
-  def __init__(self, cells, loss_fn=None, training=True):
+  def __init__(self, cells, loss_fn=None, training=True, recompute=None):
     self.cells = cells
+    # Per cell: recomputed in the backward (stage_function.Recomputed).
+    self.recompute = recompute or [False] * len(cells)
     self.loss_fn = loss_fn
     self.training = training
     self._metric_struct = None
@@ -63,8 +67,10 @@ class _ChunkBody:
     x = inputs
     with context.Scope(training=self.training, step=step,
                        micro_batch=micro_batch, stats=stats):
-      for cell in self.cells:
-        x = cell.FProp(x)
+      for cell, again in zip(self.cells, self.recompute):
+        with (stage_function.Recomputed() if again else
+              contextlib.nullcontext()):
+          x = cell.FProp(x)
       if labels is not None:
         x, sums = self.loss_fn(x, labels)
         self._metric_struct = sums
@@ -118,7 +124,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
              'zb_v needs 2; other schedules 1).')
     p.Define('remat', 'always',
              f'Re-materialization policy, one of '
-             f'{executor_lib.REMAT_POLICIES}.')
+             f'{executor_lib.REMAT_POLICIES} (whole micro-batches), or a '
+             'list of booleans, one per cell: the cells marked True are '
+             'recomputed in the backward, the others keep their '
+             "activations; 'auto' lets the trainer choose.")
     p.Define('partition', 'uniform',
              "'uniform' (by cell count), a list of cell counts per chunk "
              "(per stage when virtual_stages is 1), or a cost to balance "
@@ -196,8 +205,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
       note = (' (batch_norm_mode full_batch runs the step as one '
               'micro-batch)' if self.full_batch_bn else '')
       raise schedule_lib.ScheduleError(f'{self.path}: {e}{note}') from None
+    self._cell_remat = params_check.CellRemat(p.remat, len(p.cells),
+                                              self.path)
     self._remat_flags = executor_lib.RematFlags(
-        p.remat, self.effective_micro_batches)
+        self._cell_remat or p.remat, self.effective_micro_batches)
     # The execution the step runs ('auto' resolved for this table).
     self.execution = executor_lib.ChooseExecution(
         p.execution, sum(len(a) for a in self.schedule_table.actions))
@@ -217,7 +228,8 @@ class PipelinedNetwork(base_layer.BaseLayer):
     if p.execution not in executor_lib.EXECUTION_CHOICES:
       raise ValueError(f'{self.path}: unknown execution {p.execution!r}; use '
                        f'one of {executor_lib.EXECUTION_CHOICES}.')
-    if p.remat not in executor_lib.REMAT_POLICIES:
+    if (isinstance(params_check.ParseList(p.remat), str) and
+        p.remat not in executor_lib.REMAT_POLICIES):
       raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
                        f'one of {executor_lib.REMAT_POLICIES}.')
     if p.batch_norm_mode and p.batch_norm_mode not in normalization.MODES:
@@ -291,6 +303,11 @@ class PipelinedNetwork(base_layer.BaseLayer):
   @property
   def placement(self) -> placement_lib.Placement:
     return self._placement
+
+  def _ChunkRemat(self, c: int):
+    """Per cell of chunk c: recomputed in the backward (per-cell remat)."""
+    a, b = self._ranges[c]
+    return None if self._cell_remat is None else self._cell_remat[a:b]
 
   def ChunkCells(self, c: int) -> List[base_layer.BaseLayer]:
     a, b = self._ranges[c]
@@ -436,7 +453,8 @@ class PipelinedNetwork(base_layer.BaseLayer):
                               p.num_micro_batches)
     m = self.effective_micro_batches
     last = self.num_chunks - 1
-    bodies = [_ChunkBody(self.ChunkCells(c), loss_fn if c == last else None)
+    bodies = [_ChunkBody(self.ChunkCells(c), loss_fn if c == last else None,
+                         recompute=self._ChunkRemat(c))
               for c in range(self.num_chunks)]
     loss, sums, grads, stats = self._Executor(bodies).Train(
         executor_lib.Plan(self.schedule_table, self._remat_flags),

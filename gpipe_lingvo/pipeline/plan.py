@@ -321,7 +321,8 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
         costs, a, b, flops_per_s)
     chunks.append(ch)
   mem = TickMemory(table, chunks, remat, execution=pipe.execution)
-  stages = [_Device(d, chunks, mem, table.PeakStash()[d], opt)
+  peak_stash = table.PeakStash()
+  stages = [_Device(d, chunks, mem, peak_stash[d], opt)
             for d in range(pipe.num_stages)]
   for d, st in enumerate(stages):
     if budgets is not None:

@@ -24,6 +24,15 @@ no piece contains an op it does not need: a backward never re-runs a
 forward op. (`WrappedFunction.prune` would also copy the ancestors of its
 inputs, and stateful ones among them would run again.)
 
+Per-cell recompute: ops a body creates inside `Recomputed()` (the cells a
+per-cell `remat` list marks) are not stashed. Their tensors that the
+backward reads are recomputed in the backward pieces from the tensors
+before them (the input of each run of recomputed cells), which become the
+residuals instead. In a backward piece the recomputed ops wait (control
+edges) for the gradient arriving at their run of cells, so the runtime does
+not recompute a run early and hold its activations through the backward of
+the cells after it.
+
 Only public TensorFlow APIs are used, but the cut depends on how TensorFlow
 lays out gradient graphs, so the module checks the version it was tested
 with at import.
@@ -63,6 +72,26 @@ def CheckTensorFlowVersion(version: str = tf.__version__,
 CheckTensorFlowVersion()
 
 _CHEAP_OPS = ('ReadVariableOp', 'Cast', 'Identity')
+
+# Op-index spans [start, end) recorded by Recomputed() in the graph being
+# traced by a StageFunction (innermost trace last).
+_RECOMPUTE_SPANS: list = []
+
+
+@contextlib.contextmanager
+def Recomputed():
+  """Ops created inside are recomputed in the backward instead of kept.
+
+  Outside a StageFunction trace (an un-pipelined forward) it does nothing."""
+  if not _RECOMPUTE_SPANS:
+    yield
+    return
+  graph = tf.compat.v1.get_default_graph()
+  start = len(graph.get_operations())
+  try:
+    yield
+  finally:
+    _RECOMPUTE_SPANS[-1].append((start, len(graph.get_operations())))
 _SHAPE_OPS = ('Shape', 'ShapeN', 'Size', 'Rank')
 
 
@@ -94,9 +123,23 @@ def _Key(t) -> int:
 class _GraphCut:
   """Analysis of the traced forward+gradient graph (no functions built)."""
 
-  def __init__(self, graph, num_forward_ops, captures):
+  def __init__(self, graph, num_forward_ops, captures, spans=()):
     ops = graph.get_operations()
     self._forward = {id(op) for op in ops[:num_forward_ops]}
+    # Each recomputed op -> its run: spans whose ops read one another's
+    # tensors are one run (recomputed together, from one input).
+    self.recomputed = {}
+    for n, (a, b) in enumerate(spans):
+      span_ops = [op for op in ops[a:min(b, num_forward_ops)]
+                  if op.type != 'Placeholder']
+      runs = {self.recomputed[id(x.op)] for op in span_ops
+              for x in op.inputs if id(x.op) in self.recomputed}
+      run = min(runs, default=n)
+      for key, r in list(self.recomputed.items()):
+        if r in runs:
+          self.recomputed[key] = run
+      for op in span_ops:
+        self.recomputed[id(op)] = run
     self._captures = {_Key(t) for t in captures}
     self._cheap = {}
 
@@ -157,19 +200,26 @@ class StageFunction:
     self._want_backward = backward
     t = {}
 
+    spans = []
+
     def Traced(*args):
-      with scope():
-        diff, aux = body(*args)
-        diff, aux = list(diff), list(aux)
-        t['num_forward_ops'] = len(tf.compat.v1.get_default_graph()
-                                   .get_operations())
-        t.update(args=list(args), diff=diff, aux=aux)
-        if backward:
-          self._TraceGradients(t, variables)
+      _RECOMPUTE_SPANS.append(spans)
+      try:
+        with scope():
+          diff, aux = body(*args)
+          diff, aux = list(diff), list(aux)
+          t['num_forward_ops'] = len(tf.compat.v1.get_default_graph()
+                                     .get_operations())
+          t.update(args=list(args), diff=diff, aux=aux)
+          if backward:
+            self._TraceGradients(t, variables)
+      finally:
+        _RECOMPUTE_SPANS.pop()
       return []
 
     self._g1 = tf.compat.v1.wrap_function(Traced, list(arg_specs))
     self._t = t
+    self._spans = spans
     # Captured values (variable handles, tensors of an enclosing function)
     # follow the arguments among the traced graph's inputs.
     self._captures = list(self._g1.inputs[self.num_args:])
@@ -208,7 +258,8 @@ class StageFunction:
 
   def _FindResiduals(self):
     t, g1 = self._t, self._g1
-    cut = _GraphCut(g1.graph, t['num_forward_ops'], self._captures)
+    cut = _GraphCut(g1.graph, t['num_forward_ops'], self._captures,
+                    self._spans)
     self._cut = cut
     ops = g1.graph.get_operations()
     fetches = [g for g in t['in_grads'] if g is not None] + t['var_grads']
@@ -216,12 +267,12 @@ class StageFunction:
     # drop-path mask): what only they read is not kept.
     needed = cut.Walk(fetches, [x for op in ops[:t['num_forward_ops']]
                                 for x in op.outputs])
-    residuals = {}
-    for op in ops[t['num_forward_ops']:]:
-      for x in op.inputs if id(op) in needed else ():
-        if cut.IsForward(x.op) and not cut.IsCheap(x):
-          residuals.setdefault(_Key(x), x)
-    self._residuals = list(residuals.values())
+    read = [x for op in ops[t['num_forward_ops']:] if id(op) in needed
+            for x in op.inputs if cut.IsForward(x.op) and not cut.IsCheap(x)]
+    self._residuals = self._Stashed(cut, read)
+    self._gates = self._Gates(cut, ops[:t['num_forward_ops']],
+                              [op for op in ops[t['num_forward_ops']:]
+                               if id(op) in needed])
     for r in self._residuals:
       if not r.shape.is_fully_defined() or r.dtype in (tf.resource,
                                                        tf.variant):
@@ -234,7 +285,8 @@ class StageFunction:
                            for r in self._residuals]
     stops = self._residuals + t['dys']
     for op in cut.Walk(fetches, stops).values():
-      if cut.IsForward(op) and op.type != 'Placeholder':
+      if (cut.IsForward(op) and op.type != 'Placeholder' and
+          id(op) not in cut.recomputed):
         raise StageFunctionError(
             f'The backward of a chunk needs the forward op {op.name} '
             f'({op.type}) through a control dependency; the pipeline cannot '
@@ -243,10 +295,40 @@ class StageFunction:
     self._in_grad_pos = [j for j, g in enumerate(t['in_grads'])
                          if g is not None]
 
-  def _Extract(self, feeds, fetches):
+  @staticmethod
+  def _Stashed(cut, read):
+    """The tensors to keep for the backward, given the forward tensors it
+    reads: a recomputed tensor is replaced by what its ops read, back to
+    tensors of ops that are not recomputed."""
+    residuals, seen, todo = {}, set(), list(reversed(read))
+    while todo:
+      x = todo.pop()
+      if id(x.op) not in cut.recomputed:
+        residuals.setdefault(_Key(x), x)
+      elif id(x.op) not in seen:
+        seen.add(id(x.op))
+        todo.extend(reversed([i for i in x.op.inputs if not cut.IsCheap(i)]))
+    return list(residuals.values())
+
+  @staticmethod
+  def _Gates(cut, forward_ops, grad_ops):
+    """Per run of recomputed ops, the gradient tensors its recompute waits
+    for: those the first gradient op reading the run's tensors reads
+    (gradient ops are created in backward order)."""
+    gates = {}
+    for op in grad_ops:
+      for run in {cut.recomputed[id(x.op)] for x in op.inputs
+                  if id(x.op) in cut.recomputed} - set(gates):
+        gates[run] = [x for x in op.inputs
+                      if not cut.IsForward(x.op) and not cut.IsCheap(x)]
+    return {op.name: [x.name for x in gates.get(cut.recomputed[id(op)], [])]
+            for op in forward_ops if id(op) in cut.recomputed}
+
+  def _Extract(self, feeds, fetches, gated=False):
     """A function of `feeds` computing `fetches`: the nodes of the traced
     graph the fetches need when the feeds are given, imported into a new
-    function with each feed (and each captured value) as an input."""
+    function with each feed (and each captured value) as an input.
+    gated: recomputed ops wait for their gates (backward pieces)."""
     if self._nodes is None:
       graph_def = self._g1.graph.as_graph_def()
       self._nodes = {n.name: n for n in graph_def.node}
@@ -280,10 +362,13 @@ class StageFunction:
           todo.append(src.split(':')[0])
     graph_def = tf.compat.v1.GraphDef(versions=self._versions,
                                       library=self._library)
+    made = set()
     for node in keep.values():
       copy = graph_def.node.add()
       copy.CopyFrom(node)
       copy.attr.pop('_class', None)  # colocation with nodes left out
+      if gated:
+        self._Gate(copy, graph_def, keep, fed, used, made)
 
     def Imported(*args):
       input_map = {t.name: a for t, a in zip(feeds, args) if t.name in used}
@@ -305,6 +390,22 @@ class StageFunction:
     return tf.compat.v1.wrap_function(
         Imported, [tf.TensorSpec(t.shape, t.dtype) for t in feeds])
 
+  def _Gate(self, node, graph_def, keep, fed, used, made):
+    """Control edges from a recomputed node's gates (kept nodes, or an
+    identity of a fed tensor) to the node."""
+    for name in self._gates.get(node.name, ()):
+      if name in fed:
+        gate = 'gate/' + name.replace(':', '_')
+        if gate not in made:
+          made.add(gate)
+          g = graph_def.node.add(name=gate, op='Identity', input=[name])
+          g.attr['T'].type = self._g1.graph.get_tensor_by_name(
+              name).dtype.as_datatype_enum
+          used.add(name)
+        node.input.append('^' + gate)
+      elif name.split(':')[0] in keep:
+        node.input.append('^' + name.split(':')[0])
+
   # -- lazily built pieces -------------------------------------------------------
 
   def _ForwardFn(self):
@@ -322,7 +423,8 @@ class StageFunction:
       t = self._t
       in_grads = [g for g in t['in_grads'] if g is not None] if key else []
       fetches = in_grads + t['var_grads']
-      self._backward[key] = (self._Extract(self._residuals + t['dys'], fetches)
+      self._backward[key] = (self._Extract(self._residuals + t['dys'], fetches,
+                                           gated=True)
                              if fetches else None)
     return self._backward[key]
 
@@ -360,8 +462,9 @@ class StageFunction:
               f'A tensor kept for the weight gradient ({x.name}) has shape '
               f'{x.shape} and dtype {x.dtype.name}; it cannot be stashed.')
       b_fetches = (in_grads if key else []) + w_inputs
-      b_fn = self._Extract(stops, b_fetches) if b_fetches else None
-      w_fn = self._Extract(w_inputs, t['var_grads']) if t['var_grads'] else None
+      b_fn = self._Extract(stops, b_fetches, gated=True) if b_fetches else None
+      w_fn = (self._Extract(w_inputs, t['var_grads'], gated=True)
+              if t['var_grads'] else None)
       specs = [tf.TensorSpec(x.shape, x.dtype) for x in w_inputs]
       self._split[key] = (b_fn, w_fn, specs)
     return self._split[key]

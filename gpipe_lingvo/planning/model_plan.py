@@ -19,10 +19,12 @@ from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.pipeline import balance
 from gpipe_lingvo.pipeline import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
+from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import partition as partition_lib
 from gpipe_lingvo.pipeline import plan as plan_lib
 from gpipe_lingvo.pipeline import schedule_view
 from gpipe_lingvo.planning import measure as measure_lib
+from gpipe_lingvo.planning import recompute
 
 COSTS_FILE = 'cell_costs.json'
 # Training batches the input pipeline fills while a step runs (the next
@@ -161,6 +163,8 @@ def PlanModel(model_params, measure=False, costs=None,
     costs = ModelCosts(model_params, batch // m,
                        measure=measure or spec == 'time')
   cells = len(costs.cells)
+  if 'remat' in dict(net.IterParams()):  # per-cell recompute
+    costs = recompute.Apply(costs, params_check.CellRemat(net.remat, cells))
   if isinstance(spec, str) and spec in partition_lib.COST_MODES:
     ranges = plan_lib.BalancedPartition(costs, spec, pipe, opt, budgets)
   else:

@@ -1,0 +1,338 @@
+"""'auto' pipeline fields, resolved by the configuration search.
+
+A PipelinedNetwork's num_stages, num_micro_batches, schedule,
+virtual_stages, remat, partition and execution may be 'auto': the trainer
+calls `Resolve` at start, which searches (planning/search.py) over the auto
+fields (the others stay as set) on the devices the topology gives and the
+training batch, writes the choice into the params and prints it.
+`trainer.py --mode=plan --search` runs the same search over every field
+(`RunSearchMode`) and prints the top ten.
+
+Costs: the cells are traced and timed once at two micro-batch sizes (the
+whole batch and an eighth of it) and cached as JSON; cell times at other
+sizes are interpolated linearly between them (a per-op overhead plus a
+per-example cost), bytes scale with the micro-batch.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Callable, List, Optional
+
+from gpipe_lingvo import errors
+from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.pipeline import params_check
+from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import search as search_lib
+
+AUTO = params_check.AUTO
+COSTS_FILE = 'search_costs.json'
+
+
+class SearchError(errors.UserError, ValueError):
+  """No configuration fits; the message says what was searched."""
+
+
+def AutoFields(net) -> List[str]:
+  values = dict(net.IterParams())
+  return [f for f in params_check.AUTO_FIELDS if values.get(f) == AUTO]
+
+
+def NumDevices(topology) -> int:
+  """Devices the search may use: the topology's logical devices (CPU), the
+  GPUs present (GPU), else 1."""
+  if topology.num_logical_devices:
+    return int(topology.num_logical_devices)
+  if topology.device_type == 'gpu':
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return max(1, len(tf.config.list_physical_devices('GPU')))
+  return 1
+
+
+def Budget(topology) -> Optional[float]:
+  b = topology.memory_budget_bytes
+  if isinstance(b, (list, tuple)):
+    b = min(b) if b else 0
+  if b and b < 0:
+    raise SearchError(f'topology.memory_budget_bytes must be >= 0, got {b}.')
+  return float(b) if b else None
+
+
+def _Interpolated(lo, hi, micro):
+  """Costs at `micro` from traces at two micro-batch sizes: bytes and FLOPs
+  scaled from the larger, times on the line through both."""
+  out = hi.Scaled(micro)
+  if lo.batch == hi.batch or hi.cells[0].fwd_s is None:
+    return out
+  t = (micro - lo.batch) / (hi.batch - lo.batch)
+  cells = []
+  for c, a, b in zip(out.cells, lo.cells, hi.cells):
+    vals = {k: max(getattr(a, k) + t * (getattr(b, k) - getattr(a, k)),
+                   getattr(a, k) * 0.5 if micro < lo.batch else 0.0)
+            for k in ('fwd_s', 'bwd_s', 'bwd_w_s')}
+    cells.append(dataclasses.replace(c, **vals))
+  return dataclasses.replace(out, cells=cells)
+
+
+def CostsAt(model_params, cache_dir: str = '',
+            print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
+  """costs_at(micro_batch) for the search: two timed traces, cached."""
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  try:
+    model_params.train.Instantiate().ImageShape()
+  except NotImplementedError:
+    raise SearchError(
+        f'{model_params.model}: the search traces networks fed by image '
+        'inputs (an input generator with ImageShape); set the pipeline '
+        "fields of this model explicitly instead of 'auto'.") from None
+  batch = model_params.train.batch_size
+  sizes = sorted({batch, max(1, batch // 8)})
+  net = model_params.task.network
+  key_text = '|'.join([model_params.model or '',
+                       str([c.ToText() for c in net.cells]),
+                       str(model_params.train.ToText()), str(sizes)])
+  key = hashlib.sha1(key_text.encode()).hexdigest()
+  traced = []
+  for b in sizes:
+    def Make(b=b):
+      print_fn(f'tracing and timing the cells at micro-batch {b} '
+               '(once; cached)')
+      return model_plan.ModelCosts(model_params, b, measure=True)
+    if cache_dir:
+      traced.append(costs_lib.CachedCosts(
+          os.path.join(cache_dir, f'{b}_' + COSTS_FILE), key, Make))
+    else:
+      traced.append(Make())
+  lo, hi = traced[0], traced[-1]
+  return lambda micro: _Interpolated(lo, hi, micro)
+
+
+def ActionSeconds(execution: str, cache_dir: str = '', reps: int = 10
+                  ) -> float:
+  """The executor's cost per action on this host (a call, its buffer
+  reads and writes): a one-stage, 8-micro-batch training step of a tiny
+  dense layer under `execution`, over its 16 actions (its own work is
+  negligible). Cached in cache_dir."""
+  path = os.path.join(cache_dir, f'action_{execution}.json') if cache_dir \
+      else ''
+  key = f'{execution}|{os.cpu_count()}'
+  if path and os.path.exists(path):
+    with open(path) as f:
+      d = json.load(f)
+    if d.get('key') == key:
+      return d['action_s']
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+  m = 8
+  p = pipelined_network.PipelinedNetwork.Params().Set(
+      name='action_overhead', num_stages=1, num_micro_batches=m,
+      remat='never', execution=execution,
+      cells=[layers.FullyConnected.Params().Set(
+          name='fc', input_dim=2, output_dim=2, activation='tanh')])
+  net = p.Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.ones([m, 2])
+  loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
+  action_s = measure.MedianSeconds(lambda: step().numpy(), reps) / (2 * m)
+  if path:
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'key': key, 'action_s': action_s}, f)
+  return action_s
+
+
+def _Fixed(value):
+  return None if value == AUTO else (value,)
+
+
+def SpaceOf(model_params, search_all: bool = False,
+            num_devices: int = 0) -> search_lib.Space:
+  """The search space of a model: every field when search_all, else the
+  auto fields (the others fixed at their values)."""
+  net = model_params.task.network
+  topo = net.topology
+  free = set(params_check.AUTO_FIELDS) if search_all else set(AutoFields(net))
+  pick = lambda f: None if f in free else _Fixed(getattr(net, f))
+  remat = (search_lib.POLICIES + (search_lib.CELLS,) if 'remat' in free
+           else (params_check.ParseList(net.remat),))
+  if remat and not isinstance(remat[0], str):
+    remat = (tuple(remat[0]),)
+  schedules = (tuple(search_lib.schedule_view.SCHEDULES)
+               if 'schedule' in free else (net.schedule,))
+  return search_lib.Space(
+      num_devices=num_devices or NumDevices(topo),
+      batch_size=model_params.train.batch_size,
+      budget_bytes=Budget(topo),
+      num_stages=pick('num_stages'),
+      num_micro_batches=pick('num_micro_batches'),
+      schedules=schedules,
+      virtual_stages=pick('virtual_stages'),
+      remat=remat,
+      partition='auto' if 'partition' in free else net.partition,
+      execution='auto' if 'execution' in free else net.execution)
+
+
+def _HostParallelism(topo):
+  cpu = topo.device_type == 'cpu'
+  threads = topo.intra_op_threads
+  return lambda k: (min(k, os.cpu_count() or 1) if cpu and threads == 1
+                    else 1.0)
+
+
+def _PrefetchBytes(model_params) -> int:
+  """The input batches a CPU host holds during a step, as --mode=plan
+  counts them."""
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  if model_params.task.network.topology.device_type != 'cpu':
+    return 0
+  return model_plan.PREFETCHED_BATCHES * model_plan.InputBatchBytes(
+      model_params)
+
+
+def Execution(point: search_lib.Point) -> str:
+  """The execution the point was planned for (the runtime's 'auto' rule:
+  dataflow unless the unrolled graph would hold too many actions)."""
+  return point.execution
+
+
+def Search(model_params, cache_dir='', search_all=False, num_devices=0,
+           top=10, print_fn=print):
+  """(points fastest first, search seconds without the cost traces,
+  the searcher)."""
+  net = model_params.task.network
+  space = SpaceOf(model_params, search_all, num_devices)
+  costs_at = CostsAt(model_params, cache_dir, print_fn)
+  opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
+  searcher = search_lib.Searcher(
+      costs_at, space, opt, _HostParallelism(net.topology),
+      shared_host=net.topology.device_type == 'cpu',
+      action_s=ActionSeconds('dataflow', cache_dir),
+      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)})
+  t0 = time.perf_counter()
+  points = searcher.Search(top)
+  seconds = time.perf_counter() - t0
+  if not points:
+    budget = space.budget_bytes
+    raise SearchError(
+        f'no configuration of {model_params.model} fits {space.num_devices} '
+        f'device(s)' + (f' of {budget / 2**20:.1f} MiB' if budget else '') +
+        f' at batch {space.batch_size}: raise the budget or the device '
+        'count, or lower train.batch_size.')
+  return points, seconds, searcher
+
+
+def Apply(net, point: search_lib.Point, fields) -> None:
+  """Writes the point's values of `fields` into network params."""
+  values = {
+      'num_stages': point.num_stages,
+      'num_micro_batches': point.num_micro_batches,
+      'schedule': point.schedule,
+      'virtual_stages': point.virtual_stages,
+      'remat': (point.remat if isinstance(point.remat, str)
+                else [bool(f) for f in point.remat]),
+      'partition': list(point.partition),
+      'execution': Execution(point),
+  }
+  for f in fields:
+    setattr(net, f, values[f])
+
+
+def Resolve(model_params, logdir='', print_fn=print) -> Optional[
+    search_lib.Point]:
+  """Resolves the network's 'auto' fields in place (training start);
+  prints the choice. None when no field is 'auto'."""
+  net = dict(model_params.task.IterParams()).get('network')
+  if net is None or 'num_stages' not in dict(net.IterParams()):
+    return None
+  fields = AutoFields(net)
+  if not fields:
+    return None
+  topo = net.topology
+  if topo.device_type in ('cpu', 'gpu'):
+    # Timing the cells starts TensorFlow: its devices must exist first.
+    from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+    devices.EnsureDevices(topo.device_type, NumDevices(topo),
+                          topo.gpu_memory_limit_mb, topo.intra_op_threads)
+  points, seconds, _ = Search(model_params, logdir, print_fn=print_fn,
+                              top=1)
+  best = points[0]
+  Apply(net, best, fields)
+  print_fn(f"auto ({', '.join(fields)}): "
+           + '; '.join(f'{f} = {getattr(net, f)!r}' for f in fields)
+           + f' (predicted {best.examples_per_s:.1f} examples/s, step '
+           f'{best.step_s * 1e3:.1f} ms, peak '
+           f'{best.peak_bytes / 2**20:.1f} MiB per device; searched in '
+           f'{seconds:.2f} s)')
+  return best
+
+
+def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
+  """--mode=plan --search: the top ten, and plan.json of the choice."""
+  points, seconds, searcher = Search(model_params, logdir, search_all=True,
+                                     num_devices=num_devices,
+                                     print_fn=print_fn)
+  space = searcher.space
+  budget = space.budget_bytes
+  print_fn(f'{model_params.model}: {space.num_devices} device(s)'
+           + (f' of {budget / 2**20:.1f} MiB' if budget else
+              ', no memory budget')
+           + f', batch {space.batch_size}; {searcher.evaluated} plans '
+           f'evaluated in {seconds:.2f} s ({searcher.bounded} '
+           'configurations pruned by their bound)')
+  print_fn(search_lib.FormatTop(points, budget))
+  if logdir:
+    from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+    plan = dict(points[0].plan)
+    plan['model'] = model_params.model
+    plan['overrides'] = points[0].Overrides()
+    plan['execution'] = Execution(points[0])
+    plan.pop('timeline', None)
+    print_fn(f'wrote {model_plan.WritePlan(plan, logdir)}')
+  return points
+
+
+def LargestModel(cls, knob: str, values, num_devices: int,
+                 budget: Optional[float], overrides=(), print_fn=print):
+  """The largest value of a registered model's size knob (an attribute of
+  its params class `cls` that Task() reads, e.g. FILTERS) with which some
+  configuration
+  fits num_devices devices of `budget` bytes: (value, its best point), or
+  (None, None). Fitting grows monotonically with the size, so the values
+  are bisected; each is traced once without timing (FLOPs rank the
+  configurations; only the fit matters)."""
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  if not hasattr(cls, knob):
+    raise SearchError(f'{cls.__name__} has no size knob {knob!r}; its class '
+                      'attributes in capitals are the knobs its Task() may '
+                      'read.')
+  values = sorted(values)
+
+  def Best(value):
+    p = type(cls.__name__, (cls,), {knob: value})().Model()
+    for text in overrides:
+      hyperparams.ApplyOverrides(p, text)
+    costs = model_plan.ModelCosts(p, p.train.batch_size, measure=False)
+    space = search_lib.Space(num_devices, p.train.batch_size, budget)
+    opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
+    points = search_lib.Searcher(costs.Scaled, space, opt,
+                                 flops_per_s=1e10).Search(1)
+    print_fn(f'{knob} = {value}: '
+             + (f'fits ({points[0].Overrides()})' if points else
+                'does not fit'))
+    return points[0] if points else None
+
+  lo, hi, found = 0, len(values) - 1, (None, None)
+  while lo <= hi:
+    mid = (lo + hi) // 2
+    point = Best(values[mid])
+    if point is None:
+      hi = mid - 1
+    else:
+      found, lo = (values[mid], point), mid + 1
+  return found

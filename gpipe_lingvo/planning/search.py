@@ -1,0 +1,472 @@
+"""Configuration search: the pipeline the framework would choose.
+
+Given the devices (count N, bytes per device) and the global batch, the
+search enumerates stages x replicas (K * R <= N, R dividing the batch),
+micro-batches M (dividing the replica's batch), schedules and their
+virtual stages v, and re-materialization (none, a per-cell choice, the
+policies); inside each point it cuts the cells exactly (partition.Balance
+on the cells' times, under the budget of each stage's position in the
+schedule: plan.BalancedPartition) and ranks the points by predicted
+examples per second (plan.MakePlan's step time). Pure Python on the cell
+costs: no TensorFlow, no devices.
+
+Pruning keeps it to seconds for K up to 64:
+- a point's step is bounded below by its schedule's timeline on perfectly
+  balanced chunks (no cut can do better, up to the host model); points are
+  evaluated best bound first and the search stops once the bound is slower
+  than the k-th best found;
+- a stage count whose weights, slots and accumulators alone exceed the
+  budget on average is rejected before any cut;
+- the per-cell recompute is the smallest prefix of recompute.Ladder that
+  fits (binary search), tried only when keeping every activation does not.
+"""
+import dataclasses
+import heapq
+import inspect
+import math
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import recompute
+
+POLICIES = ('never', 'except_last', 'always')
+CELLS = 'cells'  # the per-cell recompute choice
+# executor.AUTO_DATAFLOW_MAX_ACTIONS (restated: no TensorFlow here).
+AUTO_DATAFLOW_MAX_ACTIONS = 256
+# Virtual stages tried per schedule (the others take v = 1).
+VIRTUAL = {'interleaved_1f1b': (2, 3, 4), 'zb_v': (2,)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+  """What may vary. A field left None varies freely; a tuple lists the
+  values allowed (a field the user fixed has one)."""
+  num_devices: int
+  batch_size: int
+  budget_bytes: Optional[float] = None     # per device
+  max_replicas: int = 1
+  num_stages: Optional[Tuple[int, ...]] = None
+  num_micro_batches: Optional[Tuple[int, ...]] = None
+  schedules: Tuple[str, ...] = tuple(schedule_view.SCHEDULES)
+  virtual_stages: Optional[Tuple[int, ...]] = None
+  remat: Tuple = POLICIES + (CELLS,)  # policies, CELLS, or per-cell tuples
+  partition: object = 'auto'  # 'auto': the exact cut; else a fixed spec
+  max_micro_batches: int = 64
+  execution: str = 'auto'  # 'auto': executor.ChooseExecution's rule
+
+
+@dataclasses.dataclass
+class Point:
+  """One evaluated configuration."""
+  num_stages: int
+  num_replicas: int
+  num_micro_batches: int
+  schedule: str
+  virtual_stages: int
+  remat: object        # a policy name or a tuple of per-cell flags
+  partition: List[int]
+  step_s: float
+  bubble: float
+  peak_bytes: int      # the largest device's
+  examples_per_s: float
+  plan: dict = dataclasses.field(repr=False, default=None)
+  execution: str = 'dataflow'
+
+  def Overrides(self, prefix: str = 'task.network') -> str:
+    """The --model_params_override text that reproduces this point."""
+    remat = (f'"{self.remat}"' if isinstance(self.remat, str) else
+             '"' + str([bool(f) for f in self.remat]) + '"')
+    parts = [f'{prefix}.num_stages = {self.num_stages}',
+             f'{prefix}.num_micro_batches = {self.num_micro_batches}',
+             f'{prefix}.schedule = "{self.schedule}"',
+             f'{prefix}.virtual_stages = {self.virtual_stages}',
+             f'{prefix}.remat = {remat}',
+             f'{prefix}.partition = "{self.partition}"',
+             f'{prefix}.execution = "{self.execution}"']
+    if self.num_replicas > 1:
+      parts.append(f'{prefix}.topology.num_replicas = {self.num_replicas}')
+    return '; '.join(parts)
+
+  def RematText(self) -> str:
+    if isinstance(self.remat, str):
+      return self.remat
+    return 'cells ' + ''.join('R' if f else '.' for f in self.remat)
+
+
+def _Divisors(n: int) -> List[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class Searcher:
+  """Evaluates configurations on cell costs.
+
+  costs_at(micro_batch) -> NetworkCosts at that micro-batch size (with
+  measured times, or FLOPs and flops_per_s). host_parallelism(K): how many
+  actions the host runs at once (plan.MakePlan). plan_kwargs: passed to
+  plan.MakePlan when it accepts them (e.g. the execution it models)."""
+
+  def __init__(self, costs_at: Callable, space: Space,
+               opt: plan_lib.Optimizer = plan_lib.Optimizer(),
+               host_parallelism: Callable[[int], float] = lambda k: 1.0,
+               flops_per_s: Optional[float] = None, shared_host: bool = True,
+               overheads: plan_lib.Overheads = plan_lib.Overheads(),
+               plan_kwargs: Optional[dict] = None, action_s: float = 0.0):
+    self.costs_at = costs_at
+    self.space = space
+    self.opt = opt
+    self.host_parallelism = host_parallelism
+    self.flops_per_s = flops_per_s
+    self.shared_host = shared_host
+    self.overheads = overheads
+    # The executor's own cost per action (a call, its buffer reads and
+    # writes), measured (auto.ActionSeconds): the plan's dataflow timeline
+    # adds it to every action (Overheads.action_s).
+    if action_s and not overheads.action_s:
+      self.overheads = dataclasses.replace(overheads, action_s=action_s)
+    self.action_s = self.overheads.action_s
+    accepted = inspect.signature(plan_lib.MakePlan).parameters
+    self.plan_kwargs = {k: v for k, v in (plan_kwargs or {}).items()
+                        if k in accepted}
+    self._costs: Dict[int, object] = {}
+    self._tables: Dict[tuple, object] = {}
+    self._rows: Dict[tuple, list] = {}
+    self._kinds: Dict[str, int] = {}
+    self.evaluated = 0
+    self.bounded = 0  # configurations pruned by a bound
+
+  # -- pieces ------------------------------------------------------------------
+
+  def Costs(self, micro: int):
+    if micro not in self._costs:
+      self._costs[micro] = self.costs_at(micro)
+    return self._costs[micro]
+
+  def _Table(self, schedule, k, m, v):
+    key = (schedule, k, m, v)
+    if key not in self._tables:
+      self._tables[key] = schedule_view.Table(schedule, k, m, v)
+    return self._tables[key]
+
+  def _Mode(self, costs) -> str:
+    return 'time' if costs.cells[0].fwd_s is not None else 'flops'
+
+  def Candidates(self, num_cells: int) -> Iterator[tuple]:
+    """(R, K, M, schedule, v) that can run: the schedule accepts them and
+    every chunk gets a cell."""
+    s = self.space
+    for r in _Divisors(s.num_devices):
+      if r > s.max_replicas or s.batch_size % r:
+        continue
+      per_replica = s.batch_size // r
+      ks = s.num_stages or range(1, s.num_devices // r + 1)
+      ms = s.num_micro_batches or [m for m in _Divisors(per_replica)
+                                   if m <= s.max_micro_batches]
+      for k in ks:
+        if k * r > s.num_devices or k > num_cells:
+          continue
+        for m in ms:
+          if per_replica % m:
+            continue
+          for sched in s.schedules:
+            vs = s.virtual_stages or VIRTUAL.get(sched, (1,))
+            if k == 1 and not s.num_stages and (sched, 1) != (
+                s.schedules[0], 1):
+              # One stage: every schedule and chunking runs the same
+              # forwards and backwards; the first schedule stands for all.
+              continue
+            for v in vs:
+              if k * v > num_cells:
+                continue
+              try:
+                schedule_view.CheckConfig(sched, k, m, v)
+              except schedule_view.ScheduleError:
+                continue
+              yield r, k, m, sched, v
+
+  def WorkBound(self, r, k, m, sched, v) -> float:
+    """A bound without the table: each device's share of the work and of
+    the actions' own cost (the host's share when it runs fewer actions at
+    once than there are devices)."""
+    costs = self.Costs(self.space.batch_size // (r * m))
+    f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
+                                  self.flops_per_s)
+    if f is None:
+      return 0.0
+    hp = self.host_parallelism(k)
+    return ((m * (f + b + w) + self._ActionsSeconds(sched, k, m, v)) /
+            min(k, max(hp, 1.0)))
+
+  def LowerBound(self, r, k, m, sched, v) -> float:
+    """A lower bound of the point's step seconds: under the tick loop, its
+    schedule's timeline on perfectly balanced chunks, nothing recomputed."""
+    costs = self.Costs(self.space.batch_size // (r * m))
+    n = k * v
+    f, b, w = plan_lib.ChunkTimes(costs, 0, len(costs.cells),
+                                  self.flops_per_s)
+    if f is None:
+      return 0.0
+    if self.Execution(sched, k, m, v) == 'dataflow':
+      # Without lockstep ticks an uneven cut can shorten the fill (a light
+      # first chunk): balanced chunks bound nothing, the work does.
+      return self.WorkBound(r, k, m, sched, v)
+    table = self._Table(sched, k, m, v)
+    cost = {'F': f / n, 'B': b / n, 'W': w / n}
+    return table.Timeline(cost, host_parallelism=self.host_parallelism(k),
+                          tick_overhead=self.overheads.tick_s).duration
+
+  def _StaticFits(self, k, costs) -> bool:
+    """The weights, slots and accumulators alone, spread evenly, fit."""
+    budget = self.space.budget_bytes
+    if not budget:
+      return True
+    w = sum(c.param_bytes for c in costs.cells)
+    static = w * (2 + self.opt.slots_per_weight) + sum(
+        c.state_bytes for c in costs.cells)
+    return static / k <= budget
+
+  def Plan(self, costs, pipe: plan_lib.Pipeline) -> Optional[dict]:
+    """The plan of the exact cut under the budget, or None if none fits.
+
+    The cut balancing the cost without a budget is tried first; when it
+    does not fit (v = 1), the exact cut under the budget of each stage's
+    position (partition.Balance with `StageBytes`), which the plan then
+    confirms."""
+    budgets = (None if not self.space.budget_bytes else
+               [float(self.space.budget_bytes)] * pipe.num_stages)
+    spec = self.space.partition
+    balanced = spec == 'auto' or spec in partition_lib.COST_MODES
+    mode = self._Mode(costs) if spec == 'auto' else spec
+    try:
+      if balanced:
+        vec = plan_lib.CostVector(costs, mode, pipe.num_micro_batches,
+                                  self.opt)
+        ranges = partition_lib.Balance(vec, pipe.num_chunks)
+      else:
+        ranges = partition_lib.Partition(len(costs.cells), pipe.num_chunks,
+                                         spec)
+      fast = (self.StageBytes(costs, pipe)
+              if budgets and balanced and pipe.virtual_stages == 1 else None)
+      if fast is None or all(fast(k, a, b) <= budgets[k]
+                             for k, (a, b) in enumerate(ranges)):
+        plan = self._MakePlan(costs, ranges, pipe, budgets)
+        if plan['fits'] or fast is None:
+          return plan if plan['fits'] else None
+      ranges = partition_lib.Balance(vec, pipe.num_chunks, fast, budgets)
+      plan = self._MakePlan(costs, ranges, pipe, budgets)
+      return plan if plan['fits'] else None
+    except (plan_lib.PlanError, partition_lib.PartitionError):
+      return None
+
+  def _Rows(self, pipe: plan_lib.Pipeline):
+    """Per device k (one chunk each): the distinct (buffered entries of
+    its inputs + the gradients of its input, of its residuals, of its
+    weight inputs; its actions) over the ticks, as plan.TickMemory counts
+    them."""
+    key = (pipe.schedule, pipe.num_stages, pipe.num_micro_batches,
+           pipe.remat, pipe.execution)
+    if key not in self._rows:
+      table = self._Table(pipe.schedule, pipe.num_stages,
+                          pipe.num_micro_batches, 1)
+      counts = [plan_lib.BufferCounts(table, c, pipe.remat, pipe.execution)
+                for c in range(table.num_chunks)]
+      rows = []
+      for k in range(pipe.num_stages):
+        grads = counts[k - 1]['grads'] if k else [0] * table.num_ticks
+        rows.append({(counts[k]['inputs'][t] + grads[t],
+                      counts[k]['residuals'][t],
+                      counts[k]['weight_inputs'][t],
+                      tuple(sorted({a for a in table.ticks[t][k]})))
+                     for t in range(table.num_ticks)})
+      self._rows[key] = rows
+    return self._rows[key]
+
+  def StageBytes(self, costs, pipe: plan_lib.Pipeline):
+    """stage_bytes(k, a, b) for partition.Balance: plan.StageBytesFn's
+    model (device k's buffers and actions, tick by tick), evaluated on the
+    distinct ticks only."""
+    rows = self._Rows(pipe)
+    remat = list(pipe.remat)
+    acts = {}
+
+    def Bytes(k, a, b):
+      if (a, b) not in acts:
+        acts[(a, b)] = (plan_lib.ChunkActivations(costs, a, b),
+                        plan_lib.ChunkStatic(costs, a, b, self.opt))
+      act, static = acts[(a, b)]
+      busiest = max(
+          n_in * act['input_bytes'] + n_res * act['residual_bytes'] +
+          n_wi * act['weight_input_bytes'] +
+          max([plan_lib._ActionWork(x, act, remat) for x in actions] or [0])  # pylint: disable=protected-access
+          for n_in, n_res, n_wi, actions in rows[k])
+      return (static['weight_bytes'] + static['slot_bytes'] +
+              static['accumulator_bytes'] +
+              max(busiest, self.opt.update_copies *
+                  static['accumulator_bytes']))
+
+    return Bytes
+
+  def _MakePlan(self, costs, ranges, pipe, budgets):
+    self.evaluated += 1
+    return plan_lib.MakePlan(
+        costs, ranges, pipe, self.opt, budgets, shared_host=self.shared_host,
+        host_parallelism=self.host_parallelism(pipe.num_stages),
+        flops_per_s=self.flops_per_s, overheads=self.overheads,
+        **self.plan_kwargs)
+
+  def Evaluate(self, r, k, m, sched, v, remat) -> Optional[Point]:
+    """One configuration with one remat choice (a policy, or per-cell
+    flags); None if it does not fit."""
+    base = self.Costs(self.space.batch_size // (r * m))
+    if isinstance(remat, str):
+      costs, flags = base, plan_lib_flags(remat, m)
+    else:
+      costs, flags = recompute.Apply(base, remat), (False,) * m
+    pipe = plan_lib.Pipeline(sched, k, m, flags, v,
+                             self.Execution(sched, k, m, v))
+    plan = self.Plan(costs, pipe)
+    if plan is None or not plan.get('step_s'):
+      return None
+    step = plan['step_s']
+    return Point(k, r, m, sched, v, remat, list(plan['partition']),
+                 step, plan['bubble'],
+                 max(s['peak_bytes'] for s in plan['stages']),
+                 self.space.batch_size / step, plan, pipe.execution)
+
+  def Execution(self, sched, k, m, v) -> str:
+    """The execution a configuration runs ('auto': the runtime's rule)."""
+    if self.space.execution != 'auto':
+      return self.space.execution
+    n = k * v * m * self._Kinds(sched)
+    return 'dataflow' if n <= AUTO_DATAFLOW_MAX_ACTIONS else 'ticks'
+
+  def _Kinds(self, sched) -> int:
+    """Actions per chunk and micro-batch: F and B, and W when the schedule
+    splits the backward."""
+    if sched not in self._kinds:
+      small = self._Table(sched, 2, 4, VIRTUAL.get(sched, (1,))[0])
+      self._kinds[sched] = len({a.kind for acts in small.actions
+                                for a in acts})
+    return self._kinds[sched]
+
+  def _ActionsSeconds(self, sched, k, m, v) -> float:
+    """The executor's own cost of all the step's actions."""
+    if not self.action_s:
+      return 0.0
+    return self.action_s * k * v * m * self._Kinds(sched)
+
+  def Best(self, r, k, m, sched, v) -> Optional[Point]:
+    """The fastest remat choice of a configuration that fits."""
+    base = self.Costs(self.space.batch_size // (r * m))
+    if not self._StaticFits(k, base):
+      return None
+    found = []
+    allowed = self.space.remat
+    fixed = [x for x in allowed if not isinstance(x, str)]
+    for flags in fixed:
+      found.append(self.Evaluate(r, k, m, sched, v, tuple(flags)))
+    if 'never' in allowed:
+      p = self.Evaluate(r, k, m, sched, v, 'never')
+      if p is not None:
+        return p  # Nothing recomputed: nothing can be faster.
+    if CELLS in allowed:
+      found.append(self._CheapestCells(r, k, m, sched, v, base))
+    for policy in ('except_last', 'always'):
+      if policy in allowed:
+        found.append(self.Evaluate(r, k, m, sched, v, policy))
+    found = [p for p in found if p is not None]
+    return min(found, key=lambda p: p.step_s) if found else None
+
+  def _CheapestCells(self, r, k, m, sched, v, base) -> Optional[Point]:
+    """The shortest prefix of the recompute ladder that fits."""
+    ladder = recompute.Ladder(base)
+    n = len(base.cells)
+    lo, hi, best = 1, len(ladder), None
+    while lo <= hi:
+      mid = (lo + hi) // 2
+      p = self.Evaluate(r, k, m, sched, v, recompute.Flags(n, ladder, mid))
+      if p is None:
+        lo = mid + 1
+      else:
+        best, hi = p, mid - 1
+    # Fitting is not quite monotone in the prefix (the cut and the runs'
+    # inputs change): step down while a shorter prefix still fits.
+    while best is not None and sum(best.remat) > 0:
+      p = self.Evaluate(r, k, m, sched, v,
+                        recompute.Flags(n, ladder, sum(best.remat) - 1))
+      if p is None:
+        break
+      best = p
+    # A cell or two more can allow a better cut.
+    for more in (1, 2):
+      if best is None or sum(best.remat) + more > len(ladder):
+        break
+      p = self.Evaluate(r, k, m, sched, v,
+                        recompute.Flags(n, ladder, sum(best.remat) + more))
+      if p is not None and p.step_s < best.step_s:
+        return p
+    return best
+
+  # -- the search --------------------------------------------------------------
+
+  def Search(self, top: int = 10) -> List[Point]:
+    """The `top` fastest configurations that fit, fastest first."""
+    num_cells = len(self.Costs(self.space.batch_size).cells)
+    cands = [(self.WorkBound(*c), c) for c in self.Candidates(num_cells)]
+    cands.sort(key=lambda x: x[0])
+    best: List[tuple] = []  # the worst kept first (negated rank)
+    for i, (bound, cand) in enumerate(cands):
+      if len(best) >= top and bound >= -best[0][0][0]:
+        self.bounded += len(cands) - i
+        break
+      if len(best) >= top and self.LowerBound(*cand) >= -best[0][0][0]:
+        self.bounded += 1
+        continue
+      p = self.Best(*cand)
+      if p is None:
+        continue
+      heapq.heappush(best, (tuple(-x for x in _Rank(p)), i, p))
+      if len(best) > top:
+        heapq.heappop(best)
+    return sorted((p for _, _, p in best), key=_Rank)
+
+
+def _Rank(p: Point) -> tuple:
+  """Fastest first; among equal predictions, the simpler configuration
+  (fewer devices, chunks and micro-batches, less recompute)."""
+  recomputed = (POLICIES.index(p.remat) if isinstance(p.remat, str)
+                else 0.5 + sum(p.remat) / (len(p.remat) + 1))
+  return (round(p.step_s, 9), p.num_stages * p.num_replicas,
+          p.virtual_stages, p.num_micro_batches, recomputed,
+          schedule_view.SCHEDULES.index(p.schedule))
+
+
+def plan_lib_flags(policy: str, m: int) -> tuple:
+  """Per micro-batch recompute flags of a policy (executor.RematFlags,
+  without importing TensorFlow)."""
+  if policy == 'always':
+    return (True,) * m
+  if policy == 'never':
+    return (False,) * m
+  if policy == 'except_last':
+    return (True,) * (m - 1) + (False,)
+  raise ValueError(f'unknown remat policy {policy!r}')
+
+
+def FormatTop(points: Sequence[Point], budget: Optional[float] = None) -> str:
+  """The markdown table --search prints."""
+  mib = lambda n: f'{n / 2**20:.1f}'
+  lines = ['| rank | K x R | M | schedule | v | remat | partition | '
+           'step ms | bubble | peak MiB/device | examples/s |',
+           '|' + '---|' * 11]
+  for i, p in enumerate(points):
+    lines.append(
+        f'| {i + 1} | {p.num_stages} x {p.num_replicas} | '
+        f'{p.num_micro_batches} | {p.schedule} | {p.virtual_stages} | '
+        f'{p.RematText()} | {p.partition} | {p.step_s * 1e3:.1f} | '
+        f'{p.bubble:.3f} | {mib(p.peak_bytes)} | {p.examples_per_s:.1f} |')
+  lines.append('')
+  for i, p in enumerate(points):
+    lines.append(f"{i + 1}: --model_params_override='{p.Overrides()}'")
+  return '\n'.join(lines)

@@ -1,0 +1,117 @@
+"""trainer.py --mode=plan --search, and 'auto' fields resolved at start,
+on digits.ConvNetPipelined (cells traced and timed once, in the logdir)."""
+import json
+import os
+import re
+
+from gpipe_lingvo import errors
+from gpipe_lingvo import hyperparams
+from gpipe_lingvo import model_registry
+from gpipe_lingvo.planning import auto
+from tests import test_trainer_cli as cli
+
+MODEL = 'digits.ConvNetPipelined'
+
+
+def testSearchPrintsTheTopTenAndWritesThePlanOfTheFirst(tmp_path, capsys):
+  rc, out, err = cli._Cli(capsys, f'--model={MODEL}', '--mode=plan',
+                          '--search', '--search_devices=2',
+                          f'--logdir={tmp_path}')
+  assert rc == 0, err
+  rows = [l for l in out.splitlines() if re.match(r'\| \d+ \|', l)]
+  assert len(rows) == 10
+  speeds = [float(r.split('|')[-2]) for r in rows]
+  assert speeds == sorted(speeds, reverse=True)
+  overrides = re.findall(r"--model_params_override='([^']*)'", out)
+  assert len(overrides) == 10
+  with open(os.path.join(tmp_path, 'plan.json')) as f:
+    plan = json.load(f)
+  assert plan['overrides'] == overrides[0]
+  assert plan['fits']
+  # The first override reproduces the plan's configuration.
+  p = model_registry.GetParams(MODEL)
+  hyperparams.ApplyOverrides(p, overrides[0])
+  net = p.task.network
+  assert (net.num_stages, net.num_micro_batches, net.schedule) == (
+      plan['num_stages'], plan['num_micro_batches'], plan['schedule'])
+
+
+def testAutoFieldsAreResolvedUnderTheBudgetAndPrinted(tmp_path):
+  p = model_registry.GetParams(MODEL)
+  net = p.task.network
+  for field in ('num_micro_batches', 'schedule', 'remat', 'partition',
+                'execution'):
+    setattr(net, field, 'auto')
+  net.topology.num_logical_devices = 2
+  lines = []
+  free = auto.Resolve(p.Copy(), str(tmp_path), print_fn=lines.append)
+  net.topology.memory_budget_bytes = int(0.8 * free.peak_bytes)
+  best = auto.Resolve(p, str(tmp_path), print_fn=lines.append)
+  assert best.peak_bytes <= net.topology.memory_budget_bytes
+  assert net.num_stages == 2  # fixed fields stay
+  assert net.num_micro_batches == best.num_micro_batches
+  assert list(net.partition) == best.partition
+  assert net.execution in ('dataflow', 'ticks')
+  assert 'auto' not in [net.schedule, net.remat, net.execution]
+  assert lines[-1].startswith('auto (num_micro_batches, schedule, remat, '
+                              'partition, execution): ')
+  net.Instantiate()  # the resolved params build
+
+
+def testSearchFlagOutsidePlanModeAndNegativeBudgetAreOneLine(tmp_path,
+                                                             capsys):
+  rc, _, err = cli._Cli(capsys, f'--model={MODEL}', '--mode=train',
+                        '--search', f'--logdir={tmp_path}')
+  assert rc == errors.UserError.exit_code
+  cli._OneErrorLine(err, '--search is for --mode=plan')
+  p = model_registry.GetParams(MODEL)
+  p.task.network.num_stages = 'auto'
+  p.task.network.topology.memory_budget_bytes = -5
+  try:
+    auto.Resolve(p, str(tmp_path), print_fn=lambda *_: None)
+  except auto.SearchError as e:
+    assert 'memory_budget_bytes must be >= 0' in str(e)
+  else:
+    raise AssertionError('a negative budget was accepted')
+
+
+def testLargestFilterCountThatFits(capsys):
+  """AmoebaNet-D(6, F) on 2 devices of 256 MiB: F = 1024 does not fit (its
+  weights, slots and accumulators alone are over 2 x 256 MiB), F = 16
+  does; the answer is the largest value that fits, with its override."""
+  rc, out, err = cli._Cli(
+      capsys, '--model=cifar10.AmoebaNetD_6_32', '--mode=plan', '--search',
+      '--search_devices=2', '--search_largest=FILTERS=16,1024',
+      '--model_params_override=task.network.topology.memory_budget_bytes'
+      ' = 268435456')
+  assert rc == 0, err
+  assert 'FILTERS = 1024: does not fit' in out
+  assert re.search(r'largest FILTERS that fits 2 device\(s\) of 256.0 MiB: '
+                   r"16 \(--model_params_override='task.network.num_stages",
+                   out), out
+
+
+def testAutoInTextOverridesOfIntFields():
+  p = model_registry.GetParams(MODEL)
+  hyperparams.ApplyOverrides(p, 'task.network.num_stages = auto; '
+                                'task.network.num_micro_batches = "auto"')
+  assert (p.task.network.num_stages, p.task.network.num_micro_batches) == (
+      'auto', 'auto')
+  assert auto.AutoFields(p.task.network) == ['num_stages',
+                                             'num_micro_batches']
+
+
+def testModePlanModelsPerCellRecompute():
+  """--mode=plan's stash shrinks and its backward grows with the cells a
+  per-cell remat list recomputes."""
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  plans = {}
+  for name in ('never', 'cells'):
+    p = model_registry.GetParams(MODEL)
+    n = len(p.task.network.cells)
+    p.task.network.remat = ('never' if name == 'never' else
+                            [True] * (n - 1) + [False])
+    plans[name] = model_plan.PlanModel(p)
+  stash = lambda plan: sum(s['stash_peak_bytes'] for s in plan['stages'])
+  assert stash(plans['cells']) < stash(plans['never'])
+  assert plans['cells']['step_s'] > plans['never']['step_s']
