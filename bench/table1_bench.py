@@ -70,11 +70,11 @@ def LayerCosts(k, m):
                                gpipe_transformer.L_BATCH // m)
 
   def Costs(layers):
-    c = base.cells
-    mid = [costs_lib.dataclasses.replace(c[3], name=f'decoder_{i}')
+    c = base.cells  # embedding, decoder_0 .. decoder_3, decoder_ln, softmax
+    mid = [costs_lib.dataclasses.replace(c[4], name=f'decoder_{i}')
            for i in range(3, layers)]
     return costs_lib.NetworkCosts(base.batch, base.input_bytes,
-                                  c[:3] + mid + c[-2:])
+                                  c[:4] + mid + c[-2:])
   return Costs
 
 
@@ -82,13 +82,30 @@ def LargestTransformer(k, m, budget, hi=8192):
   costs = LayerCosts(k, m)
   plan_of = lambda n: model_plan.PlanModel(TransformerParams(n, k, m),
                                            costs=costs(n))
-  if not _Fits(plan_of(3), budget):
+  lo = max(3, k)  # every stage needs a cell
+  if not _Fits(plan_of(lo), budget):
     return 0, None
-  lo = 3
   while hi - lo > 1:  # lo fits, hi does not (or is the search's end)
     mid = (lo + hi) // 2
     lo, hi = (mid, hi) if _Fits(plan_of(mid), budget) else (lo, mid)
   return lo, _Params(plan_of(lo))
+
+
+def LargestNaiveBatch(budget, layers=3):
+  """Rows of L_LENGTH tokens at which Naive-1 Transformer-L fits
+  (activation costs scale with the rows; weights do not)."""
+  params = TransformerParams(layers, 1, 1)
+  costs = model_plan.ModelCosts(params, 1)
+  fits = lambda rows: _Fits(model_plan.PlanModel(
+      params.Copy().Set(train=params.train.Copy().Set(batch_size=rows)),
+      costs=costs.Scaled(rows)), budget)
+  if not fits(1):
+    return 0
+  lo, hi = 1, gpipe_transformer.L_BATCH
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
 
 
 def AmoebaParams(layers, filters, k, m):
@@ -99,7 +116,7 @@ def AmoebaParams(layers, filters, k, m):
   return Model().Model()
 
 
-def LargestAmoebaNet(layers, k, m, budget, step=8, hi=2048):
+def LargestAmoebaNet(layers, k, m, budget, step=8, hi=1024):
   plans = {}
 
   def Plan(f):
@@ -143,6 +160,9 @@ def main():
       n, params = LargestTransformer(k, m, args.transformer_budget_gib * GIB)
       print(f'| {name} | {k} | {m} | {n} | {_Count(params)} | {paper_l} | '
             f'{paper_p} | {time.time() - t0:.0f} |', flush=True)
+    rows = LargestNaiveBatch(args.transformer_budget_gib * GIB)
+    print(f'\nNaive-1 with L = 3 fits up to {rows} rows of '
+          f'{gpipe_transformer.L_LENGTH} tokens per batch.')
   if not args.skip_amoebanet:
     print(f'\nAmoebaNet-D(L, F), {args.amoebanet_budget_gib:g} GiB per '
           'device, 224 px, batch 128')
