@@ -246,8 +246,7 @@ def Worker(cfg):
         with tf.GradientTape() as tape:
           loss, _ = LossFn(net.FProp(x), y)
       grads = tape.gradient(loss, variables)
-      for v, g in zip(variables, grads):
-        v.assign_sub(1e-4 * g)
+      _Apply(variables, grads)
       return loss
   else:
     net = pipelined_network.PipelinedNetwork.Params().Set(
@@ -263,8 +262,7 @@ def Worker(cfg):
     def Step(x, y):
       loss, _, grads, _ = net.ComputeLossAndGradients(
           x, y, LossFn, tf.constant(0, tf.int64))
-      for v, g in zip(variables, grads):
-        v.assign_sub(1e-4 * g)
+      _Apply(variables, grads)
       return loss
 
   out = {}
@@ -310,6 +308,15 @@ def Worker(cfg):
 
 
 # -- driver --------------------------------------------------------------------
+
+
+def _Apply(variables, grads):
+  """A plain SGD update (embedding gradients come as IndexedSlices;
+  a variable no loss reaches, e.g. an aux head's, has none)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for v, g in zip(variables, grads):
+    if g is not None:
+      v.assign_sub(1e-4 * tf.convert_to_tensor(g))
 
 
 def Run(cfg, timeout=300):

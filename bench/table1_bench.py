@@ -8,7 +8,7 @@ Transformer-L (params/gpipe_transformer.py: d_model 2048, feed-forward
 the largest number of layers L whose plan fits 16 GiB on every device, at
 Naive-1 (K = 1, M = 1, no recompute) and Pipeline-K (K = 1, 8, 32, 128;
 M = 32, recompute, uniform cut). AmoebaNet-D (params/imagenet.py: 224 px,
-batch 128, RMSProp): the largest filter count F (a multiple of 8) at the
+batch 128, RMSProp): the largest filter count F (a multiple of 16) at the
 paper's L whose plan fits 8 GiB, at Naive-1, Pipeline-1 (M = 8) and
 Pipeline-8 (M = 32).
 
@@ -116,7 +116,7 @@ def AmoebaParams(layers, filters, k, m):
   return Model().Model()
 
 
-def LargestAmoebaNet(layers, k, m, budget, step=8, hi=1024):
+def LargestAmoebaNet(layers, k, m, budget, step=16, hi=1024):
   plans = {}
 
   def Plan(f):
