@@ -81,6 +81,38 @@ def _ModelCells(name, image_shape=None):
   return list(net.cells), shape, p.task.num_classes
 
 
+def _IsSequenceModel(name):
+  """Whether a registered model is a Transformer (token ids in, no image)."""
+  if name in ('dense', 'deepconv'):
+    return False
+  from gpipe_lingvo import model_registry  # pylint: disable=g-import-not-at-top
+  return model_registry.GetParams(name).task.cls.__name__ == 'SequenceTask'
+
+
+def _SequenceInputs(name, batch):
+  """(cells, input nest, labels) of a registered Transformer: random ids,
+  one sequence per row of the model's length (no data needed)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from gpipe_lingvo import model_registry  # pylint: disable=g-import-not-at-top
+  p = model_registry.GetParams(name)
+  cells = list(p.task.network.cells)
+  emb = cells[0]
+  t = p.train.Instantiate().length
+  sides = {'tgt': emb.target_vocab_size}
+  if emb.source_vocab_size:
+    sides['src'] = emb.source_vocab_size
+  x = {}
+  for i, (side, vocab) in enumerate(sorted(sides.items())):
+    x[f'{side}_ids'] = tf.random.stateless_uniform([batch, t], [5, i], 4,
+                                                   vocab, tf.int32)
+    if emb.packed_input:
+      x[f'{side}_segment_ids'] = tf.ones([batch, t], tf.int32)
+      x[f'{side}_positions'] = tf.tile(tf.range(t)[None], [batch, 1])
+  y = tf.random.stateless_uniform([batch, t], [6, 7], 4,
+                                  emb.target_vocab_size, tf.int32)
+  return cells, x, y
+
+
 def _Interleaved(fns, reps):
   """Median seconds per call of each function, calling them in turn in
   every round so that load changes affect all alike. (A tf.function call
@@ -182,11 +214,15 @@ def Worker(cfg):
   elif net_kind == 'deepconv':
     cells = _DeepConvCells(cfg['cells'], cfg['width'])
     x_shape, classes = [cfg['batch'], 16, 16, 3], 10
-  else:
+  elif not _IsSequenceModel(net_kind):
     cells, shape, classes = _ModelCells(net_kind, cfg.get('image_shape'))
     x_shape = [cfg['batch']] + shape
-  x = tf.random.stateless_normal(x_shape, [1, 2])
-  y = tf.random.stateless_uniform([cfg['batch']], [3, 4], 0, classes, tf.int32)
+  if _IsSequenceModel(net_kind):
+    cells, x, y = _SequenceInputs(net_kind, cfg['batch'])
+  else:
+    x = tf.random.stateless_normal(x_shape, [1, 2])
+    y = tf.random.stateless_uniform([cfg['batch']], [3, 4], 0, classes,
+                                    tf.int32)
   n = cfg['batch']
 
   def LossFn(logits, labels):
@@ -210,8 +246,7 @@ def Worker(cfg):
         with tf.GradientTape() as tape:
           loss, _ = LossFn(net.FProp(x), y)
       grads = tape.gradient(loss, variables)
-      for v, g in zip(variables, grads):
-        v.assign_sub(1e-4 * g)
+      _Apply(variables, grads)
       return loss
   else:
     net = pipelined_network.PipelinedNetwork.Params().Set(
@@ -227,8 +262,7 @@ def Worker(cfg):
     def Step(x, y):
       loss, _, grads, _ = net.ComputeLossAndGradients(
           x, y, LossFn, tf.constant(0, tf.int64))
-      for v, g in zip(variables, grads):
-        v.assign_sub(1e-4 * g)
+      _Apply(variables, grads)
       return loss
 
   out = {}
@@ -274,6 +308,15 @@ def Worker(cfg):
 
 
 # -- driver --------------------------------------------------------------------
+
+
+def _Apply(variables, grads):
+  """A plain SGD update (embedding gradients come as IndexedSlices;
+  a variable no loss reaches, e.g. an aux head's, has none)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for v, g in zip(variables, grads):
+    if g is not None:
+      v.assign_sub(1e-4 * tf.convert_to_tensor(g))
 
 
 def Run(cfg, timeout=300):
@@ -402,20 +445,24 @@ def Stage(args):
 
 def Overlap(args):
   base = dict(net='dense', cells=8, width=512, batch=args.batch, reps=args.reps)
+  what = f'8 dense 512x512 tanh cells, batch {args.batch}'
+  if args.overlap_model:
+    base = dict(base, net=args.overlap_model)
+    what = f'the cells of `{args.overlap_model}`, batch {args.batch}'
   one = Run(dict(base, kind='plain', intra=1, inter=1))['step_s']
   inter2 = Run(dict(base, kind='plain', intra=1, inter=2))['step_s']
   default = Run(dict(base, kind='plain'))['step_s']
   best = min(inter2, default)
   print('\n### 1. Pipeline overlap (K=2 on 2 logical CPU devices, one '
         'intra-op thread, remat never)\n')
-  print(f'Network: 8 dense 512x512 tanh cells, batch {args.batch}. '
+  print(f'Network: {what}. '
         f'Un-pipelined step: {one*1e3:.0f} ms with one thread; '
         f'{inter2*1e3:.0f} ms with intra=1/inter=2; {default*1e3:.0f} ms '
         'with default threads.\n')
   print('| M | schedule | step (ms) | speed-up vs 1 thread | ideal '
         'K*M/(M+K-1) | % of ideal | vs best un-pipelined | cores busy |')
   print('|---|---|---|---|---|---|---|---|')
-  for m in (1, 2, 4, 8, 16):
+  for m in [int(v) for v in args.overlap_m.split(',')]:
     for sched in ('gpipe', '1f1b'):
       if m == 1 and sched == '1f1b':
         continue  # the same ticks as gpipe
@@ -519,6 +566,12 @@ def main():
                   help='H,W,C for --model when its input generator cannot '
                   'be built here (e.g. 224,224,3)')
   ap.add_argument('--conv_blocks', type=int, default=24)
+  ap.add_argument('--overlap_model', default='',
+                  help='overlap section: a registered model\'s cells '
+                  '(image or Transformer) instead of the dense cells; '
+                  'random inputs of its shapes, set --batch')
+  ap.add_argument('--overlap_m', default='1,2,4,8,16',
+                  help='overlap section: micro-batch counts')
   args = ap.parse_args()
   if args.worker:
     Worker(json.loads(args.worker))

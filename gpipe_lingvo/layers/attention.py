@@ -41,13 +41,17 @@ def AttentionBias(q_segment_ids, k_segment_ids, causal=False,
 
 class MultiHeadAttention(base_layer.BaseLayer):
   """softmax(q k^T / sqrt(h) + bias) v over num_heads heads of width
-  model_dim / num_heads, then an output projection."""
+  hidden_dim / num_heads, then an output projection back to model_dim.
+  hidden_dim is model_dim unless set (Lingvo's MultiHeadedAttention
+  hidden_dim): GPipe's T(64, 16384, 32) has 32 heads of 64 at d = 1024."""
 
   @classmethod
   def Params(cls):
     p = super().Params()
     p.Define('model_dim', 0, 'Width d of queries, keys, values and output.')
-    p.Define('num_heads', 1, 'Heads; must divide model_dim.')
+    p.Define('hidden_dim', 0, 'Width of the projected queries, keys and '
+             'values, num_heads x head width (0: model_dim).')
+    p.Define('num_heads', 1, 'Heads; must divide hidden_dim.')
     p.Define('atten_dropout_prob', 0.0,
              'Dropout on the attention probabilities (training).')
     return p
@@ -55,17 +59,28 @@ class MultiHeadAttention(base_layer.BaseLayer):
   def __init__(self, params, parent_path=''):
     super().__init__(params, parent_path)
     p = self.params
-    if p.model_dim <= 0 or p.num_heads <= 0 or p.model_dim % p.num_heads:
+    hd = self.hidden_dim
+    if p.model_dim <= 0 or hd <= 0 or p.num_heads <= 0 or hd % p.num_heads:
       raise ValueError(f'{self.path}: num_heads ({p.num_heads}) must divide '
-                       f'model_dim ({p.model_dim}), both > 0.')
+                       f'hidden_dim ({hd}; model_dim {p.model_dim} unless '
+                       'set), all > 0.')
     if not 0.0 <= p.atten_dropout_prob < 1.0:
       raise ValueError(f'{self.path}: atten_dropout_prob must be in [0, 1).')
     d = p.model_dim
     for name in ('query', 'key', 'value', 'post'):
+      shape = [hd, d] if name == 'post' else [d, hd]
       self.CreateVariable(f'w_{name}', base_layer.WeightParams(
-          [d, d], p.params_init, p.dtype, regularize=True))
+          shape, p.params_init, p.dtype, regularize=True))
       self.CreateVariable(f'b_{name}', base_layer.WeightParams(
-          [d], base_layer.WeightInit.Constant(0.0), p.dtype))
+          shape[1:], base_layer.WeightInit.Constant(0.0), p.dtype))
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.params.hidden_dim or self.params.model_dim
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_dim // self.params.num_heads
 
   def _Project(self, x, name):
     return dense.Linear(x, self.Var(f'w_{name}')) + self.Var(
@@ -75,7 +90,7 @@ class MultiHeadAttention(base_layer.BaseLayer):
     """[b, t, d] -> [b, n, t, h]."""
     n = self.params.num_heads
     b, t = _Dim(x, 0), _Dim(x, 1)
-    h = self.params.model_dim // n
+    h = self.head_dim
     return tf.transpose(tf.reshape(x, [b, t, n, h]), [0, 2, 1, 3])
 
   def KeysValues(self, memory):
@@ -90,7 +105,7 @@ class MultiHeadAttention(base_layer.BaseLayer):
     p = self.params
     query = self.CastInput(query)
     q = self._Heads(self._Project(query, 'query'))
-    h = p.model_dim // p.num_heads
+    h = self.head_dim
     logits = tf.einsum('bnqh,bnkh->bnqk', q, keys) * tf.cast(h ** -0.5,
                                                              q.dtype)
     logits = tf.cast(logits, tf.float32) + bias
@@ -100,7 +115,8 @@ class MultiHeadAttention(base_layer.BaseLayer):
                                        context.LayerSeed(self.path))
     ctx = tf.einsum('bnqk,bnkh->bnqh', probs, values)
     b, tq = _Dim(query, 0), _Dim(query, 1)
-    ctx = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [b, tq, p.model_dim])
+    ctx = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]),
+                     [b, tq, self.hidden_dim])
     return self._Project(ctx, 'post')
 
   def FProp(self, query, memory, bias):

@@ -33,6 +33,8 @@ class AttentionBlock(base_layer.BaseLayer):
     p = super().Params()
     p.Define('model_dim', 0, 'Width d.')
     p.Define('num_heads', 1, 'Attention heads.')
+    p.Define('atten_hidden_dim', 0, 'Attention width, num_heads x head '
+             'width (0: model_dim).')
     p.Define('atten_dropout_prob', 0.0, 'Dropout on attention probabilities.')
     p.Define('residual_dropout_prob', 0.0, 'Dropout on the residual branch.')
     p.Define('pre_layer_norm', True, 'Layer norm before (True) or after.')
@@ -46,6 +48,7 @@ class AttentionBlock(base_layer.BaseLayer):
         dim=p.model_dim))
     self.CreateChild('atten', attention.MultiHeadAttention.Params().Set(
         model_dim=p.model_dim, num_heads=p.num_heads,
+        hidden_dim=p.atten_hidden_dim,
         atten_dropout_prob=p.atten_dropout_prob))
     self.CreateChild('dropout', _Dropout(p.residual_dropout_prob))
 
@@ -114,6 +117,8 @@ class TransformerLayer(base_layer.BaseLayer):
     p.Define('model_dim', 0, 'Width d.')
     p.Define('hidden_dim', 0, 'Feed-forward hidden width.')
     p.Define('num_heads', 1, 'Attention heads.')
+    p.Define('atten_hidden_dim', 0, 'Attention width, num_heads x head '
+             'width (0: model_dim).')
     p.Define('mask_self_atten', False,
              'Causal self-attention (a decoder or language model).')
     p.Define('has_aux_atten', False,
@@ -129,6 +134,7 @@ class TransformerLayer(base_layer.BaseLayer):
     p = self.params
     atten = AttentionBlock.Params().Set(
         model_dim=p.model_dim, num_heads=p.num_heads,
+        atten_hidden_dim=p.atten_hidden_dim,
         atten_dropout_prob=p.atten_dropout_prob,
         residual_dropout_prob=p.residual_dropout_prob,
         pre_layer_norm=p.pre_layer_norm)
@@ -158,7 +164,7 @@ class TransformerLayer(base_layer.BaseLayer):
     """Decoding state: self-attention keys/values [b, n, max_length, h]
     filled step by step, and the memory's keys/values, projected once."""
     p = self.params
-    n, h = p.num_heads, p.model_dim // p.num_heads
+    n, h = p.num_heads, self.self_atten.atten.head_dim
     zeros = tf.zeros([batch, n, max_length, h], self.fprop_dtype)
     cache = {'keys': zeros, 'values': zeros}
     if p.has_aux_atten:

@@ -199,7 +199,9 @@ class TransformerStack:
     p.Define('name', 'network', 'Name of the network layer.')
     p.Define('model_dim', 512, 'Width d of every layer.')
     p.Define('hidden_dim', 2048, 'Feed-forward hidden width.')
-    p.Define('num_heads', 8, 'Attention heads (divides model_dim).')
+    p.Define('num_heads', 8, 'Attention heads (divide atten_hidden_dim).')
+    p.Define('atten_hidden_dim', 0,
+             'Attention width: num_heads x head width (0: model_dim).')
     p.Define('num_encoder_layers', 6,
              'Encoder layers; 0 makes a decoder-only language model.')
     p.Define('num_decoder_layers', 6, 'Decoder layers.')
@@ -239,9 +241,11 @@ class TransformerStack:
     if p.model_dim <= 0 or p.hidden_dim <= 0:
       raise ValueError(f'{p.name}: model_dim and hidden_dim must be > 0, '
                        f'got {p.model_dim}, {p.hidden_dim}.')
-    if p.num_heads <= 0 or p.model_dim % p.num_heads:
+    atten_dim = p.atten_hidden_dim or p.model_dim
+    if p.num_heads <= 0 or atten_dim <= 0 or atten_dim % p.num_heads:
       raise ValueError(f'{p.name}: num_heads ({p.num_heads}) must divide '
-                       f'model_dim ({p.model_dim}).')
+                       f'atten_hidden_dim ({atten_dim}; model_dim unless '
+                       'set).')
     if p.num_decoder_layers < 1 or p.num_encoder_layers < 0:
       raise ValueError(f'{p.name}: need num_decoder_layers >= 1 and '
                        f'num_encoder_layers >= 0.')
@@ -262,7 +266,8 @@ class TransformerStack:
         name=f'{name}_{i}', side=side,
         layer=transformer_lib.TransformerLayer.Params().Set(
             model_dim=p.model_dim, hidden_dim=p.hidden_dim,
-            num_heads=p.num_heads, mask_self_atten=causal,
+            num_heads=p.num_heads, atten_hidden_dim=p.atten_hidden_dim,
+            mask_self_atten=causal,
             has_aux_atten=cross, pre_layer_norm=p.pre_layer_norm,
             atten_dropout_prob=p.atten_dropout_prob,
             residual_dropout_prob=p.residual_dropout_prob,

@@ -86,18 +86,36 @@ def ModelCosts(model_params, micro_batch, measure=False):
   runtime a training step runs in; it can be a fifth slower than the
   trace's graph session for networks of many small ops)."""
   gen = model_params.train.Instantiate()
-  image = list(gen.ImageShape())
+  batch_specs = gen.BatchSpecs(micro_batch)
+  input_specs, label_specs = _InputAndLabelSpecs(model_params, batch_specs)
 
-  def Build():
+  def Build(repeats):
+    tp = _PlainTask(model_params)
+    cells = list(tp.network.cells)
+    tp.network.cells = [c for c, r in zip(cells, repeats) if r is None]
     with base_layer.ZeroInitForCounting():
-      task = _PlainTask(model_params).Instantiate()
-    return task.network.cells, lambda out, lab: task.LossSums(
-        out, lab[0], lab[1], micro_batch)[0]
+      task = tp.Instantiate()
+    it, out = iter(task.network.cells), []
+    for c, r in zip(cells, repeats):
+      out.append(next(it) if r is None else costs_lib.RepeatedCell(
+          out[r].params.Copy().Set(name=c.name)))
 
-  costs = costs_lib.TraceNetwork(
-      Build, tf.TensorSpec([micro_batch] + image, gen.params.dtype),
-      (tf.TensorSpec([micro_batch], tf.int32),
-       tf.TensorSpec([micro_batch], tf.float32)), measure=measure)
+    def Loss(out, labels):
+      # The task's loss function of a placeholder batch (it may read more
+      # of the batch than the labels, e.g. a token count).
+      batch = tf.nest.map_structure(
+          lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), batch_specs)
+      return task.NetworkInputs(batch)[2](out, labels)[0]
+
+    return out, Loss
+
+  repeats = _Repeats(model_params.task.network.cells)
+  try:
+    costs = costs_lib.TraceNetwork(lambda: Build(repeats), input_specs,
+                                   label_specs, measure=measure)
+  except costs_lib.RepeatError:  # A repeat changes shapes: build them all.
+    costs = costs_lib.TraceNetwork(lambda: Build([None] * len(repeats)),
+                                   input_specs, label_specs, measure=measure)
   if measure:
     costs = costs.TimesScaledTo(
         ForwardBackwardSeconds(model_params, micro_batch))
@@ -105,12 +123,39 @@ def ModelCosts(model_params, micro_batch, measure=False):
 
 
 def InputBatchBytes(model_params) -> int:
-  """Bytes of one training batch as the input generator yields it: the
-  examples (ModelCosts' input spec) and an int32 label and float32 weight
-  per example."""
+  """Bytes of one training batch as the input generator yields it (every
+  tensor of its BatchSpecs: images or token ids, labels, weights)."""
   gen = model_params.train.Instantiate()
-  per = int(np.prod(gen.ImageShape())) * tf.as_dtype(gen.params.dtype).size
-  return model_params.train.batch_size * (per + 8)
+  specs = tf.nest.flatten(gen.BatchSpecs(model_params.train.batch_size))
+  return sum(int(np.prod(s.shape)) * s.dtype.size for s in specs)
+
+
+def _Repeats(cells):
+  """Per cell: the index of an earlier cell with its params (but the name)
+  and its two predecessors', else None. TraceNetwork copies such a cell's
+  costs, so it need not be built."""
+  keys = [c.Copy().Set(name='').ToText() for c in cells]
+  first, out = {}, []
+  for i, k in enumerate(keys):
+    k = (k,) + tuple(keys[max(i - 2, 0):i])
+    out.append(first.get(k) if i < len(cells) - 1 else None)
+    first.setdefault(k, i)
+  return out
+
+
+def _InputAndLabelSpecs(model_params, batch_specs):
+  """TensorSpec nests of the network's input and the labels the task
+  takes from a batch of `batch_specs` (traced, no data read)."""
+  task = _PlainTask(model_params)
+  # The first and last cells say what the task reads (a Transformer's
+  # embedding and softmax); the others need not be built.
+  task.network.cells = task.network.cells[:1] + task.network.cells[-1:]
+  with base_layer.ZeroInitForCounting():
+    task = task.Instantiate()
+  fn = tf.function(lambda b: task.NetworkInputs(b)[:2], autograph=False)
+  out = fn.get_concrete_function(batch_specs).structured_outputs
+  return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                               out)
 
 
 def ForwardBackwardSeconds(model_params, micro_batch, reps=5):

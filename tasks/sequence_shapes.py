@@ -1,0 +1,52 @@
+"""Batch shapes of a token-sequence task, without data.
+
+For models that are planned and counted but not trained here: GPipe's
+Transformer-L and T(64, 16384, 32) (params/gpipe_transformer.py) have no
+corpus on this machine. `--mode=plan` and `--mode=summary` read only
+`BatchSpecs()`; asking for data raises one line saying so.
+"""
+import tensorflow as tf
+
+from gpipe_lingvo import base_input_generator
+from gpipe_lingvo import errors
+from tasks import packing
+
+
+class NoDataError(errors.UserError):
+  """The input gives shapes only."""
+
+
+class SequenceShapes(base_input_generator.BaseInputGenerator):
+  """Packed rows of `length` tokens, the fields of tasks/packing.py."""
+
+  @classmethod
+  def Params(cls):
+    p = super().Params()
+    p.Define('length', 1024, 'Tokens per row (source and target).')
+    return p
+
+  def __init__(self, params):
+    super().__init__(params)
+    if self.params.length <= 0:
+      raise ValueError(f'{self.params.name}: length must be > 0, got '
+                       f'{self.params.length}.')
+
+  @property
+  def length(self) -> int:
+    return self.params.length
+
+  def BatchSpecs(self, batch_size=None):
+    n = self.shard_batch_size if batch_size is None else batch_size
+    specs = {f: tf.TensorSpec([n, self.length], tf.int32)
+             for f in packing.FIELDS}
+    specs['weight'] = tf.TensorSpec([n], tf.float32)
+    return specs
+
+  def CheckData(self):
+    raise NoDataError(
+        f'{self.params.name}: this model\'s input gives batch shapes only '
+        '(for --mode=plan and --mode=summary); to train it, set its train '
+        'input to a prepared corpus (e.g. tasks.translation.InputParams).')
+
+  def GetDataset(self):
+    self.CheckData()
