@@ -177,3 +177,19 @@ def testZeroInitForCountingBuildsTheSameVariables():
   assert zero.NumParams() == real.NumParams()
   assert all(not np.any(v.numpy()) for v in zero.TrainableVariables())
   assert any(np.any(v.numpy()) for v in real.TrainableVariables())
+
+
+def testAmoebanetWithDropPathSavesAndRestores(tmp_path):
+  """The trainer saves the task's object graph: every layer of a cell with
+  drop path must be reachable under string names."""
+  task = _Task(_Sequential(_AmoebaCells()))
+  _Train(task, 1)
+  path = tf.train.Checkpoint(task=task).write(str(tmp_path / 'ckpt'))
+  names = [n for n, _ in tf.train.list_variables(path)]
+  assert any('drop' not in n and '/comb0_left/' in n for n in names), names
+  saved = {v.name: v.numpy() for v in task.network.variables}
+  for v in task.network.variables:
+    v.assign(tf.zeros_like(v))
+  tf.train.Checkpoint(task=task).read(path).assert_existing_objects_matched()
+  for v in task.network.variables:
+    np.testing.assert_array_equal(v.numpy(), saved[v.name])

@@ -170,19 +170,22 @@ class AmoebaCell(base_layer.BaseLayer):
       h1_dim = f
     self._adapt_prev = not self._raw_skip and hasattr(self, 'prep_prev')
     dims = [f, h1_dim] + [f] * 5
+    # Children are attributes; these dicts hold their names only, since a
+    # checkpoint cannot save layers kept under integer keys.
     self._drop = {}
     for j, (op, i) in enumerate(zip(self._ops, self._inputs)):
       stride = 2 if p.reduction and i < 2 else 1
       name = f'comb{j // 2}_{"left" if j % 2 == 0 else "right"}'
       self.CreateChild(name, OpParams(op, dims[i], f, stride, p.bn))
       if op != 'none':
-        self._drop[j] = self.CreateChild(f'{name}_drop', p.drop_path)
+        self._drop[j] = self.CreateChild(f'{name}_drop', p.drop_path).name
     # States concatenated at a different size or width (h0/h1 of a reduction
     # cell, a raw h1) go through a factorized reduction without ReLU first.
     self._concat_adapt = {}
     for i in self._concat:
       if (p.reduction and i < 2) or dims[i] != f:
-        self._concat_adapt[i] = self.CreateChild(
+        self._concat_adapt[i] = f'concat_adapt_{i}'
+        self.CreateChild(
             f'concat_adapt_{i}', layers.FactorizedReduction.Params().Set(
                 input_dim=dims[i], output_dim=f,
                 stride=2 if p.reduction and i < 2 else 1, bn=p.bn))
@@ -207,13 +210,13 @@ class AmoebaCell(base_layer.BaseLayer):
         side = 'left' if j % 2 == 0 else 'right'
         h = getattr(self, f'comb{k}_{side}').FProp(states[self._inputs[j]])
         if j in self._drop:
-          h = self._drop[j].FProp(h)
+          h = getattr(self, self._drop[j]).FProp(h)
         branch.append(h)
       states.append(branch[0] + branch[1])
     parts = []
     for i in self._concat:
       s = states[i]
-      parts.append(self._concat_adapt[i].FProp(s) if i in self._concat_adapt
+      parts.append(getattr(self, self._concat_adapt[i]).FProp(s) if i in self._concat_adapt
                    else s)
     out = dict(inputs)
     out['cur'] = tf.concat(parts, axis=3)
