@@ -136,9 +136,16 @@ def _AssertCheckpointEquals(path, params, ref, ref_step):
       path).assert_existing_objects_matched()
   assert int(got_step.numpy()) == int(ref_step.numpy())
   assert [v.name for v in ref.variables] == [v.name for v in got.variables]
+  # Two replicas' gradients are summed in another order than one process
+  # sums its micro-batches; the rounding differences grow through momentum
+  # and batch norm over the steps (measured up to 7e-5 on a conv weight of
+  # magnitude 0.14 after 10 steps on a loaded machine), most visibly on
+  # elements near zero: each element within 2e-4 of itself or 1e-3 of the
+  # tensor's largest magnitude.
   for r, g in zip(ref.variables, got.variables):
-    np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=2e-4, atol=2e-5,
-                               err_msg=r.name)
+    scale = float(np.max(np.abs(r.numpy()))) if r.shape.num_elements() else 0
+    np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=2e-4,
+                               atol=max(2e-5, 1e-3 * scale), err_msg=r.name)
 
 
 def _Scenario(tmp):
