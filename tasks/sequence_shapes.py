@@ -12,6 +12,15 @@ from gpipe_lingvo import errors
 from tasks import packing
 
 
+
+def PackedBatchSpecs(batch_size: int, length: int):
+  """tf.TensorSpec dict of a batch of packed rows (tasks/packing.FIELDS, int32
+  [batch, length]) and their float32 example weights."""
+  specs = {f: tf.TensorSpec([batch_size, length], tf.int32)
+           for f in packing.FIELDS}
+  specs['weight'] = tf.TensorSpec([batch_size], tf.float32)
+  return specs
+
 class NoDataError(errors.UserError):
   """The input gives shapes only."""
 
@@ -37,10 +46,7 @@ class SequenceShapes(base_input_generator.BaseInputGenerator):
 
   def BatchSpecs(self, batch_size=None):
     n = self.shard_batch_size if batch_size is None else batch_size
-    specs = {f: tf.TensorSpec([n, self.length], tf.int32)
-             for f in packing.FIELDS}
-    specs['weight'] = tf.TensorSpec([n], tf.float32)
-    return specs
+    return PackedBatchSpecs(n, self.length)
 
   def CheckData(self):
     raise NoDataError(

