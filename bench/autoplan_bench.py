@@ -125,7 +125,7 @@ def _Grid(searcher, num_cells):
         if k * v > num_cells:
           continue
         try:
-          from gpipe_lingvo.pipeline import schedule_view  # pylint: disable=import-outside-toplevel
+          from gpipe_lingvo.planning import schedule_view  # pylint: disable=import-outside-toplevel
           schedule_view.CheckConfig(sched, k, m, v)
         except schedule_view.ScheduleError:
           continue
@@ -157,7 +157,7 @@ def Worker(cfg):
   sys.path.insert(0, ROOT)
   os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
   meas = _Measurer(cfg['model'], cfg.get('data_dir'), cfg['steps'],
@@ -281,7 +281,7 @@ def SearchTimeSection(args):
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import costs as costs_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import costs as costs_lib  # pylint: disable=import-outside-toplevel
   import params as _  # pylint: disable=import-outside-toplevel,unused-import
   print('\n### Search time (cost trace cached; FLOPs at 1e10 FLOP/s; '
         'devices that compute in parallel)\n')

@@ -74,7 +74,7 @@ def Worker(cfg):
   from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   configs = [tuple(c) for c in cfg['configs']]
   measure.ConfigureTensorFlow(max(k for k, _ in configs))
-  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   costs = {}
   for k, m in configs:
@@ -165,7 +165,7 @@ def PlanWorker(cfg):
   sys.path.insert(0, ROOT)
   from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   costs, params = {}, []
   for k, m in cfg['configs']:
@@ -286,7 +286,7 @@ def Registry(args):
   del args
   sys.path.insert(0, ROOT)
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import partition  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import partition  # pylint: disable=import-outside-toplevel
   print('\n### Partition of every registered model (as registered)\n')
   print('| model | cells | K | M | schedule | remat | partition | cells per '
         'stage |')

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 # pylint: disable=wrong-import-position
 from gpipe_lingvo import model_registry
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.planning import model_plan
 from params import gpipe_transformer
 from params import imagenet

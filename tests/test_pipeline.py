@@ -11,7 +11,7 @@ from gpipe_lingvo import context
 from gpipe_lingvo import devices
 from gpipe_lingvo import layers
 from gpipe_lingvo.pipeline import microbatch
-from gpipe_lingvo.pipeline import partition
+from gpipe_lingvo.planning import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import schedule
 from tests import pipeline_test_util as util

@@ -15,11 +15,11 @@ import tensorflow as tf
 from gpipe_lingvo import errors
 from gpipe_lingvo import layers
 from gpipe_lingvo import model_registry
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import executor
-from gpipe_lingvo.pipeline import partition
+from gpipe_lingvo.planning import partition
 from gpipe_lingvo.pipeline import pipelined_network
-from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import plan as plan_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.planning import measure
 from tests import pipeline_test_util as util

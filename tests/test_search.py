@@ -5,8 +5,8 @@ import itertools
 import pytest
 
 from gpipe_lingvo import hyperparams
-from gpipe_lingvo.pipeline import costs as costs_lib
-from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import costs as costs_lib
+from gpipe_lingvo.planning import plan as plan_lib
 from gpipe_lingvo.planning import recompute
 from gpipe_lingvo.planning import search
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.models import resnet
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.planning import model_plan
 from tests import transformer_test_util as util
 

@@ -19,11 +19,11 @@ from gpipe_lingvo import hyperparams
 from gpipe_lingvo.layers import normalization
 from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.layers import tied
-from gpipe_lingvo.pipeline import balance
+from gpipe_lingvo.planning import balance
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
 from gpipe_lingvo.pipeline import params_check
-from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.planning import partition as partition_lib
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
@@ -132,7 +132,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
              "'uniform' (by cell count), a list of cell counts per chunk "
              "(per stage when virtual_stages is 1), or a cost to balance "
              "exactly over the chunks: 'params', 'flops', 'memory' or "
-             "'time' (pipeline/balance.py; within "
+             "'time' (planning/balance.py; within "
              'topology.memory_budget_bytes per device if set).')
     p.Define('input_shape', None,
              'Shape [batch, ...] of the network input; cost partitions '

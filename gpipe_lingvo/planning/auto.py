@@ -21,9 +21,9 @@ import time
 from typing import Callable, List, Optional
 
 from gpipe_lingvo import errors
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import params_check
-from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import plan as plan_lib
 from gpipe_lingvo.planning import search as search_lib
 
 AUTO = params_check.AUTO

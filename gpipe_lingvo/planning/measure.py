@@ -176,7 +176,7 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   m = pipe.num_micro_batches
   remat = ('always' if all(pipe.remat) else 'never' if not any(pipe.remat)
            else 'except_last')

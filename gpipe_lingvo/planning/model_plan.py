@@ -4,7 +4,7 @@
 fresh tf.Graph (no weights are allocated and no devices are needed, so a
 K=8 plan runs on a laptop and a model larger than the machine still
 plans), cuts them as the network's `partition` says, and returns the plan
-(pipeline/plan.py) with the step's fit verdict. `trainer.py --mode=plan`
+(planning/plan.py) with the step's fit verdict. `trainer.py --mode=plan`
 prints it and writes plan.json and the pictures to the logdir.
 """
 import json
@@ -16,13 +16,13 @@ import tensorflow as tf
 from gpipe_lingvo import base_layer
 from gpipe_lingvo import context
 from gpipe_lingvo.layers import sequential
-from gpipe_lingvo.pipeline import balance
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import balance
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import params_check
-from gpipe_lingvo.pipeline import partition as partition_lib
-from gpipe_lingvo.pipeline import plan as plan_lib
-from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import partition as partition_lib
+from gpipe_lingvo.planning import plan as plan_lib
+from gpipe_lingvo.planning import schedule_view
 from gpipe_lingvo.planning import measure as measure_lib
 from gpipe_lingvo.planning import recompute
 
@@ -194,7 +194,7 @@ def MatmulFlopsPerSecond(size=512, reps=5):
 
 def PlanModel(model_params, measure=False, costs=None,
               overheads=plan_lib.Overheads()):
-  """The plan dict of a model's training step (see pipeline/plan.py)."""
+  """The plan dict of a model's training step (see planning/plan.py)."""
   net = model_params.task.network
   pipe, remat_policy, spec, topo = _Pipeline(net)
   k, m = pipe.num_stages, pipe.num_micro_batches

@@ -1,7 +1,7 @@
 """Pictures of a plan (matplotlib, PNG): the schedule timeline, simulated
 beside measured, and per-device memory and time bars.
 
-Both draw from data only: a plan dict (pipeline/plan.py) and, for the
+Both draw from data only: a plan dict (planning/plan.py) and, for the
 measured side, boxes [device, kind, chunk, micro-batch, start, end,
 recompute_end] in seconds (planning/measure.py reads them from a profiled
 step; recompute_end is None unless a B reran its forward first).

@@ -26,9 +26,9 @@ import inspect
 import math
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from gpipe_lingvo.pipeline import partition as partition_lib
-from gpipe_lingvo.pipeline import plan as plan_lib
-from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import partition as partition_lib
+from gpipe_lingvo.planning import plan as plan_lib
+from gpipe_lingvo.planning import schedule_view
 from gpipe_lingvo.planning import recompute
 
 POLICIES = ('never', 'except_last', 'always')

@@ -1,6 +1,6 @@
 """A pipeline plan as data: memory and time of every device before launch.
 
-`MakePlan` combines per-cell costs (pipeline/costs.py, one trace at
+`MakePlan` combines per-cell costs (planning/costs.py, one trace at
 micro-batch shapes), a partition of the cells into chunks, the schedule's
 tick table (schedule_view) and the re-materialization flags into a
 JSON-able dict: per device its chunks and cells, parameters, bytes of
@@ -31,9 +31,9 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 from gpipe_lingvo import errors
-from gpipe_lingvo.pipeline import partition as partition_lib
+from gpipe_lingvo.planning import partition as partition_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
-from gpipe_lingvo.pipeline import schedule_view
+from gpipe_lingvo.planning import schedule_view
 
 SLOTS_PER_WEIGHT = {'sgd': 0, 'momentum': 1, 'rmsprop': 2, 'adam': 2}
 F, B, W = schedule_view.F, schedule_view.B, schedule_view.W

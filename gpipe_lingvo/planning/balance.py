@@ -15,11 +15,11 @@ import tensorflow as tf
 from gpipe_lingvo import base_layer
 from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.pipeline import cell_remat
-from gpipe_lingvo.pipeline import costs as costs_lib
+from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import params_check
-from gpipe_lingvo.pipeline import partition as partition_lib
-from gpipe_lingvo.pipeline import plan as plan_lib
+from gpipe_lingvo.planning import partition as partition_lib
+from gpipe_lingvo.planning import plan as plan_lib
 
 
 def Budgets(topology, num_stages):
