@@ -279,7 +279,7 @@ def SearchTimeSection(args):
   trace without timing; the search does the same work on timed costs)."""
   sys.path.insert(0, ROOT)
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import costs as costs_lib  # pylint: disable=import-outside-toplevel
   import params as _  # pylint: disable=import-outside-toplevel,unused-import
@@ -294,7 +294,7 @@ def SearchTimeSection(args):
       continue
     b = p.train.batch_size
     path = os.path.join(args.cache_dir, name + '_flops.json')
-    costs = costs_lib.CachedCosts(path, name, lambda: model_plan.ModelCosts(
+    costs = costs_lib.CachedCosts(path, name, lambda: resolve.ModelCosts(
         p, b, measure=False))
     for n in (8, 64):
       for budget in (None, 'tight'):

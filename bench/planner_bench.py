@@ -76,12 +76,13 @@ def Worker(cfg):
   measure.ConfigureTensorFlow(max(k for k, _ in configs))
   from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
   costs = {}
   for k, m in configs:
     p = _Params(cfg, k, m)
     b = p.train.batch_size
     if b // m not in costs:
-      costs[b // m] = model_plan.ModelCosts(p, b // m, measure=True)
+      costs[b // m] = resolve.ModelCosts(p, b // m, measure=True)
     over = plan_lib.Overheads()
     if cfg.get('time', True):
       over = measure.ExecutorOverhead(model_plan.Pipeline(p))
@@ -167,6 +168,7 @@ def PlanWorker(cfg):
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
   costs, params = {}, []
   for k, m in cfg['configs']:
     p = model_registry.GetParams(cfg['model'])
@@ -182,7 +184,7 @@ def PlanWorker(cfg):
     # images); a sequence model's time comes from FLOPs at a measured rate.
     measure = 'image' in p.train.Instantiate().BatchSpecs(1)
     if micro not in costs:
-      costs[micro] = model_plan.ModelCosts(p, micro, measure=measure)
+      costs[micro] = resolve.ModelCosts(p, micro, measure=measure)
     over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
                                                    'cpu')
     plan = model_plan.PlanModel(p, costs=costs[micro], overheads=over)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.planning import model_plan
+from gpipe_lingvo.planning import resolve
 from params import gpipe_transformer
 from params import imagenet
 
@@ -66,7 +67,7 @@ def TransformerParams(layers, k, m):
 def LayerCosts(k, m):
   """Costs of Transformer-L with L >= 3 layers from one trace of 4: the
   4th layer's costs repeat (the cost trace copies them the same way)."""
-  base = model_plan.ModelCosts(TransformerParams(4, k, m),
+  base = resolve.ModelCosts(TransformerParams(4, k, m),
                                gpipe_transformer.L_BATCH // m)
 
   def Costs(layers):
@@ -95,7 +96,7 @@ def LargestNaiveBatch(budget, layers=3):
   """Rows of L_LENGTH tokens at which Naive-1 Transformer-L fits
   (activation costs scale with the rows; weights do not)."""
   params = TransformerParams(layers, 1, 1)
-  costs = model_plan.ModelCosts(params, 1)
+  costs = resolve.ModelCosts(params, 1)
   fits = lambda rows: _Fits(model_plan.PlanModel(
       params.Copy().Set(train=params.train.Copy().Set(batch_size=rows)),
       costs=costs.Scaled(rows)), budget)

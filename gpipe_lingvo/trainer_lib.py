@@ -33,6 +33,7 @@ from gpipe_lingvo import validation
 from gpipe_lingvo.distribute import replicas as replicas_lib
 from gpipe_lingvo.pipeline import check as check_lib
 from gpipe_lingvo.planning import model_plan
+from gpipe_lingvo.planning import resolve
 
 MODES = ('train', 'eval', 'train_and_eval', 'summary', 'plan',
          'check')
@@ -164,7 +165,10 @@ class Trainer:
     self._print = print_fn
     # Step whose measured schedule timeline is drawn (0: none).
     self.timeline_at_step = timeline_at_step
-    model_plan.PrepareNetworkParams(model_params, logdir)
+    counts = resolve.PrepareNetworkParams(model_params, logdir)
+    if counts is not None:
+      print_fn(f'partition: cells per chunk {counts} (the cut --mode=plan '
+               'prints)')
     self._task = None
     self._writers = {}
 

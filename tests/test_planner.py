@@ -415,8 +415,8 @@ def _ResNetCosts(batch=8):
   """ResNet-20 costs, traced once per test module."""
   if batch not in _COSTS:
     p = model_registry.GetParams('cifar10.ResNet20')
-    from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
-    _COSTS[batch] = model_plan.ModelCosts(p, batch)
+    from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
+    _COSTS[batch] = resolve.ModelCosts(p, batch)
   return _COSTS[batch]
 
 

@@ -13,6 +13,7 @@ from gpipe_lingvo import model_registry
 from gpipe_lingvo.models import resnet
 from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.planning import model_plan
+from gpipe_lingvo.planning import resolve
 from tests import transformer_test_util as util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,14 +109,14 @@ def testPlanBuildsRepeatedCellsOnce(monkeypatch):
   params.task.network.cells = _Stack(
       model_dim=16, hidden_dim=32, source_vocab_size=1200,
       target_vocab_size=300, max_length=48).Cells()
-  repeats = model_plan._Repeats(params.task.network.cells)  # pylint: disable=protected-access
+  repeats = resolve._Repeats(params.task.network.cells)  # pylint: disable=protected-access
   # Decoder layers 3 and 4 repeat layer 2 (the same two predecessors).
   names = [c.name for c in params.task.network.cells]
   assert [names[i] for i, r in enumerate(repeats) if r is not None] == [
       'decoder_3', 'decoder_4']
-  fast = model_plan.ModelCosts(params, 2)
-  monkeypatch.setattr(model_plan, '_Repeats', lambda c: [None] * len(c))
-  _Equal(fast, model_plan.ModelCosts(params, 2))
+  fast = resolve.ModelCosts(params, 2)
+  monkeypatch.setattr(resolve, '_Repeats', lambda c: [None] * len(c))
+  _Equal(fast, resolve.ModelCosts(params, 2))
 
 
 @pytest.mark.slow

@@ -19,11 +19,11 @@ from gpipe_lingvo import hyperparams
 from gpipe_lingvo.layers import normalization
 from gpipe_lingvo.layers import sequential
 from gpipe_lingvo.layers import tied
-from gpipe_lingvo.planning import balance
 from gpipe_lingvo.pipeline import executor as executor_lib
 from gpipe_lingvo.pipeline import microbatch
 from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.planning import partition as partition_lib
+from gpipe_lingvo.planning import resolve
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
@@ -132,12 +132,13 @@ class PipelinedNetwork(base_layer.BaseLayer):
              "'uniform' (by cell count), a list of cell counts per chunk "
              "(per stage when virtual_stages is 1), or a cost to balance "
              "exactly over the chunks: 'params', 'flops', 'memory' or "
-             "'time' (planning/balance.py; within "
+             "'time' (planning/resolve.py; within "
              'topology.memory_budget_bytes per device if set).')
     p.Define('input_shape', None,
-             'Shape [batch, ...] of the network input; cost partitions '
-             'trace the cells at its micro-batch shape (the trainer fills '
-             'it from the training input).')
+             'Shape [batch, ...] of the network input: a network built '
+             'outside the trainer traces its cells (float32, no loss) at '
+             'its micro-batch shape for a cost partition (the trainer '
+             'resolves the cut with the model instead).')
     p.Define('cell_costs_path', '',
              'JSON file caching the traced (and, for time, measured) cell '
              'costs; the trainer sets <logdir>/cell_costs.json.')
@@ -162,10 +163,9 @@ class PipelinedNetwork(base_layer.BaseLayer):
     super().__init__(params, parent_path)
     p = self.params
     self._CheckParams()
-    num_chunks = p.num_stages * p.virtual_stages
-    self._ranges = balance.Resolve(
-        p, len(p.cells), num_chunks,
-        1 if p.batch_norm_mode == 'full_batch' else p.num_micro_batches)
+    # The cut --mode=plan prints (the trainer resolves a cost partition
+    # with the model's loss and input first: resolve.PrepareNetworkParams).
+    self._ranges = resolve.Resolve(p)
     self._chunk_device = schedule_lib.ChunkDevices(p.schedule, p.num_stages,
                                                    p.virtual_stages)
     self._placement = self._MakePlacement()

@@ -14,7 +14,6 @@ sizes are interpolated linearly between them (a per-op overhead plus a
 per-example cost), bytes scale with the micro-batch.
 """
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from gpipe_lingvo import errors
 from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.planning import plan as plan_lib
+from gpipe_lingvo.planning import resolve
 from gpipe_lingvo.planning import search as search_lib
 
 AUTO = params_check.AUTO
@@ -78,7 +78,6 @@ def _Interpolated(lo, hi, micro):
 def CostsAt(model_params, cache_dir: str = '',
             print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
   """costs_at(micro_batch) for the search: two timed traces, cached."""
-  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   try:
     model_params.train.Instantiate().ImageShape()
   except NotImplementedError:
@@ -88,22 +87,10 @@ def CostsAt(model_params, cache_dir: str = '',
         "fields of this model explicitly instead of 'auto'.") from None
   batch = model_params.train.batch_size
   sizes = sorted({batch, max(1, batch // 8)})
-  net = model_params.task.network
-  key_text = '|'.join([model_params.model or '',
-                       str([c.ToText() for c in net.cells]),
-                       str(model_params.train.ToText()), str(sizes)])
-  key = hashlib.sha1(key_text.encode()).hexdigest()
-  traced = []
-  for b in sizes:
-    def Make(b=b):
-      print_fn(f'tracing and timing the cells at micro-batch {b} '
-               '(once; cached)')
-      return model_plan.ModelCosts(model_params, b, measure=True)
-    if cache_dir:
-      traced.append(costs_lib.CachedCosts(
-          os.path.join(cache_dir, f'{b}_' + COSTS_FILE), key, Make))
-    else:
-      traced.append(Make())
+  traced = [resolve.ModelCosts(
+      model_params, b, measure=True,
+      cache_path=os.path.join(cache_dir, f'{b}_' + COSTS_FILE)
+      if cache_dir else '', print_fn=print_fn) for b in sizes]
   lo, hi = traced[0], traced[-1]
   return lambda micro: _Interpolated(lo, hi, micro)
 
@@ -306,7 +293,6 @@ def LargestModel(cls, knob: str, values, num_devices: int,
   are bisected; each is traced once without timing (FLOPs rank the
   configurations; only the fit matters)."""
   from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   if not hasattr(cls, knob):
     raise SearchError(f'{cls.__name__} has no size knob {knob!r}; its class '
                       'attributes in capitals are the knobs its Task() may '
@@ -317,7 +303,7 @@ def LargestModel(cls, knob: str, values, num_devices: int,
     p = type(cls.__name__, (cls,), {knob: value})().Model()
     for text in overrides:
       hyperparams.ApplyOverrides(p, text)
-    costs = model_plan.ModelCosts(p, p.train.batch_size, measure=False)
+    costs = resolve.ModelCosts(p, p.train.batch_size, measure=False)
     space = search_lib.Space(num_devices, p.train.batch_size, budget)
     opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
     points = search_lib.Searcher(costs.Scaled, space, opt,

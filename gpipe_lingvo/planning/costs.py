@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 import time
 from typing import Callable, List, Optional
 
@@ -513,3 +514,15 @@ def CachedCosts(path: str, key: str, make: Callable[[], NetworkCosts]):
   with tf.io.gfile.GFile(path, 'w') as f:
     json.dump({'key': key, 'costs': costs.ToJson()}, f)
   return costs
+
+
+def MedianSeconds(fn: Callable[[], object], reps: int = 5) -> float:
+  """Median wall seconds of `fn()` over `reps` calls after one warm-up call
+  (tracing, first allocations); `fn` must return once its work is done."""
+  fn()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)

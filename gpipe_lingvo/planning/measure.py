@@ -47,15 +47,9 @@ def ParseMicroBatch(name):
 
 
 def MedianSeconds(fn, reps=5):
-  """Median wall seconds of `fn()` over `reps` calls after one warm-up call
-  (tracing, first allocations); `fn` must return once its work is done."""
-  fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  """costs.MedianSeconds, imported when called (TensorFlow starts with it)."""
+  from gpipe_lingvo.planning import costs  # pylint: disable=import-outside-toplevel
+  return costs.MedianSeconds(fn, reps)
 
 
 def MeasureStep(step_fn, reps=3):

@@ -13,113 +13,21 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from gpipe_lingvo import base_layer
-from gpipe_lingvo import context
-from gpipe_lingvo.layers import sequential
-from gpipe_lingvo.planning import balance
-from gpipe_lingvo.planning import costs as costs_lib
 from gpipe_lingvo.pipeline import executor as executor_lib
-from gpipe_lingvo.pipeline import params_check
-from gpipe_lingvo.planning import partition as partition_lib
-from gpipe_lingvo.planning import plan as plan_lib
-from gpipe_lingvo.planning import schedule_view
 from gpipe_lingvo.planning import measure as measure_lib
-from gpipe_lingvo.planning import recompute
+from gpipe_lingvo.planning import plan as plan_lib
+from gpipe_lingvo.planning import resolve
+from gpipe_lingvo.planning import schedule_view
 
-COSTS_FILE = 'cell_costs.json'
 # Training batches the input pipeline fills while a step runs (the next
 # one prefetched, one being assembled): measured against trainer.py's step
 # peak (bench/planner_bench.py, docs/planner.md).
 PREFETCHED_BATCHES = 2
 
 
-def PrepareNetworkParams(model_params, logdir=''):
-  """Fills the network's input_shape (from the training input) and its
-  cost cache path (in the logdir) when a cost partition needs them."""
-  net = model_params.task.network
-  keys = dict(net.IterParams())
-  if 'input_shape' not in keys or net.partition not in \
-      partition_lib.COST_MODES:
-    return
-  if not net.input_shape:
-    gen = model_params.train.Instantiate()
-    net.input_shape = [gen.params.batch_size] + list(gen.ImageShape())
-  if logdir and not net.cell_costs_path:
-    net.cell_costs_path = os.path.join(logdir, COSTS_FILE)
-
-
 def Pipeline(model_params) -> plan_lib.Pipeline:
   """The pipeline configuration of a model's training step."""
-  return _Pipeline(model_params.task.network)[0]
-
-
-def _Pipeline(net):
-  """(plan.Pipeline, remat policy, partition, topology) of network params;
-  a plain network is one stage and one micro-batch without remat."""
-  keys = dict(net.IterParams())
-  if 'num_stages' not in keys:
-    return plan_lib.Pipeline('gpipe', 1, 1, (False,)), 'never', 'uniform', None
-  m = 1 if net.batch_norm_mode == 'full_batch' else net.num_micro_batches
-  execution = executor_lib.ChooseExecution(
-      net.execution, executor_lib.NumActions(net.schedule, net.num_stages, m,
-                                             net.virtual_stages))
-  pipe = plan_lib.Pipeline(net.schedule, net.num_stages, m,
-                           tuple(executor_lib.RematFlags(net.remat, m)),
-                           net.virtual_stages, execution)
-  return pipe, net.remat, net.partition, net.topology
-
-
-def _PlainTask(model_params):
-  """The task with its network's cells as one layers.Sequential (same
-  layer paths), params only."""
-  tp = model_params.task.Copy()
-  net = tp.network
-  tp.network = sequential.Sequential.Params().Set(
-      name=net.name, cells=list(net.cells), fprop_dtype=net.fprop_dtype)
-  return tp
-
-
-def ModelCosts(model_params, micro_batch, measure=False):
-  """Traces the task's network and loss at `micro_batch` examples. With
-  measure, per-cell times come from the trace's step statistics, scaled
-  to the forward and backward of the network as a tf.function (the
-  runtime a training step runs in; it can be a fifth slower than the
-  trace's graph session for networks of many small ops)."""
-  gen = model_params.train.Instantiate()
-  batch_specs = gen.BatchSpecs(micro_batch)
-  input_specs, label_specs = _InputAndLabelSpecs(model_params, batch_specs)
-
-  def Build(repeats):
-    tp = _PlainTask(model_params)
-    cells = list(tp.network.cells)
-    tp.network.cells = [c for c, r in zip(cells, repeats) if r is None]
-    with base_layer.ZeroInitForCounting():
-      task = tp.Instantiate()
-    it, out = iter(task.network.cells), []
-    for c, r in zip(cells, repeats):
-      out.append(next(it) if r is None else costs_lib.RepeatedCell(
-          out[r].params.Copy().Set(name=c.name)))
-
-    def Loss(out, labels):
-      # The task's loss function of a placeholder batch (it may read more
-      # of the batch than the labels, e.g. a token count).
-      batch = tf.nest.map_structure(
-          lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), batch_specs)
-      return task.NetworkInputs(batch)[2](out, labels)[0]
-
-    return out, Loss
-
-  repeats = _Repeats(model_params.task.network.cells)
-  try:
-    costs = costs_lib.TraceNetwork(lambda: Build(repeats), input_specs,
-                                   label_specs, measure=measure)
-  except costs_lib.RepeatError:  # A repeat changes shapes: build them all.
-    costs = costs_lib.TraceNetwork(lambda: Build([None] * len(repeats)),
-                                   input_specs, label_specs, measure=measure)
-  if measure:
-    costs = costs.TimesScaledTo(
-        ForwardBackwardSeconds(model_params, micro_batch))
-  return costs
+  return resolve.NetworkPipeline(model_params.task.network)
 
 
 def InputBatchBytes(model_params) -> int:
@@ -128,59 +36,6 @@ def InputBatchBytes(model_params) -> int:
   gen = model_params.train.Instantiate()
   specs = tf.nest.flatten(gen.BatchSpecs(model_params.train.batch_size))
   return sum(int(np.prod(s.shape)) * s.dtype.size for s in specs)
-
-
-def _Repeats(cells):
-  """Per cell: the index of an earlier cell with its params (but the name)
-  and its two predecessors', else None. TraceNetwork copies such a cell's
-  costs, so it need not be built."""
-  keys = [c.Copy().Set(name='').ToText() for c in cells]
-  first, out = {}, []
-  for i, k in enumerate(keys):
-    k = (k,) + tuple(keys[max(i - 2, 0):i])
-    out.append(first.get(k) if i < len(cells) - 1 else None)
-    first.setdefault(k, i)
-  return out
-
-
-def _InputAndLabelSpecs(model_params, batch_specs):
-  """TensorSpec nests of the network's input and the labels the task
-  takes from a batch of `batch_specs` (traced, no data read)."""
-  task = _PlainTask(model_params)
-  # The first and last cells say what the task reads (a Transformer's
-  # embedding and softmax); the others need not be built.
-  task.network.cells = task.network.cells[:1] + task.network.cells[-1:]
-  with base_layer.ZeroInitForCounting():
-    task = task.Instantiate()
-  fn = tf.function(lambda b: task.NetworkInputs(b)[:2], autograph=False)
-  out = fn.get_concrete_function(batch_specs).structured_outputs
-  return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                               out)
-
-
-def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
-  """Median seconds of one forward and backward of the task's network and
-  loss at `micro_batch` examples, as a tf.function on the default device
-  (allocates the weights)."""
-  task = _PlainTask(model_params).Instantiate()
-  gen = model_params.train.Instantiate()
-  x = tf.random.stateless_normal([micro_batch] + list(gen.ImageShape()),
-                                 [1, 2], dtype=gen.params.dtype)
-  labels = tf.zeros([micro_batch], tf.int32)
-  weights = tf.ones([micro_batch])
-  variables = task.network.TrainableVariables()
-
-  @tf.function
-  def Step():
-    with tf.GradientTape() as tape:
-      with context.Scope(training=True, step=tf.constant(0, tf.int64),
-                         micro_batch=tf.constant(0), stats={}):
-        loss = task.LossSums(task.network.FProp(x), labels, weights,
-                             micro_batch)[0]
-    grads = tape.gradient(loss, variables)
-    return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
-
-  return measure_lib.MedianSeconds(lambda: Step().numpy(), reps)
 
 
 def MatmulFlopsPerSecond(size=512, reps=5):
@@ -194,26 +49,22 @@ def MatmulFlopsPerSecond(size=512, reps=5):
 
 def PlanModel(model_params, measure=False, costs=None,
               overheads=plan_lib.Overheads()):
-  """The plan dict of a model's training step (see planning/plan.py)."""
+  """The plan dict of a model's training step (see planning/plan.py); the
+  cut is the one training runs (resolve.Cut on resolve.TraceCosts)."""
   net = model_params.task.network
-  pipe, remat_policy, spec, topo = _Pipeline(net)
+  pipe = resolve.NetworkPipeline(net)
+  pipelined = resolve.IsPipelined(net)
+  spec = net.partition if pipelined else 'uniform'
+  topo = net.topology if pipelined else None
   k, m = pipe.num_stages, pipe.num_micro_batches
   batch = model_params.train.batch_size
-  if batch % m:
-    raise plan_lib.PlanError(f'batch size {batch} is not divisible by '
-                             f'num_micro_batches={m}.')
   opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
-  budgets = balance.Budgets(topo, k) if topo is not None else None
+  budgets = resolve.Budgets(topo, k)
   if costs is None:
-    costs = ModelCosts(model_params, batch // m,
-                       measure=measure or spec == 'time')
-  cells = len(costs.cells)
-  if 'remat' in dict(net.IterParams()):  # per-cell recompute
-    costs = recompute.Apply(costs, params_check.CellRemat(net.remat, cells))
-  if isinstance(spec, str) and spec in partition_lib.COST_MODES:
-    ranges = plan_lib.BalancedPartition(costs, spec, pipe, opt, budgets)
-  else:
-    ranges = partition_lib.Partition(cells, pipe.num_chunks, spec)
+    costs = resolve.ModelCosts(model_params, batch // m,
+                               measure=measure or spec == 'time')
+  costs = resolve.WithCellRemat(net, costs)
+  ranges = resolve.Cut(net, costs, opt)
   cpu = topo is None or topo.device_type == 'cpu'
   threads = topo.intra_op_threads if topo is not None else 0
   host_parallelism = min(k, os.cpu_count() or 1) if threads == 1 else 1
@@ -232,8 +83,8 @@ def PlanModel(model_params, measure=False, costs=None,
   if plan['step_s']:
     plan['examples_per_s'] = batch / plan['step_s']
   if budgets is not None:
-    plan.update(_Largest(costs, ranges, pipe, remat_policy, opt, budgets,
-                         batch))
+    plan.update(_Largest(costs, ranges, pipe, net.remat if pipelined
+                         else 'never', opt, budgets, batch))
   return plan
 
 
