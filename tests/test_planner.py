@@ -112,6 +112,17 @@ def _Pipe(schedule, k, m, remat, v=1, execution='ticks'):
   return plan_lib.Pipeline(schedule, k, m, tuple(remat), v, execution)
 
 
+def testLastCellMakesItsOwnOutputGradient():
+  # The loss is traced with the network's last cell, so the gradient of
+  # its output is already in its backward peak; any other cell's arrives
+  # from the next chunk and adds.
+  c = _ToyCosts(res=1000, out=100)
+  last = plan_lib.ChunkActivations(c, 4, 6)['backward_work_bytes']
+  middle = plan_lib.ChunkActivations(c, 2, 4)['backward_work_bytes']
+  assert middle == 1000 + c.cells[3].bwd_peak + 100
+  assert last == middle - 100
+
+
 @pytest.mark.parametrize('schedule,v', SCHEDULES)
 def testPlanStashFollowsTheTickTable(schedule, v):
   # Inputs, output gradients, residuals and B->W tensors of distinct sizes,

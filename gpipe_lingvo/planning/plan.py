@@ -96,7 +96,9 @@ def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
   The forward of cell j runs while the residuals of the cells before it
   are kept; the backward of cell j runs (last cell first) while those are
   still kept, its own are being read and the gradient of its output has
-  arrived. A cell's op workspace (measured) adds while its ops run."""
+  arrived. The network's last cell makes that gradient itself (the loss
+  is traced with it, in its backward peak). A cell's op workspace
+  (measured) adds while its ops run."""
   cells = costs.cells[a:b]
   res = fwd_work = fwd_free = bwd_work = 0
   for j, c in enumerate(cells):
@@ -107,7 +109,8 @@ def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
     # (the chunk's own input sits in the buffer) and its transients.
     fwd_free = max(fwd_free, (cells[j - 1].out_bytes if j else 0) +
                    c.fwd_transient + ws)
-    bwd_work = max(bwd_work, res + inputs + c.bwd_peak + c.out_bytes + ws)
+    out_grad = 0 if a + j == len(costs.cells) - 1 else c.out_bytes
+    bwd_work = max(bwd_work, res + inputs + c.bwd_peak + out_grad + ws)
     res += c.residual_bytes + inputs
   return {'input_bytes': costs.input_bytes if a == 0 else
                          costs.cells[a - 1].out_bytes,
