@@ -163,3 +163,35 @@ def testWorkBoundIsBelowTheTimelineBound(schedule, v):
   for k, m in itertools.product([2, 4], [4, 8]):
     assert s.WorkBound(1, k, m, schedule, v) <= s.LowerBound(
         1, k, m, schedule, v) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize('budget_frac', [None, 0.6])
+def testPrunedTopListEqualsBruteForce(budget_frac):
+  """Every pruning (bounds, the cut's work, its timeline) keeps the exact
+  top list, with and without a budget."""
+  budget = (None if budget_frac is None else
+            budget_frac * _Searcher().Search(1)[0].peak_bytes)
+  s = _Searcher(budget)
+  top = s.Search(5)
+  brute = [p for p in (s.Best(*c) for c in s.Candidates(8)) if p]
+  want = sorted(brute, key=search._Rank)[:5]  # pylint: disable=protected-access
+  assert [search._Rank(p) for p in top] == [  # pylint: disable=protected-access
+      search._Rank(p) for p in want]
+  assert s.bounded + s.cut_pruned > 0
+
+
+@pytest.mark.parametrize('schedule,k,m,v,hp', [
+    ('gpipe', 3, 4, 1, 1.0), ('zb_h1', 4, 8, 1, 2.0),
+    ('interleaved_1f1b', 2, 4, 2, None), ('1f1b', 4, 4, 1, 4.0)])
+def testBalancedTicksEqualTheTimeline(schedule, k, m, v, hp):
+  """The tick bound from the table's distinct ticks is the simulator's
+  duration on equal chunks."""
+  s = search.Searcher(_BASE.Scaled, search.Space(4, 16),
+                      host_parallelism=lambda _: hp,
+                      overheads=plan_lib.Overheads(tick_s=1e-4))
+  cost = (1.0, 2.5, 0.7)
+  table = plan_lib.Pipeline(schedule, k, m, (False,) * m, v).Table()
+  want = table.Timeline(dict(zip('FBW', cost)), host_parallelism=hp,
+                        tick_overhead=1e-4).duration
+  got = s._BalancedTicks(schedule, k, m, v, cost)  # pylint: disable=protected-access
+  assert got == pytest.approx(want)

@@ -102,14 +102,20 @@ def Balance(costs: Sequence[float], num_stages: int,
       best[0][j] = (s, s * s)
   for k in range(1, num_stages):
     for j in range(k + 1, n - num_stages + k + 2):
+      # The candidates best first (ties: the later cut, lighter last
+      # stages); the first that fits wins, so the budget, the costly part,
+      # is asked only until then.
+      cands = []
       for i in range(k, j):
         prev = best[k - 1][i]
-        if prev[0] == inf or not Fits(k, i, j):
-          continue
-        s = prefix[j] - prefix[i]
-        cand = (max(prev[0], s), prev[1] + s * s)
-        if cand <= best[k][j]:  # Ties: the later cut (lighter last stages).
-          best[k][j], back[k][j] = cand, i
+        if prev[0] != inf:
+          s = prefix[j] - prefix[i]
+          cands.append((max(prev[0], s), prev[1] + s * s, -i))
+      cands.sort()
+      for bottleneck, squares, neg_i in cands:
+        if Fits(k, -neg_i, j):
+          best[k][j], back[k][j] = (bottleneck, squares), -neg_i
+          break
   if best[-1][n][0] == inf:
     raise BudgetError(_NoFitMessage(costs, num_stages, stage_bytes, budgets))
   out, j = [], n

@@ -20,7 +20,9 @@ Pruning keeps it to seconds for K up to 64:
 - the per-cell recompute is the smallest prefix of recompute.Ladder that
   fits (binary search), tried only when keeping every activation does not.
 """
+import collections
 import dataclasses
+import functools
 import heapq
 import inspect
 import math
@@ -95,6 +97,38 @@ class Point:
     return 'cells ' + ''.join('R' if f else '.' for f in self.remat)
 
 
+# Tables are pure functions of (schedule, K, M, v) and cost a schedule's
+# simulation to build: the bounds, the cuts and the plans share them.
+_Table = functools.lru_cache(maxsize=1024)(schedule_view.Table)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pipeline(plan_lib.Pipeline):
+  """A plan_lib.Pipeline whose table comes from the search's cache."""
+
+  def Table(self) -> schedule_view.TickTable:
+    return _Table(self.schedule, self.num_stages, self.num_micro_batches,
+                  self.virtual_stages)
+
+
+@functools.lru_cache(maxsize=1024)
+def _TickProfile(schedule: str, k: int, m: int, v: int) -> tuple:
+  """The table's ticks as ((distinct per-device (F, B, W) counts, their
+  sum), number of such ticks): on equal chunks a tick lasts its busiest
+  device's count times the costs, whatever its position."""
+  table = _Table(schedule, k, m, v)
+  kinds = (schedule_view.F, schedule_view.B, schedule_view.W)
+  ticks = collections.Counter()
+  for row in table.ticks:
+    held = collections.Counter(tuple(a.kind for a in acts) for acts in row)
+    per_device = frozenset(tuple(sig.count(x) for x in kinds)
+                           for sig in held)
+    total = tuple(sum(n * sig.count(x) for sig, n in held.items())
+                  for x in kinds)
+    ticks[(per_device, total)] += 1
+  return tuple(ticks.items())
+
+
 def _Divisors(n: int) -> List[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -130,11 +164,12 @@ class Searcher:
     self.plan_kwargs = {k: v for k, v in (plan_kwargs or {}).items()
                         if k in accepted}
     self._costs: Dict[int, object] = {}
-    self._tables: Dict[tuple, object] = {}
     self._rows: Dict[tuple, list] = {}
     self._kinds: Dict[str, int] = {}
     self.evaluated = 0
     self.bounded = 0  # configurations pruned by a bound
+    self.cut_pruned = 0  # cuts whose timeline alone is too slow
+    self._cutoff = None  # seconds: the k-th best step found (Search)
 
   # -- pieces ------------------------------------------------------------------
 
@@ -144,10 +179,7 @@ class Searcher:
     return self._costs[micro]
 
   def _Table(self, schedule, k, m, v):
-    key = (schedule, k, m, v)
-    if key not in self._tables:
-      self._tables[key] = schedule_view.Table(schedule, k, m, v)
-    return self._tables[key]
+    return _Table(schedule, k, m, v)
 
   def _Mode(self, costs) -> str:
     return 'time' if costs.cells[0].fwd_s is not None else 'flops'
@@ -195,8 +227,13 @@ class Searcher:
     if f is None:
       return 0.0
     hp = self.host_parallelism(k)
-    return ((m * (f + b + w) + self._ActionsSeconds(sched, k, m, v)) /
+    work = ((m * (f + b + w) + self._ActionsSeconds(sched, k, m, v)) /
             min(k, max(hp, 1.0)))
+    # Every micro-batch runs its forwards chunk after chunk, then its
+    # input-gradient backwards in reverse: one such chain bounds any cut.
+    split = self._Kinds(sched) == 3  # W apart from B
+    chain = f + b + (0.0 if split else w) + 2 * k * v * self.action_s
+    return max(work, chain)
 
   def LowerBound(self, r, k, m, sched, v) -> float:
     """A lower bound of the point's step seconds: under the tick loop, its
@@ -211,10 +248,28 @@ class Searcher:
       # Without lockstep ticks an uneven cut can shorten the fill (a light
       # first chunk): balanced chunks bound nothing, the work does.
       return self.WorkBound(r, k, m, sched, v)
-    table = self._Table(sched, k, m, v)
-    cost = {'F': f / n, 'B': b / n, 'W': w / n}
-    return table.Timeline(cost, host_parallelism=self.host_parallelism(k),
-                          tick_overhead=self.overheads.tick_s).duration
+    return max(self.WorkBound(r, k, m, sched, v),
+               self._BalancedTicks(sched, k, m, v, (f / n, b / n, w / n)))
+
+  def _BalancedTicks(self, sched, k, m, v, cost) -> float:
+    """TickTable.Timeline's duration on equal chunks (nothing recomputed),
+    from the table's distinct ticks."""
+    f, b, w = cost
+    if not _Table(sched, k, m, v).split_backward:
+      b += w  # a full backward
+    hp = self.host_parallelism(k)
+    serial = hp is not None and hp <= 1
+    out = 0.0
+    for (per_device, total), count in _TickProfile(sched, k, m, v):
+      work = total[0] * f + total[1] * b + total[2] * w
+      if serial:
+        tick = work
+      else:
+        tick = max(nf * f + nb * b + nw * w for nf, nb, nw in per_device)
+        if hp is not None:
+          tick = max(tick, work / hp)
+      out += count * (self.overheads.tick_s + tick)
+    return out
 
   def _StaticFits(self, k, costs) -> bool:
     """The weights, slots and accumulators alone, spread evenly, fit."""
@@ -246,18 +301,64 @@ class Searcher:
       else:
         ranges = partition_lib.Partition(len(costs.cells), pipe.num_chunks,
                                          spec)
+      if (balanced and mode in ('time', 'flops') and
+          pipe.virtual_stages == 1 and
+          self._Slower(costs, ranges, pipe, timeline=False)):
+        # The min-max cut's busiest device bounds every cut's.
+        return None
       fast = (self.StageBytes(costs, pipe)
               if budgets and balanced and pipe.virtual_stages == 1 else None)
       if fast is None or all(fast(k, a, b) <= budgets[k]
                              for k, (a, b) in enumerate(ranges)):
+        if self._Slower(costs, ranges, pipe):
+          return None
         plan = self._MakePlan(costs, ranges, pipe, budgets)
         if plan['fits'] or fast is None:
           return plan if plan['fits'] else None
       ranges = partition_lib.Balance(vec, pipe.num_chunks, fast, budgets)
+      if self._Slower(costs, ranges, pipe):
+        return None
       plan = self._MakePlan(costs, ranges, pipe, budgets)
       return plan if plan['fits'] else None
     except (plan_lib.PlanError, partition_lib.PartitionError):
       return None
+
+  def _Slower(self, costs, ranges, pipe, timeline: bool = True) -> bool:
+    """The cut's step (its busiest device's work; then, with `timeline`,
+    the plan's timeline alone) is slower than the search's cutoff (the
+    k-th best found): no plan needed."""
+    if self._cutoff is None:
+      return False
+    times = [plan_lib.ChunkTimes(costs, a, b, self.flops_per_s)
+             for a, b in ranges]
+    if times[0][0] is None:
+      return False
+    table = pipe.Table()
+    hp = self.host_parallelism(pipe.num_stages)
+    # First the busiest device's work (and the host's share), O(K).
+    rerun = sum(pipe.remat)
+    work = [0.0] * pipe.num_stages
+    for c, (f, b, w) in enumerate(times):
+      work[table.chunk_device[c]] += (pipe.num_micro_batches * (f + b + w) +
+                                      rerun * f)
+    if _Above(max(max(work), sum(work) / min(pipe.num_stages, max(hp, 1.0))),
+              self._cutoff):
+      self.cut_pruned += 1
+      return True
+    if not timeline:
+      return False
+    cost = lambda kind, c: times[c]['FBW'.index(kind)]
+    if pipe.execution == 'dataflow':
+      step = plan_lib.DataflowTimeline(table, cost, list(pipe.remat), hp,
+                                       self.overheads.action_s).duration
+    else:
+      step = table.Timeline(cost, remat=list(pipe.remat),
+                            host_parallelism=hp,
+                            tick_overhead=self.overheads.tick_s).duration
+    if _Above(step, self._cutoff):
+      self.cut_pruned += 1
+      return True
+    return False
 
   def _Rows(self, pipe: plan_lib.Pipeline):
     """Per device k (one chunk each): the distinct (buffered entries of
@@ -274,11 +375,12 @@ class Searcher:
       rows = []
       for k in range(pipe.num_stages):
         grads = counts[k - 1]['grads'] if k else [0] * table.num_ticks
-        rows.append({(counts[k]['inputs'][t] + grads[t],
-                      counts[k]['residuals'][t],
-                      counts[k]['weight_inputs'][t],
-                      tuple(sorted({a for a in table.ticks[t][k]})))
-                     for t in range(table.num_ticks)})
+        rows.append(_Undominated({
+            (counts[k]['inputs'][t] + grads[t], counts[k]['residuals'][t],
+             counts[k]['weight_inputs'][t],
+             frozenset((a.kind, bool(pipe.remat[a.mb]))
+                       for a in table.ticks[t][k]))
+            for t in range(table.num_ticks)}))
       self._rows[key] = rows
     return self._rows[key]
 
@@ -287,18 +389,22 @@ class Searcher:
     model (device k's buffers and actions, tick by tick), evaluated on the
     distinct ticks only."""
     rows = self._Rows(pipe)
-    remat = list(pipe.remat)
     acts = {}
+    kinds = [(x, flag) for x in (schedule_view.F, schedule_view.B,
+                                 schedule_view.W) for flag in (False, True)]
 
     def Bytes(k, a, b):
       if (a, b) not in acts:
-        acts[(a, b)] = (plan_lib.ChunkActivations(costs, a, b),
+        act = plan_lib.ChunkActivations(costs, a, b)
+        work = {(x, flag): plan_lib._ActionWork(  # pylint: disable=protected-access
+            schedule_view.Action(x, 0, 0), act, [flag]) for x, flag in kinds}
+        acts[(a, b)] = (act, work,
                         plan_lib.ChunkStatic(costs, a, b, self.opt))
-      act, static = acts[(a, b)]
+      act, work, static = acts[(a, b)]
       busiest = max(
           n_in * act['input_bytes'] + n_res * act['residual_bytes'] +
           n_wi * act['weight_input_bytes'] +
-          max([plan_lib._ActionWork(x, act, remat) for x in actions] or [0])  # pylint: disable=protected-access
+          max([work[x] for x in actions] or [0])
           for n_in, n_res, n_wi, actions in rows[k])
       return (static['weight_bytes'] + static['slot_bytes'] +
               static['accumulator_bytes'] +
@@ -323,8 +429,7 @@ class Searcher:
       costs, flags = base, plan_lib_flags(remat, m)
     else:
       costs, flags = recompute.Apply(base, remat), (False,) * m
-    pipe = plan_lib.Pipeline(sched, k, m, flags, v,
-                             self.Execution(sched, k, m, v))
+    pipe = _Pipeline(sched, k, m, flags, v, self.Execution(sched, k, m, v))
     plan = self.Plan(costs, pipe)
     if plan is None or not plan.get('step_s'):
       return None
@@ -416,20 +521,43 @@ class Searcher:
     cands = [(self.WorkBound(*c), c) for c in self.Candidates(num_cells)]
     cands.sort(key=lambda x: x[0])
     best: List[tuple] = []  # the worst kept first (negated rank)
-    for i, (bound, cand) in enumerate(cands):
-      if len(best) >= top and bound >= -best[0][0][0]:
-        self.bounded += len(cands) - i
-        break
-      if len(best) >= top and self.LowerBound(*cand) >= -best[0][0][0]:
-        self.bounded += 1
-        continue
-      p = self.Best(*cand)
-      if p is None:
-        continue
-      heapq.heappush(best, (tuple(-x for x in _Rank(p)), i, p))
-      if len(best) > top:
-        heapq.heappop(best)
+    try:
+      for i, (bound, cand) in enumerate(cands):
+        # Strictly slower only: an equal step may still rank first.
+        self._cutoff = -best[0][0][0] if len(best) >= top else None
+        if self._cutoff is not None and _Above(bound, self._cutoff):
+          self.bounded += len(cands) - i
+          break
+        if self._cutoff is not None and _Above(self.LowerBound(*cand),
+                                               self._cutoff):
+          self.bounded += 1
+          continue
+        p = self.Best(*cand)
+        if p is None:
+          continue
+        heapq.heappush(best, (tuple(-x for x in _Rank(p)), i, p))
+        if len(best) > top:
+          heapq.heappop(best)
+    finally:
+      self._cutoff = None
     return sorted((p for _, _, p in best), key=_Rank)
+
+
+def _Above(seconds: float, cutoff: float) -> bool:
+  """Slower than the cutoff at _Rank's precision (ties are not pruned)."""
+  return round(seconds, 9) > round(cutoff, 9)
+
+
+def _Undominated(rows: set) -> list:
+  """The rows no other row covers (entries at least as many in every
+  buffer, a superset of its non-empty action kinds): bytes are >= 0, so
+  a covered row is never the busiest."""
+  out = []
+  for r in sorted(rows, key=lambda r: (-sum(r[:3]), -len(r[3]))):
+    if not any(o[0] >= r[0] and o[1] >= r[1] and o[2] >= r[2] and (
+        r[3] <= o[3] if r[3] else not o[3]) for o in out):
+      out.append(r)
+  return out
 
 
 def _Rank(p: Point) -> tuple:
