@@ -115,3 +115,21 @@ def testModePlanModelsPerCellRecompute():
   stash = lambda plan: sum(s['stash_peak_bytes'] for s in plan['stages'])
   assert stash(plans['cells']) < stash(plans['never'])
   assert plans['cells']['step_s'] > plans['never']['step_s']
+
+
+def testSequenceModelAutoFieldsResolveOnFlops(tmp_path):
+  """A Transformer fed batch specs of token ids (no image shape): its
+  'auto' fields resolve on FLOP times at the host's matmul rate."""
+  p = model_registry.GetParams('gpipe_transformer.TransformerL13')
+  net = p.task.network
+  for field in ('num_stages', 'num_micro_batches', 'schedule'):
+    setattr(net, field, 'auto')
+  net.topology.num_logical_devices = 2
+  lines = []
+  best = auto.Resolve(p, str(tmp_path), print_fn=lines.append)
+  assert best.step_s > 0 and best.plan['fits']
+  assert net.num_stages in (1, 2) and p.train.batch_size % (
+      net.num_micro_batches) == 0
+  assert lines[-1].startswith('auto (num_stages, num_micro_batches, '
+                              'schedule): ')
+  assert os.path.exists(os.path.join(tmp_path, 'matmul_rate.json'))
