@@ -197,8 +197,8 @@ def testBalancedTicksEqualTheTimeline(schedule, k, m, v, hp):
   assert got == pytest.approx(want)
 
 
-def testEqualPredictionsPreferMoreDevicesAndChunks():
-  """Within the tie band the choice takes more devices, then more chunks;
+def testEqualPredictionsPreferMoreDevices():
+  """Within the tie band the choice takes more devices, then fewer chunks;
   outside it, the faster prediction."""
   mk = lambda k, v, m, step: search.Point(k, 1, m, 'gpipe', v, 'never', [1],
                                           step, 0.0, 0, 1 / step)
@@ -206,7 +206,7 @@ def testEqualPredictionsPreferMoreDevicesAndChunks():
   two = mk(2, 1, 1, 1.0 + search.TIE_BAND / 2)
   two_v = mk(2, 2, 1, 1.0 + search.TIE_BAND / 2)
   slow = mk(4, 1, 1, 1.0 + 2 * search.TIE_BAND)
-  assert search.Order([one, two, slow, two_v]) == [two_v, two, one, slow]
+  assert search.Order([one, two, slow, two_v]) == [two, two_v, one, slow]
   fast = mk(1, 1, 1, 0.5)
   assert search.Order([one, fast, two])[0] is fast
   assert search.Order([two, one], band=0.0) == [one, two]

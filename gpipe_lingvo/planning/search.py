@@ -560,7 +560,7 @@ class Searcher:
 
 def Order(points: Sequence[Point], band: float = TIE_BAND) -> List[Point]:
   """Points within `band` of the fastest prediction first, preferring
-  more devices and chunks (_Preference); then the others, fastest first.
+  more devices (_Preference); then the others, fastest first.
   band 0: fastest first, ties to the simpler configuration (_Rank)."""
   if not points or not band:
     return sorted(points, key=_Rank)
@@ -588,13 +588,13 @@ def _Undominated(rows: set) -> list:
 
 
 def _Preference(p: Point) -> tuple:
-  """Among equal predictions: more devices, then more chunks per device
-  (independent actions the host's cores overlap, which the plan of a
-  shared host does not credit; measured, docs/search.md), then fewer
+  """Among equal predictions: more devices (independent actions the
+  host's cores overlap, which the plan of a shared host does not credit;
+  measured, docs/search.md), then fewer chunks per device and
   micro-batches, less recompute."""
   recomputed = (POLICIES.index(p.remat) if isinstance(p.remat, str)
                 else 0.5 + sum(p.remat) / (len(p.remat) + 1))
-  return (-p.num_stages * p.num_replicas, -p.virtual_stages,
+  return (-p.num_stages * p.num_replicas, p.virtual_stages,
           p.num_micro_batches, recomputed,
           schedule_view.SCHEDULES.index(p.schedule), p.step_s)
 
