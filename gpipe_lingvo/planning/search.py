@@ -133,6 +133,12 @@ def _TickProfile(schedule: str, k: int, m: int, v: int) -> tuple:
   return tuple(ticks.items())
 
 
+def ClearCaches() -> None:
+  """Forgets the tables (for timing one search on its own)."""
+  _Table.cache_clear()
+  _TickProfile.cache_clear()
+
+
 def _Divisors(n: int) -> List[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
