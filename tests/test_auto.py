@@ -21,7 +21,13 @@ def testSearchPrintsTheTopTenAndWritesThePlanOfTheFirst(tmp_path, capsys):
   rows = [l for l in out.splitlines() if re.match(r'\| \d+ \|', l)]
   assert len(rows) == 10
   speeds = [float(r.split('|')[-2]) for r in rows]
-  assert speeds == sorted(speeds, reverse=True)
+  # Within the tie band of the fastest prediction the order is by
+  # preference (search.Order); after it, fastest first.
+  from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
+  band = [v for v in speeds if v * (1 + search.TIE_BAND) >= max(speeds)]
+  assert speeds[:len(band)] == band
+  rest = speeds[len(band):]
+  assert rest == sorted(rest, reverse=True)
   overrides = re.findall(r"--model_params_override='([^']*)'", out)
   assert len(overrides) == 10
   with open(os.path.join(tmp_path, 'plan.json')) as f:
