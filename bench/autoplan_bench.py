@@ -145,7 +145,8 @@ def _Megatron(searcher, costs_fn):
   sub = search.Searcher(costs_fn, search.dataclasses.replace(
       space, partition='params'), searcher.opt, searcher.host_parallelism,
                         shared_host=searcher.shared_host,
-                        action_s=searcher.action_s)
+                        action_s=searcher.action_s,
+                        flops_per_s=searcher.flops_per_s)
   for remat in ('never', 'always'):
     p = sub.Evaluate(1, k, m, '1f1b', 1, remat)
     if p is not None:
@@ -174,13 +175,16 @@ def Worker(cfg):
   action_s = auto.ActionSeconds(execution, cfg['cache_dir'])
   opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
   hp = auto._HostParallelism(p.task.network.topology)  # pylint: disable=protected-access
+  # Sequence inputs are planned on FLOPs at the host's matmul rate.
+  rate = auto.FlopsPerSecond(costs_at, p.train.batch_size, cfg['cache_dir'])
 
   def MakeSearcher(budget):
     space = search.Space(DEVICES, p.train.batch_size, budget,
                          schedules=tuple(s for s, _ in GRID_SCHEDULES) +
                          ('1f1b_classic',),
                          execution=execution)
-    return search.Searcher(costs_at, space, opt, hp, action_s=action_s)
+    return search.Searcher(costs_at, space, opt, hp, action_s=action_s,
+                           flops_per_s=rate)
 
   free = _Grid(MakeSearcher(None), len(costs_at(p.train.batch_size).cells))
   peaks = sorted(pt.peak_bytes for _, pt in free if pt is not None)
@@ -305,6 +309,8 @@ def SearchTimeSection(args):
         space = search.Space(n, b, bb)
         s = search.Searcher(costs.Scaled, space, flops_per_s=1e10,
                             host_parallelism=lambda k: k)
+        # Each search on its own: no tables left by the one before.
+        search.ClearCaches()
         t0 = time.perf_counter()
         top = s.Search(10)
         secs = time.perf_counter() - t0

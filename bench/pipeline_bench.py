@@ -265,14 +265,16 @@ def Worker(cfg):
       _Apply(variables, grads)
       return loss
 
-  out = {}
+  out = {'rss0_mib': _MaxRssMiB()}
   t0 = time.perf_counter()
   graph = Step.get_concrete_function(x, y).graph
   out['trace_s'] = time.perf_counter() - t0
+  out['trace_rss_mib'] = _MaxRssMiB()
   out['graph_nodes'] = len(graph.as_graph_def().node) + sum(
       len(f.node_def) for f in graph.as_graph_def().library.function)
   Step(x, y).numpy()
   out['build_s'] = time.perf_counter() - t0
+  out['build_rss_mib'] = _MaxRssMiB()
   if not (cfg.get('reps') or cfg.get('memory')):
     t1 = time.perf_counter()
     Step(x, y).numpy()
@@ -308,6 +310,12 @@ def Worker(cfg):
 
 
 # -- driver --------------------------------------------------------------------
+
+
+def _MaxRssMiB() -> float:
+  """The process's resident high-water mark (graph, functions, buffers)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _Apply(variables, grads):

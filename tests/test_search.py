@@ -174,7 +174,7 @@ def testPrunedTopListEqualsBruteForce(budget_frac):
   s = _Searcher(budget)
   top = s.Search(5)
   brute = [p for p in (s.Best(*c) for c in s.Candidates(8)) if p]
-  want = sorted(brute, key=search._Rank)[:5]  # pylint: disable=protected-access
+  want = search.Order(brute, s.band)[:5]
   assert [search._Rank(p) for p in top] == [  # pylint: disable=protected-access
       search._Rank(p) for p in want]
   assert s.bounded + s.cut_pruned > 0
@@ -195,3 +195,25 @@ def testBalancedTicksEqualTheTimeline(schedule, k, m, v, hp):
                         tick_overhead=1e-4).duration
   got = s._BalancedTicks(schedule, k, m, v, cost)  # pylint: disable=protected-access
   assert got == pytest.approx(want)
+
+
+def testEqualPredictionsPreferMoreDevices():
+  """Within the tie band the choice takes more devices, then fewer chunks;
+  outside it, the faster prediction."""
+  mk = lambda k, v, m, step: search.Point(k, 1, m, 'gpipe', v, 'never', [1],
+                                          step, 0.0, 0, 1 / step)
+  one = mk(1, 1, 1, 1.0)
+  two = mk(2, 1, 1, 1.0 + search.TIE_BAND / 2)
+  two_v = mk(2, 2, 1, 1.0 + search.TIE_BAND / 2)
+  slow = mk(4, 1, 1, 1.0 + 2 * search.TIE_BAND)
+  assert search.Order([one, two, slow, two_v]) == [two, two_v, one, slow]
+  fast = mk(1, 1, 1, 0.5)
+  assert search.Order([one, fast, two])[0] is fast
+  assert search.Order([two, one], band=0.0) == [one, two]
+
+
+def testTieBandOnlyWhereTheHostRunsOneActionAtATime():
+  shared = search.Searcher(_BASE.Scaled, search.Space(4, 16))
+  parallel = search.Searcher(_BASE.Scaled, search.Space(4, 16),
+                             host_parallelism=lambda k: k)
+  assert shared.band == search.TIE_BAND and parallel.band == 0.0

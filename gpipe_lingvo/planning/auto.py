@@ -75,24 +75,53 @@ def _Interpolated(lo, hi, micro):
   return dataclasses.replace(out, cells=cells)
 
 
-def CostsAt(model_params, cache_dir: str = '',
-            print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
-  """costs_at(micro_batch) for the search: two timed traces, cached."""
+def TimesCells(model_params) -> bool:
+  """Whether the cells are timed (image inputs, which the timing feeds);
+  sequence inputs (batch specs of token ids) are planned on FLOPs at the
+  host's measured matmul rate, as --mode=plan plans them."""
   try:
     model_params.train.Instantiate().ImageShape()
+    return True
   except NotImplementedError:
-    raise SearchError(
-        f'{model_params.model}: the search traces networks fed by image '
-        'inputs (an input generator with ImageShape); set the pipeline '
-        "fields of this model explicitly instead of 'auto'.") from None
+    return False
+
+
+def CostsAt(model_params, cache_dir: str = '',
+            print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
+  """costs_at(micro_batch) for the search: two traces (timed for image
+  inputs), cached."""
   batch = model_params.train.batch_size
-  sizes = sorted({batch, max(1, batch // 8)})
+  measure = TimesCells(model_params)
+  sizes = sorted({batch, max(1, batch // 8)}) if measure else [batch]
   traced = [resolve.ModelCosts(
-      model_params, b, measure=True,
+      model_params, b, measure=measure,
       cache_path=os.path.join(cache_dir, f'{b}_' + COSTS_FILE)
       if cache_dir else '', print_fn=print_fn) for b in sizes]
   lo, hi = traced[0], traced[-1]
   return lambda micro: _Interpolated(lo, hi, micro)
+
+
+def FlopsPerSecond(costs_at, batch: int, cache_dir: str = ''
+                   ) -> Optional[float]:
+  """None when the costs carry measured times; else the host's matmul
+  rate (model_plan.MatmulFlopsPerSecond, cached in cache_dir), which turns
+  the cells' FLOPs into seconds."""
+  if costs_at(batch).cells[0].fwd_s is not None:
+    return None
+  path = os.path.join(cache_dir, 'matmul_rate.json') if cache_dir else ''
+  key = f'matmul|{os.cpu_count()}'
+  if path and os.path.exists(path):
+    with open(path) as f:
+      d = json.load(f)
+    if d.get('key') == key:
+      return d['flops_per_s']
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  rate = model_plan.MatmulFlopsPerSecond()
+  if path:
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'key': key, 'flops_per_s': rate}, f)
+  return rate
 
 
 def ActionSeconds(execution: str, cache_dir: str = '', reps: int = 10
@@ -197,6 +226,7 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
   opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
   searcher = search_lib.Searcher(
       costs_at, space, opt, _HostParallelism(net.topology),
+      flops_per_s=FlopsPerSecond(costs_at, space.batch_size, cache_dir),
       shared_host=net.topology.device_type == 'cpu',
       action_s=ActionSeconds('dataflow', cache_dir),
       plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)})

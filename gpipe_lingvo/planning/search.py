@@ -37,6 +37,10 @@ POLICIES = ('never', 'except_last', 'always')
 CELLS = 'cells'  # the per-cell recompute choice
 # executor.AUTO_DATAFLOW_MAX_ACTIONS (restated: no TensorFlow here).
 AUTO_DATAFLOW_MAX_ACTIONS = 256
+# Predictions within this fraction of the fastest are equal for the
+# search: below the plan's resolution (docs/search.md), they are ordered by
+# _Preference instead of by a difference the plan cannot vouch for.
+TIE_BAND = 0.01
 # Virtual stages tried per schedule (the others take v = 1).
 VIRTUAL = {'interleaved_1f1b': (2, 3, 4), 'zb_v': (2,)}
 
@@ -129,6 +133,12 @@ def _TickProfile(schedule: str, k: int, m: int, v: int) -> tuple:
   return tuple(ticks.items())
 
 
+def ClearCaches() -> None:
+  """Forgets the tables (for timing one search on its own)."""
+  _Table.cache_clear()
+  _TickProfile.cache_clear()
+
+
 def _Divisors(n: int) -> List[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -170,6 +180,12 @@ class Searcher:
     self.bounded = 0  # configurations pruned by a bound
     self.cut_pruned = 0  # cuts whose timeline alone is too slow
     self._cutoff = None  # seconds: the k-th best step found (Search)
+    # Devices that share one host which the plan runs one action at a time
+    # overlap in fact (docs/search.md): there near-equal predictions are
+    # ordered by _Preference.
+    hp = host_parallelism(2)
+    self.band = (TIE_BAND if shared_host and hp is not None and hp <= 1
+                 else 0.0)
 
   # -- pieces ------------------------------------------------------------------
 
@@ -516,15 +532,18 @@ class Searcher:
   # -- the search --------------------------------------------------------------
 
   def Search(self, top: int = 10) -> List[Point]:
-    """The `top` fastest configurations that fit, fastest first."""
+    """The `top` best configurations that fit, in `Order`."""
     num_cells = len(self.Costs(self.space.batch_size).cells)
     cands = [(self.WorkBound(*c), c) for c in self.Candidates(num_cells)]
     cands.sort(key=lambda x: x[0])
-    best: List[tuple] = []  # the worst kept first (negated rank)
+    found: List[Point] = []
+    steps: List[float] = []  # the `top` fastest steps, as a max-heap
     try:
       for i, (bound, cand) in enumerate(cands):
-        # Strictly slower only: an equal step may still rank first.
-        self._cutoff = -best[0][0][0] if len(best) >= top else None
+        # A point slower than the top-th step and outside the band of
+        # equal predictions (TIE_BAND) cannot be among the top.
+        self._cutoff = (max(-steps[0], min(found_steps) * (1 + self.band))
+                        if len(steps) >= top else None)
         if self._cutoff is not None and _Above(bound, self._cutoff):
           self.bounded += len(cands) - i
           break
@@ -535,12 +554,26 @@ class Searcher:
         p = self.Best(*cand)
         if p is None:
           continue
-        heapq.heappush(best, (tuple(-x for x in _Rank(p)), i, p))
-        if len(best) > top:
-          heapq.heappop(best)
+        found.append(p)
+        found_steps = [q.step_s for q in found]
+        heapq.heappush(steps, -p.step_s)
+        if len(steps) > top:
+          heapq.heappop(steps)
     finally:
       self._cutoff = None
-    return sorted((p for _, _, p in best), key=_Rank)
+    return Order(found, self.band)[:top]
+
+
+def Order(points: Sequence[Point], band: float = TIE_BAND) -> List[Point]:
+  """Points within `band` of the fastest prediction first, preferring
+  more devices (_Preference); then the others, fastest first.
+  band 0: fastest first, ties to the simpler configuration (_Rank)."""
+  if not points or not band:
+    return sorted(points, key=_Rank)
+  fastest = min(p.step_s for p in points)
+  tied = [p for p in points if p.step_s <= fastest * (1 + band)]
+  rest = [p for p in points if p.step_s > fastest * (1 + band)]
+  return sorted(tied, key=_Preference) + sorted(rest, key=_Rank)
 
 
 def _Above(seconds: float, cutoff: float) -> bool:
@@ -558,6 +591,18 @@ def _Undominated(rows: set) -> list:
         r[3] <= o[3] if r[3] else not o[3]) for o in out):
       out.append(r)
   return out
+
+
+def _Preference(p: Point) -> tuple:
+  """Among equal predictions: more devices (independent actions the
+  host's cores overlap, which the plan of a shared host does not credit;
+  measured, docs/search.md), then fewer chunks per device and
+  micro-batches, less recompute."""
+  recomputed = (POLICIES.index(p.remat) if isinstance(p.remat, str)
+                else 0.5 + sum(p.remat) / (len(p.remat) + 1))
+  return (-p.num_stages * p.num_replicas, p.virtual_stages,
+          p.num_micro_batches, recomputed,
+          schedule_view.SCHEDULES.index(p.schedule), p.step_s)
 
 
 def _Rank(p: Point) -> tuple:
