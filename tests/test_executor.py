@@ -152,3 +152,23 @@ def testPlanSlots():
       schedule.Build('gpipe', 2, 4), [True] * 4).inputs[1].size
   with pytest.raises(ValueError, match="remat policy 'sometimes'"):
     executor.RematFlags('sometimes', 2)
+
+
+@pytest.mark.parametrize('name,v', [('gpipe', 1), ('1f1b', 1), ('zb_h1', 1),
+                                    ('interleaved_1f1b', 2), ('zb_v', 2)])
+def testPlannerCountsTheExecutorsSlots(name, v):
+  # One slot assignment: the planner's held entries at the last tick are
+  # the executor's ring-buffer slots, and no slot is counted before the
+  # tick an entry is first written to it.
+  from gpipe_lingvo.planning import schedule_view  # pylint: disable=import-outside-toplevel
+  tab = schedule.Build(name, 2, 4, v)
+  remat = [True, False, False, True]
+  plan = executor.Plan(tab, remat)
+  for c in range(tab.num_chunks):
+    counts = schedule_view.BufferCounts(tab, c, remat)
+    for buf, held in counts.items():
+      slots = getattr(plan, buf)[c]
+      assert held[-1] == (slots.size if slots else 0), (c, buf)
+      lives = tab.BufferLifetimes(c, remat)[buf] or []
+      first = min((life[0] for life in lives if life), default=tab.num_ticks)
+      assert not any(held[:first]), (c, buf)

@@ -9,8 +9,8 @@ from tensorflow.python.eager import context as eager_context
 
 from gpipe_lingvo import context
 from gpipe_lingvo import devices
+from gpipe_lingvo import errors
 from gpipe_lingvo import layers
-from gpipe_lingvo.pipeline import microbatch
 from gpipe_lingvo.planning import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import schedule
@@ -177,11 +177,16 @@ def testErrors():
     _Params(remat='sometimes').Instantiate()
   with pytest.raises(ValueError, match="batch_norm_mode 'global'"):
     _Params(batch_norm_mode='global').Instantiate()
+  with pytest.raises(errors.ParamsError,
+                     match=r'^net\.num_micro_batches=3 does not divide the '
+                     'input_shape batch 16; use'):
+    _Params(num_stages=2, num_micro_batches=3,
+            input_shape=[16, 8, 8, 2]).Instantiate()
   net = _Params(num_stages=2, num_micro_batches=3).Instantiate()
   x, lab = util.Batch(16)
-  with pytest.raises(microbatch.MicroBatchError,
-                     match='Batch size 16 is not divisible by '
-                     'num_micro_batches=3'):
+  with pytest.raises(errors.ParamsError,
+                     match=r'^net\.num_micro_batches=3 does not divide the '
+                     'batch size 16; use'):
     net.ComputeLossAndGradients(x, lab, util.LossFn(16), _Step0())
 
 

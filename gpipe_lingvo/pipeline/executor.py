@@ -110,22 +110,7 @@ class StepResult(NamedTuple):
   stats: Dict[str, list]
 
 
-class Slots(NamedTuple):
-  """Ring-buffer slot of each micro-batch, and the number of slots."""
-  slot: List[int]
-  size: int
-
-
-def _Slots(lifetimes) -> Optional[Slots]:
-  """Slots of the micro-batches a buffer holds (None entries: not held)."""
-  if lifetimes is None:
-    return None
-  keep = [i for i, life in enumerate(lifetimes) if life is not None]
-  slots = [0] * len(lifetimes)
-  assigned, size = schedule_lib.AssignSlots([lifetimes[i] for i in keep])
-  for i, s in zip(keep, assigned):
-    slots[i] = s
-  return Slots(slots, size if keep else 0)
+Slots = schedule_lib.Slots
 
 
 class Plan:
@@ -150,14 +135,15 @@ class Plan:
         np.int32).T.reshape(t.num_ticks, t.num_chunks)
 
   def _AssignSlots(self):
-    """Buffer slots from the table's lifetimes (TickTable.BufferLifetimes):
-    inputs, gradients of outputs, kept residuals, weight inputs."""
-    life = [self.table.BufferLifetimes(c, self.remat)
-            for c in range(self.table.num_chunks)]
-    self.inputs = [_Slots(x['inputs']) for x in life]
-    self.grads = [_Slots(x['grads']) for x in life]
-    self.residuals = [_Slots(x['residuals']) for x in life]
-    self.weight_inputs = [_Slots(x['weight_inputs']) for x in life]
+    """Buffer slots of the table (TickTable.BufferSlots, as the planner
+    counts them): inputs, gradients of outputs, kept residuals, weight
+    inputs."""
+    slots = [self.table.BufferSlots(c, self.remat)
+             for c in range(self.table.num_chunks)]
+    self.inputs = [x['inputs'] for x in slots]
+    self.grads = [x['grads'] for x in slots]
+    self.residuals = [x['residuals'] for x in slots]
+    self.weight_inputs = [x['weight_inputs'] for x in slots]
 
   def Runs(self, kind: str, recompute: bool, chunk: int) -> bool:
     return bool((self.columns[(kind, recompute)][:, chunk] >= 0).any())
@@ -369,8 +355,9 @@ class _StepGraph:
     if self.plan.table.forward_only:
       m = self.plan.table.num_micro_batches
       with self.scope(c_all - 1):
+        # Every micro-batch's output is held until the loop ends.
         outputs = _TensorArrays(last.output_specs[:last.num_diff],
-                                Slots(list(range(m)), m))
+                                schedule_lib.BufferSlots([(0, m)] * m))
     loss = tf.zeros([], last.output_specs[0].dtype)
     return _State(tf.constant(0), acts, grads, res, wins, aux, loss, outputs)
 

@@ -1,6 +1,8 @@
 """Splitting a mini-batch nest into M micro-batches and merging them back."""
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import params_check
+
 
 class MicroBatchError(ValueError):
   """The batch cannot be split into the requested micro-batches."""
@@ -25,19 +27,10 @@ def StaticBatchSize(nest):
   return sizes.pop()
 
 
-def CheckDivisible(batch_size, num_micro_batches):
-  if batch_size % num_micro_batches:
-    raise MicroBatchError(
-        f'Batch size {batch_size} is not divisible by num_micro_batches='
-        f'{num_micro_batches}; choose a batch size that is a multiple of '
-        f'{num_micro_batches} or a num_micro_batches that divides {batch_size}.')
-  return batch_size // num_micro_batches
-
-
-def Split(nest, num_micro_batches):
+def Split(nest, num_micro_batches, where='network'):
   """Each leaf [N, ...] -> [M, N/M, ...] (micro-batch i = rows i*N/M ...)."""
   n = StaticBatchSize(nest)
-  b = CheckDivisible(n, num_micro_batches)
+  b = params_check.MicroBatchSize(n, num_micro_batches, where)
   return tf.nest.map_structure(
       lambda t: tf.reshape(t, [num_micro_batches, b] + t.shape[1:].as_list()),
       nest)

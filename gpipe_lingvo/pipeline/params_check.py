@@ -153,6 +153,10 @@ def CheckPipelineParams(p, where='network'):
   _CheckTable(p, PIPELINE_FIELDS, where)
   _CheckPartition(p.partition, where)
   CellRemat(p.remat, len(cells), where)
+  shape = dict(p.IterParams()).get('input_shape')
+  if shape and PositiveInt(p.num_micro_batches):
+    MicroBatchSize(int(shape[0]), p.num_micro_batches, where,
+                   f'the input_shape batch {int(shape[0])}')
   topology = dict(p.IterParams()).get('topology')
   if topology is not None:
     _CheckTable(topology, TOPOLOGY_FIELDS, f'{where}.topology')
@@ -170,12 +174,23 @@ def CheckBatchSplits(batch_size, num_micro_batches, num_replicas=1,
         f'The training batch size {batch_size} does not split into '
         f'{num_replicas} replicas; use a multiple of {num_replicas}.')
   per_replica = batch_size // num_replicas
-  if per_replica % num_micro_batches:
-    of = (f'the per-replica batch size {per_replica}' if num_replicas > 1
-          else f'the training batch size {batch_size}')
+  of = (f'the per-replica batch size {per_replica}' if num_replicas > 1
+        else f'the training batch size {batch_size}')
+  return MicroBatchSize(
+      per_replica, num_micro_batches, where, of,
+      f'a batch size that is a multiple of '
+      f'{num_micro_batches * num_replicas} (train.batch_size)')
+
+
+def MicroBatchSize(batch_size: int, num_micro_batches: int,
+                   where: str = 'network', of: str = '', fix: str = '') -> int:
+  """The one rule of micro-batches: a batch splits into num_micro_batches
+  equal ones (the trainer's batch at start, a network's input_shape at
+  Instantiate(), a step's input when it is built). Returns their size."""
+  if batch_size % num_micro_batches:
     raise errors.ParamsError(
         f'{where}.num_micro_batches={num_micro_batches} does not divide '
-        f'{of}; use a num_micro_batches that divides {per_replica}, or a '
-        f'batch size that is a multiple of {num_micro_batches * num_replicas} '
-        '(train.batch_size).')
-  return per_replica // num_micro_batches
+        f'{of or f"the batch size {batch_size}"}; use a num_micro_batches '
+        f'that divides {batch_size}, or '
+        f'{fix or f"a batch size that is a multiple of {num_micro_batches}"}.')
+  return batch_size // num_micro_batches

@@ -449,8 +449,8 @@ class PipelinedNetwork(base_layer.BaseLayer):
     p = self.params
     # The batch must divide into the declared micro-batches even when
     # full_batch batch norm runs it as one.
-    microbatch.CheckDivisible(microbatch.StaticBatchSize(inputs),
-                              p.num_micro_batches)
+    params_check.MicroBatchSize(microbatch.StaticBatchSize(inputs),
+                                p.num_micro_batches, self.path)
     m = self.effective_micro_batches
     last = self.num_chunks - 1
     bodies = [_ChunkBody(self.ChunkCells(c), loss_fn if c == last else None,

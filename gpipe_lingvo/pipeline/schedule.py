@@ -437,6 +437,14 @@ class TickTable:
       out['weight_inputs'] = self.WeightStashLifetimes(c)
     return out
 
+  def BufferSlots(self, chunk: int, remat: Sequence[bool]
+                  ) -> Dict[str, Optional['Slots']]:
+    """Ring-buffer slots of each buffer of `chunk` (BufferLifetimes,
+    through BufferSlots): how the executor stores them and how the planner
+    counts what they hold."""
+    return {name: BufferSlots(lifetimes) for name, lifetimes in
+            self.BufferLifetimes(chunk, remat).items()}
+
   def StashCounts(self) -> List[List[int]]:
     """counts[t][c]: micro-batches whose activations of chunk c are held
     at tick t (multiply by a chunk's stash bytes for memory)."""
@@ -567,6 +575,35 @@ def AssignSlots(intervals: Sequence[Tuple[int, int]]) -> Tuple[List[int], int]:
       slots[i] = len(free_at)
       free_at.append(end + 1)
   return slots, max(1, len(free_at))
+
+
+class Slots(NamedTuple):
+  """Ring-buffer slots of one buffer: the slot of each micro-batch (0 when
+  it has no entry), the number of slots (0: nothing held) and the tick at
+  which each slot is first written."""
+  slot: List[int]
+  size: int
+  first_write: List[int]
+
+
+def BufferSlots(lifetimes: Optional[Sequence[Optional[Tuple[int, int]]]]
+                ) -> Optional[Slots]:
+  """The one slot assignment of a buffer from its entries' [write, last
+  read] ticks (None: no buffer; a None entry: not held). The executor
+  stores entries in these slots; a slot keeps its tensor until it is
+  written again, so the planner counts a slot as held from its first
+  write to the end of the step."""
+  if lifetimes is None:
+    return None
+  keep = [i for i, life in enumerate(lifetimes) if life is not None]
+  assigned, size = AssignSlots([lifetimes[i] for i in keep])
+  slots = [0] * len(lifetimes)
+  first = {}
+  for i, s in zip(keep, assigned):
+    slots[i] = s
+    first[s] = min(first.get(s, lifetimes[i][0]), lifetimes[i][0])
+  return Slots(slots, size if keep else 0,
+               [first[s] for s in sorted(first)])
 
 
 def Build(name: str, num_devices: int, num_micro_batches: int,

@@ -56,12 +56,13 @@ def PlanModel(model_params, measure=False, costs=None,
   pipelined = resolve.IsPipelined(net)
   spec = net.partition if pipelined else 'uniform'
   topo = net.topology if pipelined else None
-  k, m = pipe.num_stages, pipe.num_micro_batches
+  k = pipe.num_stages
   batch = model_params.train.batch_size
   opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
   budgets = resolve.Budgets(topo, k)
+  micro = resolve.MicroBatch(net, batch)
   if costs is None:
-    costs = resolve.ModelCosts(model_params, batch // m,
+    costs = resolve.ModelCosts(model_params, micro,
                                measure=measure or spec == 'time')
   costs = resolve.WithCellRemat(net, costs)
   ranges = resolve.Cut(net, costs, opt)

@@ -114,9 +114,18 @@ def Resolve(net, model=None) -> Ranges:
         f"partition {spec!r} traces the cells and needs the network's "
         'input_shape ([batch, ...]); the trainer resolves it from the '
         'training input, otherwise set it in the network params.')
-  micro = batch // NetworkPipeline(net).num_micro_batches
+  micro = MicroBatch(net, batch)
   costs = TraceCosts(net, micro, measure=spec == 'time', model=model)
   return Cut(net, WithCellRemat(net, costs), opt)
+
+
+def MicroBatch(net, batch_size: int) -> int:
+  """Examples per micro-batch of a step of `batch_size` (the whole batch
+  under full_batch batch norm); the batch must split into the declared
+  micro-batches (params_check.MicroBatchSize, the one rule)."""
+  if IsPipelined(net):
+    params_check.MicroBatchSize(batch_size, net.num_micro_batches, net.name)
+  return batch_size // NetworkPipeline(net).num_micro_batches
 
 
 def PrepareNetworkParams(model_params, logdir: str = '') -> Optional[list]:

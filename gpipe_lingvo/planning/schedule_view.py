@@ -2,8 +2,8 @@
 
 Everything the planner knows about a schedule comes from the engine's tick
 table (`schedule.Build`): which actions each device runs at each tick, the
-lifetimes of every buffer entry (`TickTable.BufferLifetimes`, from which the
-executor sizes its ring buffers), and the timeline simulator
+lifetimes of every buffer entry and the ring-buffer slots the executor
+stores them in (`TickTable.BufferSlots`), and the timeline simulator
 (`TickTable.Timeline`). This module adds only what memory needs on top:
 how many entries of each chunk buffer are held at each tick.
 """
@@ -34,20 +34,14 @@ def BufferCounts(table: TickTable, chunk: int,
   The executor's ring buffers are TensorArrays whose slots keep the tensor
   last written to them until the slot is written again or the step ends,
   so an entry stays in memory past its last read: a buffer holds, at tick
-  t, every slot written at or before t. Slots are assigned as the executor
-  assigns them (schedule.AssignSlots over the table's lifetimes).
+  t, every slot written at or before t. The slots are the executor's own
+  (TickTable.BufferSlots).
   """
   out = {}
-  for name, lifetimes in table.BufferLifetimes(chunk, remat).items():
+  for name, slots in table.BufferSlots(chunk, remat).items():
     counts = [0] * table.num_ticks
-    held = [life for life in lifetimes or [] if life is not None]
-    if held:
-      slots, _ = schedule_lib.AssignSlots(held)
-      first = {}
-      for s, (start, _) in zip(slots, held):
-        first[s] = min(first.get(s, start), start)
-      for start in first.values():
-        for t in range(start, table.num_ticks):
-          counts[t] += 1
+    for start in slots.first_write if slots is not None else []:
+      for t in range(start, table.num_ticks):
+        counts[t] += 1
     out[name] = counts
   return out
