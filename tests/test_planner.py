@@ -196,6 +196,58 @@ def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
         ticks['step_activation_peak_bytes'])
 
 
+def _SequentialHostPeak(table, acts, remat):
+  """The host's peak when the actions of each tick run one at a time, in
+  the worst of every order: an entry is held from the action that writes
+  it through the action that reads it last."""
+  dev, last = table.chunk_device, table.num_chunks - 1
+  fused = plan_lib.FusedBackwards(table)
+  entries = []
+  for c in range(table.num_chunks):
+    writers = {'inputs': ('input_bytes', dev[max(c - 1, 0)]),
+               'grads': ('output_bytes', dev[min(c + 1, last)]),
+               'residuals': ('residual_bytes', dev[c]),
+               'weight_inputs': ('weight_input_bytes', dev[c])}
+    for name, lives in table.BufferLifetimes(c, remat).items():
+      key, writer = writers[name]
+      for i, life in enumerate(lives or []):
+        if life and not (name == 'weight_inputs' and (c, i) in fused):
+          entries.append((acts[c][key], (life[0], writer), (life[1], dev[c])))
+  peak = 0
+  for t, row in enumerate(table.ticks):
+    busy = [d for d, a in enumerate(row) if a]
+    for order in itertools.permutations(busy):
+      for x, d in enumerate(order):
+        ran = {(t, e) for e in order[:x]}
+        held = sum(n for n, wr, rd in entries
+                   if (wr[0] < t or wr in ran or wr == (t, d)) and
+                   not (rd[0] < t or rd in ran))
+        work = max(plan_lib._ActionWork(a, acts[a.chunk], remat)  # pylint: disable=protected-access
+                   for a in row[d])
+        peak = max(peak, held + work)
+  return peak
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testDataflowHostPeakIsTheWorstOrderOfEachTick(schedule, v):
+  # Distinct sizes per buffer so that each entry shows in the bytes.
+  c = _ToyCosts(res=10_000, out=300, w_in=7)
+  k, m = 3, 6
+  ranges = partition.Partition(6, k * v)
+  for remat in ([False] * m, [True] * m):
+    pipe = _Pipe(schedule, k, m, remat, v, execution='dataflow')
+    plan = plan_lib.MakePlan(c, ranges, pipe)
+    table, acts = pipe.Table(), plan['chunks']
+    got = plan_lib.DataflowHostPeak(table, acts, remat)
+    assert got == _SequentialHostPeak(table, acts, remat), remat
+    # Never above the tick view, which frees nothing within a tick.
+    rows = plan_lib.TickMemory(table, acts, remat, execution='dataflow')
+    assert got <= max(sum(s for s, _ in r) + max(w for _, w in r)
+                      for r in rows)
+    assert plan['step_activation_peak_bytes'] == max(
+        got, sum(s['update_bytes'] for s in plan['stages']))
+
+
 @pytest.mark.parametrize('schedule,v', SCHEDULES)
 def testDataflowTimelineKeepsEveryDependencyAndNoLockstep(schedule, v):
   rng = random.Random(3)

@@ -232,9 +232,9 @@ class TransformerStack:
     p.Define('remat', 'always', 'Re-materialization policy.')
     p.Define('partition', 'uniform', 'Cells per chunk (see the engine).')
     # Not PipelinedNetwork's default ('dataflow'): through trainer.py on a
-    # 2-core host, the unrolled step of these models holds more at the
-    # same speed (K=2, M=8 language model: step peak 73-76 MiB against
-    # 34-53 MiB under 'ticks'; README, planner against trainer.py).
+    # 2-core host, the unrolled step of these models holds 1.4-2.1x more
+    # at M=8 at the same speed or slower, and more than the plan says
+    # (README, the planner against trainer.py for the Transformer).
     p.Define('execution', 'ticks', "'ticks' or 'dataflow'.")
     p.Define('device_type', 'cpu', 'Pipeline topology device type.')
     return p

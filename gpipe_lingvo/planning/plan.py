@@ -192,6 +192,57 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
   return out
 
 
+def _Entries(table, chunk: int, remat: Sequence[bool]):
+  """(bytes key, writer device, reader device, write tick, last-read
+  tick) of each entry of a chunk's buffers under execution='dataflow'."""
+  dev, last = table.chunk_device, table.num_chunks - 1
+  where = {'inputs': ('input_bytes', dev[max(chunk - 1, 0)]),
+           'grads': ('output_bytes', dev[min(chunk + 1, last)]),
+           'residuals': ('residual_bytes', dev[chunk]),
+           'weight_inputs': ('weight_input_bytes', dev[chunk])}
+  fused = FusedBackwards(table)
+  for name, lifetimes in table.BufferLifetimes(chunk, remat).items():
+    key, writer = where[name]
+    for i, life in enumerate(lifetimes or []):
+      if life is None or (name == 'weight_inputs' and (chunk, i) in fused):
+        continue
+      yield key, writer, dev[chunk], life[0], life[1]
+
+
+def DataflowHostPeak(table, acts: Sequence[dict],
+                     remat: Sequence[bool]) -> int:
+  """Peak bytes of a host that runs the actions one at a time under
+  execution='dataflow', above the persistent bytes.
+
+  The actions of one tick (one device's each) run one after another in an
+  order the plan does not know. While a device's actions of tick t run,
+  the host holds the entries live at the start of t, what that device
+  writes, and, of each other device's actions of t, what they write less
+  what they free (entries they read last) when that adds: the worst
+  order. The tick view (TickMemory) counts every write of the tick and no
+  free."""
+  written = [[0] * table.num_devices for _ in range(table.num_ticks)]
+  freed = [[0] * table.num_devices for _ in range(table.num_ticks)]
+  live = [0] * table.num_ticks
+  for c in range(table.num_chunks):
+    for key, writer, reader, w, r in _Entries(table, c, remat):
+      n = acts[c][key]
+      written[w][writer] += n
+      freed[r][reader] += n
+      for t in range(w + 1, r + 1):
+        live[t] += n
+  peak = 0
+  for t, row in enumerate(table.ticks):
+    net = [max(0, written[t][d] - freed[t][d]) for d in range(len(row))]
+    for d, actions in enumerate(row):
+      if not actions:
+        continue
+      work = max(_ActionWork(a, acts[a.chunk], remat) for a in actions)
+      peak = max(peak, live[t] + written[t][d] + work +
+                 sum(net) - net[d])
+  return peak
+
+
 def FusedBackwards(table) -> set:
   """(chunk, micro-batch) of each W its device runs right after the B of
   the same chunk and micro-batch: execution='dataflow' runs the pair as one
@@ -332,9 +383,13 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
       st['budget_bytes'] = budgets[d]
   # One action runs at a time on a shared host: working bytes do not add
   # up. After the loop its buffers are gone and the update runs.
-  host_step = max(max(sum(s for s, _ in row) + max(w for _, w in row)
-                      for row in mem),
-                  sum(s['update_bytes'] for s in stages)) + prefetch_bytes
+  if pipe.execution == 'dataflow':
+    busiest = DataflowHostPeak(table, chunks, remat)
+  else:
+    busiest = max(sum(s for s, _ in row) + max(w for _, w in row)
+                  for row in mem)
+  host_step = max(busiest, sum(s['update_bytes'] for s in stages)
+                  ) + prefetch_bytes
   plan = {
       'schedule': pipe.schedule, 'num_stages': pipe.num_stages,
       'virtual_stages': pipe.virtual_stages,
