@@ -101,6 +101,24 @@ def CostsAt(model_params, cache_dir: str = '',
   return lambda micro: _Interpolated(lo, hi, micro)
 
 
+def _HostValue(cache_dir: str, name: str, key: str,
+               measure_fn: Callable[[], float]) -> float:
+  """A value measured on this host, cached in cache_dir/<name>.json under
+  `key` (remeasured when the key differs: another host or setting)."""
+  path = os.path.join(cache_dir, name + '.json') if cache_dir else ''
+  if path and os.path.exists(path):
+    with open(path) as f:
+      d = json.load(f)
+    if d.get('key') == key and 'value' in d:
+      return d['value']
+  value = measure_fn()
+  if path:
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'key': key, 'value': value}, f)
+  return value
+
+
 def FlopsPerSecond(costs_at, batch: int, cache_dir: str = ''
                    ) -> Optional[float]:
   """None when the costs carry measured times; else the host's matmul
@@ -108,20 +126,9 @@ def FlopsPerSecond(costs_at, batch: int, cache_dir: str = ''
   the cells' FLOPs into seconds."""
   if costs_at(batch).cells[0].fwd_s is not None:
     return None
-  path = os.path.join(cache_dir, 'matmul_rate.json') if cache_dir else ''
-  key = f'matmul|{os.cpu_count()}'
-  if path and os.path.exists(path):
-    with open(path) as f:
-      d = json.load(f)
-    if d.get('key') == key:
-      return d['flops_per_s']
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
-  rate = model_plan.MatmulFlopsPerSecond()
-  if path:
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump({'key': key, 'flops_per_s': rate}, f)
-  return rate
+  return _HostValue(cache_dir, 'matmul_rate', f'matmul|{os.cpu_count()}',
+                    model_plan.MatmulFlopsPerSecond)
 
 
 def ActionSeconds(execution: str, cache_dir: str = '', reps: int = 10
@@ -130,36 +137,27 @@ def ActionSeconds(execution: str, cache_dir: str = '', reps: int = 10
   reads and writes): a one-stage, 8-micro-batch training step of a tiny
   dense layer under `execution`, over its 16 actions (its own work is
   negligible). Cached in cache_dir."""
-  path = os.path.join(cache_dir, f'action_{execution}.json') if cache_dir \
-      else ''
-  key = f'{execution}|{os.cpu_count()}'
-  if path and os.path.exists(path):
-    with open(path) as f:
-      d = json.load(f)
-    if d.get('key') == key:
-      return d['action_s']
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
-  m = 8
-  p = pipelined_network.PipelinedNetwork.Params().Set(
-      name='action_overhead', num_stages=1, num_micro_batches=m,
-      remat='never', execution=execution,
-      cells=[layers.FullyConnected.Params().Set(
-          name='fc', input_dim=2, output_dim=2, activation='tanh')])
-  net = p.Instantiate()
-  net.CreateGradientAccumulators()
-  x = tf.ones([m, 2])
-  loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
-  step = tf.function(lambda: net.ComputeLossAndGradients(
-      x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-  action_s = measure.MedianSeconds(lambda: step().numpy(), reps) / (2 * m)
-  if path:
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump({'key': key, 'action_s': action_s}, f)
-  return action_s
+  def _Measure() -> float:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
+    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
+    from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+    m = 8
+    p = pipelined_network.PipelinedNetwork.Params().Set(
+        name='action_overhead', num_stages=1, num_micro_batches=m,
+        remat='never', execution=execution,
+        cells=[layers.FullyConnected.Params().Set(
+            name='fc', input_dim=2, output_dim=2, activation='tanh')])
+    net = p.Instantiate()
+    net.CreateGradientAccumulators()
+    x = tf.ones([m, 2])
+    loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
+    step = tf.function(lambda: net.ComputeLossAndGradients(
+        x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
+    return measure.MedianSeconds(lambda: step().numpy(), reps) / (2 * m)
+
+  return _HostValue(cache_dir, f'action_{execution}',
+                    f'{execution}|{os.cpu_count()}', _Measure)
 
 
 def _Fixed(value):
