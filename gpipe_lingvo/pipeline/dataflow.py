@@ -1,6 +1,6 @@
 """Runs a tick table as one unrolled dataflow graph (execution='dataflow').
 
-The tick loop (executor._StepGraph) moves every device in lockstep: a tick
+The tick loop (ticks.py) moves every device in lockstep: a tick
 lasts as long as its slowest action, and each tick pays for a loop
 iteration and a switch over the actions a device may run. Here every action
 of the table is one call of its chunk's function (the function bodies are
