@@ -23,7 +23,6 @@ import tensorflow as tf
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
-RECOMPUTE_SCOPE = 'recompute'  # inside a B's scope: the forward it reruns
 
 
 def DeviceOrder(table: schedule_lib.TickTable
@@ -35,19 +34,11 @@ def DeviceOrder(table: schedule_lib.TickTable
           for d in range(table.num_devices) for a in table.ticks[t][d]]
 
 
-def ActionScope(kind: str, chunk: int) -> str:
-  """Name scope of one action's ops in either execution, e.g. `action_2F`:
-  profiles show it, so a measured timeline can find every action
-  (planning/measure.py)."""
-  return f'action_{chunk}{kind}'
-
-
 def MicroBatchScope(outer: str, a: schedule_lib.Action) -> str:
   """Absolute name scope of one dataflow action's ops, e.g.
-  `.../action_2F/mb5/`: a profile then names the micro-batch of every op
-  too, with no loop iteration to map it through."""
-  return (f'{outer + "/" if outer else ""}{ActionScope(a.kind, a.chunk)}'
-          f'/mb{a.mb}/')
+  `.../action_2F/mb5/` (schedule.ActionScope with the micro-batch)."""
+  return (f'{outer + "/" if outer else ""}'
+          f'{schedule_lib.ActionScope(a.kind, a.chunk, a.mb)}/')
 
 
 def _Done(results) -> list:
@@ -187,7 +178,7 @@ class DataflowStep:
       # The recompute waits for the output gradient too: run early, it
       # would hold its activations until the backward.
       args = self._Gate(self._Args(c, i, self._Inputs(c, i)), after=dys)
-      with tf.name_scope(RECOMPUTE_SCOPE):
+      with tf.name_scope(schedule_lib.RECOMPUTE_SCOPE):
         res = fn.Forward(args)[1]
     else:
       res = self._Gate(self.residuals.pop((c, i)))

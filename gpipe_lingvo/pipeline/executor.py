@@ -37,13 +37,6 @@ AUTO_DATAFLOW_MAX_ACTIONS = 256
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 
-# Scopes both executions name their ops with: an action's (the micro-batch
-# follows from the table and the loop iteration here), and inside a B's the
-# forward it reruns.
-ActionScope = dataflow.ActionScope
-RECOMPUTE_SCOPE = dataflow.RECOMPUTE_SCOPE
-
-
 def ChooseExecution(execution: str, num_actions: int) -> str:
   """The execution that runs a table of `num_actions` actions: 'auto' is
   'dataflow' (no lockstep waits, no per-tick cost, buffers freed after

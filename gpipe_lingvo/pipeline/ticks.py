@@ -186,7 +186,7 @@ class TickStep:
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
 
     def Run(kind, c, recompute):
-      with tf.name_scope(dataflow.ActionScope(kind, c)):
+      with tf.name_scope(schedule_lib.ActionScope(kind, c)):
         return act[kind](c, i, recompute, dict(parts), start)
 
     branches = [lambda: dict(parts)] + [lambda v=v: Run(*v) for v in variants]
@@ -317,7 +317,7 @@ class TickStep:
     with tf.control_dependencies(dys):
       xs = [tf.identity(x) for x in xs]
       i = tf.identity(i)
-    with tf.name_scope(dataflow.RECOMPUTE_SCOPE):
+    with tf.name_scope(schedule_lib.RECOMPUTE_SCOPE):
       return self.fns[c].Forward(self._Args(c, i, xs))[1]
 
   def _WriteInputGrads(self, c, i, in_grads, grads_prev):
