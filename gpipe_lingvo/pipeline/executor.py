@@ -16,6 +16,7 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Protocol,
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import actions
 from gpipe_lingvo.pipeline import dataflow
 from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import placement as placement_lib
@@ -165,7 +166,9 @@ class Executor:
     step = tf.cast(step, tf.int64)
     fns, _ = self.TraceStages(x_mb, labels_mb, backward=True)
     accs = self.Accumulators(fns)
-    run = self._Run(fns, plan, x_mb, labels_mb, step, accs)
+    zeroed = self.ZeroAccumulators(fns, accs)
+    run = self._Run(actions.ActionBuilder(fns, accs), plan, x_mb, labels_mb,
+                    step, zeroed)
     grads = self.ReadGradients(fns, accs, run.last_ops)
     sums, stats = self.UnpackAux(run.Aux())
     return StepResult(run.loss, sums, grads, stats)
@@ -176,24 +179,38 @@ class Executor:
     statistics the forwards recorded."""
     step = tf.cast(step, tf.int64)
     fns, out_struct = self.TraceStages(x_mb, None, backward=False)
-    run = self._Run(fns, plan, x_mb, None, step, None)
+    run = self._Run(actions.ActionBuilder(fns), plan, x_mb, None, step, [])
     _, stats = self.UnpackAux(run.Aux())
     return tf.nest.pack_sequence_as(out_struct, run.StackedOutputs()), stats
 
-  def _Run(self, fns, plan: Plan, x_mb, labels_mb, step, accs):
-    """The table's graph in this executor's execution; its results are
-    `loss`, Aux(), StackedOutputs() and `last_ops`."""
+  def _Run(self, builder: actions.ActionBuilder, plan: Plan, x_mb,
+           labels_mb, step, zeroed: List[list]):
+    """The table's graph in this executor's execution, started after the
+    per-chunk ops `zeroed`; its results are `loss`, Aux(),
+    StackedOutputs() and `last_ops`."""
     scope = self.placement.OpScope
     if self.execution == 'dataflow':
-      return dataflow.DataflowStep(fns, scope, plan.table, plan.remat, x_mb,
-                                   labels_mb, step, accs).Run()
-    return ticks.TickStep(fns, scope, plan, x_mb, labels_mb, step, accs,
+      return dataflow.DataflowStep(builder, scope, plan.table, plan.remat,
+                                   x_mb, labels_mb, step, zeroed).Run()
+    return ticks.TickStep(builder, scope, plan, x_mb, labels_mb, step,
+                          [op for ops in zeroed for op in ops],
                           self.parallel_iterations).Run()
 
   def Accumulators(self, fns) -> Dict[Any, tf.Variable]:
     """variable.ref() -> the variable its gradient is summed in."""
     return {v.ref(): self.accumulator_fn(v, c) for c, fn in enumerate(fns)
             for v in fn.variables}
+
+  def ZeroAccumulators(self, fns, accs) -> List[list]:
+    """Per chunk, the ops setting its variables' accumulators to zero (each
+    where the chunk lives); either execution starts a step after them."""
+    out = []
+    for c, fn in enumerate(fns):
+      with self.placement.OpScope(c):
+        out.append([accs[v.ref()].assign(tf.zeros_like(accs[v.ref()]),
+                                         read_value=False)
+                    for v in fn.variables])
+    return out
 
   def ReadGradients(self, fns, accs, after) -> Dict[Any, tf.Tensor]:
     """The summed gradients, read where each chunk lives once `after` ran."""

@@ -11,7 +11,8 @@ between chunks through TensorArray ring buffers whose slots come from
 lifetimes in the table; forwards and backwards read the buffers as they
 were at the start of the tick, so devices do not wait for each other inside
 a tick. Weight gradients are added in place into the executor's accumulator
-variables as they are produced.
+variables as they are produced. What each action computes comes from
+actions.ActionBuilder, as in the dataflow execution.
 
 Re-materialization, per micro-batch:
 - kept: the forward stashes the residuals its backward reads;
@@ -22,12 +23,12 @@ Re-materialization, per micro-batch:
 With a split backward (B and W actions), B also stashes the tensors W needs
 ("weight inputs") until W runs; W never recomputes anything.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from gpipe_lingvo.pipeline import dataflow
+from gpipe_lingvo.pipeline import actions as actions_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
@@ -63,18 +64,20 @@ def _Lookup(slots: Slots, i):
 class TickStep:
   """The graph of one call: buffers, one tick's actions, the results.
 
-  fns: each chunk's stage_function.StageFunction; scope(c): chunk c's
-  placement scope; plan: the executor's Plan (the table, the remat flags,
-  the per-tick columns and the buffer slots); accumulators: variable.ref()
-  -> the variable its gradient is summed in (training tables only).
+  actions: builds each action's work; scope(c): chunk c's placement scope;
+  plan: the executor's Plan (the table, the remat flags, the per-tick
+  columns and the buffer slots); start: ops the loop starts after (the
+  accumulators' zeroing, in training).
   """
 
-  def __init__(self, fns, scope, plan, x_mb, labels_mb, step,
-               accumulators=None, parallel_iterations: int = 1):
-    self.fns, self.scope, self.plan = fns, scope, plan
-    self.accs = accumulators
+  def __init__(self, actions: actions_lib.ActionBuilder, scope, plan, x_mb,
+               labels_mb, step, start: Sequence[tf.Operation] = (),
+               parallel_iterations: int = 1):
+    self.actions, self.scope, self.plan = actions, scope, plan
+    self.fns = actions.fns
+    self.start = list(start)
     self.parallel_iterations = parallel_iterations
-    self.c_all = len(fns)
+    self.c_all = len(self.fns)
     self.x_flat = tf.nest.flatten(x_mb)
     self.labels_flat = (None if labels_mb is None else
                         tf.nest.flatten(labels_mb))
@@ -133,17 +136,10 @@ class TickStep:
     loss = tf.zeros([], last.output_specs[0].dtype)
     return _State(tf.constant(0), acts, grads, res, wins, aux, loss, outputs)
 
-  def _ZeroAccumulators(self):
-    """The loop starts after the accumulators are zeroed."""
-    return [op for ops in dataflow.ZeroAccumulators(self.fns, self.accs,
-                                                    self.scope)
-            for op in ops]
-
   # -- the loop -------------------------------------------------------------------
 
   def Loop(self, state: _State) -> _State:
-    deps = [] if self.accs is None else self._ZeroAccumulators()
-    with tf.control_dependencies(deps):
+    with tf.control_dependencies(self.start):
       state = tf.nest.map_structure(
           lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, state)
     t_all = self.plan.table.num_ticks
@@ -243,36 +239,30 @@ class TickStep:
   def _Forward(self, c, i, recompute, parts, start):
     """F of chunk c on micro-batch i: outputs to the next chunk's buffer (or
     the loss / the outputs), aux sums, and residuals unless recomputed."""
-    fn, last = self.fns[c], self.c_all - 1
     with self.scope(c):
       args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
-      if recompute:
-        outs, res = fn.ForwardOutputs(args), []
-      else:
-        outs, res = fn.Forward(args)
-      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)],
-                                                 outs[fn.num_diff:])]
-      outs = outs[:fn.num_diff]
-      if c < last:
+      r = self.actions.Forward(c, args, keep_residuals=not recompute)
+      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)], r.aux)]
+      if c < self.c_all - 1:
         slot = _Lookup(self.plan.inputs[c + 1], i)
         parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
-                                  zip(parts[('acts', c + 1)], outs)]
+                                  zip(parts[('acts', c + 1)], r.outputs)]
       elif self.plan.table.forward_only:
         parts[('outputs', _WHOLE)] = [
-            ta.write(i, o) for ta, o in zip(parts[('outputs', _WHOLE)], outs)]
+            ta.write(i, o)
+            for ta, o in zip(parts[('outputs', _WHOLE)], r.outputs)]
       else:
-        parts[('loss', _WHOLE)] += outs[0]
-      if res:
+        parts[('loss', _WHOLE)] += r.outputs[0]
+      if r.residuals:
         slot = _Lookup(self.plan.residuals[c], i)
-        parts[('residuals', c)] = [ta.write(slot, r) for ta, r in
-                                   zip(parts[('residuals', c)], res)]
+        parts[('residuals', c)] = [ta.write(slot, x) for ta, x in
+                                   zip(parts[('residuals', c)], r.residuals)]
     return parts
 
   def _Backward(self, c, i, recompute, parts, start):
     """B of chunk c on micro-batch i: the gradient of its input to the
     previous chunk's buffer; weight gradients accumulated, or (split
     backward) the weight inputs stashed for W."""
-    fn = self.fns[c]
     with self.scope(c):
       dys = self._OutputGrads(c, i, start.grads[c])
       if recompute:
@@ -280,18 +270,18 @@ class TickStep:
       else:
         slot = _Lookup(self.plan.residuals[c], i)
         res = [ta.read(slot) for ta in parts[('residuals', c)]]
-      if self.plan.table.split_backward:
-        in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
+      split = self.plan.table.split_backward
+      r = self.actions.Backward(c, res, dys, split)
+      if split:
         slot = _Lookup(self.plan.weight_inputs[c], i)
         parts[('weight_inputs', c)] = [
             ta.write(slot, x) for ta, x in
-            zip(parts[('weight_inputs', c)], w_in)]
-      else:
-        in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
-        self._Accumulate(var_grads)
+            zip(parts[('weight_inputs', c)], r.weight_inputs)]
       if c > 0:
-        parts[('grads', c - 1)] = self._WriteInputGrads(
-            c, i, in_grads, parts[('grads', c - 1)])
+        slot = _Lookup(self.plan.grads[c - 1], i)
+        parts[('grads', c - 1)] = [
+            ta.write(slot, g)
+            for ta, g in zip(parts[('grads', c - 1)], r.input_grads)]
     return parts
 
   def _Weight(self, c, i, recompute, parts, start):
@@ -300,37 +290,23 @@ class TickStep:
     with self.scope(c):
       slot = _Lookup(self.plan.weight_inputs[c], i)
       w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
-      self._Accumulate(self.fns[c].BackwardWeights(w_in, input_grads=c > 0))
+      self.actions.Weight(c, w_in)
     return parts
 
   def _OutputGrads(self, c, i, grads_c):
     if c == self.c_all - 1:
-      return [tf.ones([], self.fns[c].output_specs[0].dtype)]
+      return self.actions.LossGradients(c)
     slot = _Lookup(self.plan.grads[c], i)
     return [ta.read(slot) for ta in grads_c]
 
   def _Recompute(self, c, i, dys, acts_c):
     """Residuals of micro-batch i, recomputed once its output gradient
-    exists. The recompute's aux outputs (statistics) are dropped: batch norm
-    counts each micro-batch once, in its forward."""
+    exists."""
     xs = self._Inputs(c, i, acts_c)
     with tf.control_dependencies(dys):
       xs = [tf.identity(x) for x in xs]
       i = tf.identity(i)
-    with tf.name_scope(schedule_lib.RECOMPUTE_SCOPE):
-      return self.fns[c].Forward(self._Args(c, i, xs))[1]
-
-  def _WriteInputGrads(self, c, i, in_grads, grads_prev):
-    prev = self.fns[c - 1]
-    gin = [g for g, tr in zip(in_grads, prev.diff_trainable) if tr]
-    gin = [g if g is not None else tf.zeros(ta.element_shape, ta.dtype)
-           for g, ta in zip(gin, grads_prev)]
-    slot = _Lookup(self.plan.grads[c - 1], i)
-    return [ta.write(slot, g) for ta, g in zip(grads_prev, gin)]
-
-  def _Accumulate(self, var_grads):
-    for v, g in var_grads:
-      self.accs[v.ref()].assign_add(g, read_value=False)
+    return self.actions.Recompute(c, self._Args(c, i, xs))
 
   # -- results -----------------------------------------------------------------------
 
