@@ -28,6 +28,14 @@ class BackwardResult(NamedTuple):
   updates: List[tf.Operation]     # fused backward: accumulator updates
 
 
+class StepOutputs(NamedTuple):
+  """What either execution hands back to the executor."""
+  loss: Optional[tf.Tensor]  # training: the loss summed over micro-batches
+  aux: List[list]            # each chunk's aux outputs, summed
+  outputs: List[tf.Tensor]   # forward only: the last chunk's, each [M, ...]
+  last_ops: list             # what reading the accumulators waits for
+
+
 class ActionBuilder:
   """F, B and W of each chunk. fns: each chunk's
   stage_function.StageFunction; accumulators: variable.ref() -> the

@@ -91,13 +91,15 @@ class DataflowStep:
     self.out_grads: Dict[Tuple[int, int], list] = {}  # (chunk, mb)
     self.residuals: Dict[Tuple[int, int], list] = {}
     self.weight_inputs: Dict[Tuple[int, int], list] = {}
-    self.aux: List[Optional[list]] = [None] * self.c_all
-    self.loss = None
+    self.aux_sums: Dict[int, list] = {}  # chunk -> sums from its first F
+    self.loss: Optional[tf.Tensor] = None  # training: from the last F
     self.outputs: Dict[int, list] = {}
     self._after: list = []  # what the action being built must wait for
     self._fused = FusedBackwards(table)
 
-  def Run(self) -> 'DataflowStep':
+  def Run(self) -> actions_lib.StepOutputs:
+    """Builds every action; the gradients are read after each device's
+    last one."""
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
     last = [[] for _ in range(self.table.num_devices)]
     for c, ops in enumerate(self.start):
@@ -110,8 +112,9 @@ class DataflowStep:
       with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
           last[d] = _Done(act[a.kind](a.chunk, a.mb))
-    self.last_ops = [x for ops in last for x in ops]
-    return self
+    return actions_lib.StepOutputs(
+        self.loss, [self.aux_sums.get(c, []) for c in range(self.c_all)],
+        self._StackedOutputs(), [x for ops in last for x in ops])
 
   def _Gate(self, tensors, after=()) -> list:
     """The tensors through identities that wait for the device's previous
@@ -121,7 +124,7 @@ class DataflowStep:
     with tf.control_dependencies(list(self._after) + list(after)):
       return [tf.identity(t) for t in tensors]
 
-  # -- one action ----------------------------------------------------------------
+  # -- one action --------------------------------------------------------------
 
   def _Args(self, c, i, xs):
     labels = []
@@ -138,8 +141,10 @@ class DataflowStep:
     args = self._Gate(self._Args(c, i, self._Inputs(c, i)))
     r = self.actions.Forward(
         c, args, keep_residuals=not (self.remat[i] or self.table.forward_only))
-    self.aux[c] = r.aux if self.aux[c] is None else [
-        a + o for a, o in zip(self.aux[c], r.aux)]
+    if c in self.aux_sums:
+      self.aux_sums[c] = [a + o for a, o in zip(self.aux_sums[c], r.aux)]
+    else:
+      self.aux_sums[c] = r.aux
     if c < self.c_all - 1:
       self.inputs[(c + 1, i)] = r.outputs
     elif self.table.forward_only:
@@ -150,7 +155,7 @@ class DataflowStep:
     self.residuals[(c, i)] = r.residuals
     # The running sums too: every op of the action is done before the
     # device's next one starts.
-    return r.outputs + r.aux + r.residuals + self.aux[c] + (
+    return r.outputs + r.aux + r.residuals + self.aux_sums[c] + (
         [self.loss] if c == self.c_all - 1 and self.loss is not None else [])
 
   def _Backward(self, c: int, i: int) -> list:
@@ -177,13 +182,12 @@ class DataflowStep:
     w_in = self._Gate(self.weight_inputs.pop((c, i)))
     return self.actions.Weight(c, w_in)
 
-  # -- results ---------------------------------------------------------------------
+  # -- results ---------------------------------------------------------------
 
-  def Aux(self) -> list:
-    """Each chunk's summed aux outputs."""
-    return [a if a is not None else [] for a in self.aux]
-
-  def StackedOutputs(self) -> list:
+  def _StackedOutputs(self) -> list:
+    """Forward only: the last chunk's outputs, each [M, ...]."""
+    if not self.table.forward_only:
+      return []
     m = self.table.num_micro_batches
     with self.scope(self.c_all - 1):
       return [tf.stack(t) for t in zip(*[self.outputs[i] for i in range(m)])]

@@ -170,7 +170,7 @@ class Executor:
     run = self._Run(actions.ActionBuilder(fns, accs), plan, x_mb, labels_mb,
                     step, zeroed)
     grads = self.ReadGradients(fns, accs, run.last_ops)
-    sums, stats = self.UnpackAux(run.Aux())
+    sums, stats = self.UnpackAux(run.aux)
     return StepResult(run.loss, sums, grads, stats)
 
   @tf.autograph.experimental.do_not_convert
@@ -180,14 +180,13 @@ class Executor:
     step = tf.cast(step, tf.int64)
     fns, out_struct = self.TraceStages(x_mb, None, backward=False)
     run = self._Run(actions.ActionBuilder(fns), plan, x_mb, None, step, [])
-    _, stats = self.UnpackAux(run.Aux())
-    return tf.nest.pack_sequence_as(out_struct, run.StackedOutputs()), stats
+    _, stats = self.UnpackAux(run.aux)
+    return tf.nest.pack_sequence_as(out_struct, run.outputs), stats
 
   def _Run(self, builder: actions.ActionBuilder, plan: Plan, x_mb,
-           labels_mb, step, zeroed: List[list]):
+           labels_mb, step, zeroed: List[list]) -> actions.StepOutputs:
     """The table's graph in this executor's execution, started after the
-    per-chunk ops `zeroed`; its results are `loss`, Aux(),
-    StackedOutputs() and `last_ops`."""
+    per-chunk ops `zeroed`."""
     scope = self.placement.OpScope
     if self.execution == 'dataflow':
       return dataflow.DataflowStep(builder, scope, plan.table, plan.remat,
@@ -245,7 +244,7 @@ class Executor:
     fns = []
     for c in range(c_all):
       labels = lab_struct if c == c_all - 1 else None
-      body, info = self._FlatBody(c, in_struct, labels)
+      body = _FlatBody(self.bodies[c], self.placement, c, in_struct, labels)
       specs = (tf.nest.flatten(in_struct) + _Flat(labels) +
                [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32)])
       fn = stage_function.StageFunction(
@@ -254,23 +253,29 @@ class Executor:
           num_inputs=len(tf.nest.flatten(in_struct)), backward=backward)
       fns.append(fn)
       in_struct = tf.nest.pack_sequence_as(
-          info['struct'], fn.output_specs[:fn.num_diff])
-    return fns, info['struct']
+          body.out_struct, fn.output_specs[:fn.num_diff])
+    return fns, body.out_struct
 
-  def _FlatBody(self, c, in_struct, label_struct):
-    """Chunk c's body as a function of flat tensors (what StageFunction
-    traces); records the structure of its outputs in `info`."""
-    n_in = len(tf.nest.flatten(in_struct))
-    n_lab = len(_Flat(label_struct))
-    info = {}
 
-    def Body(*args):
-      x = tf.nest.pack_sequence_as(
-          in_struct, self.placement.PinInputs(c, list(args[:n_in])))
-      labels = None if label_struct is None else tf.nest.pack_sequence_as(
-          label_struct, list(args[n_in:n_in + n_lab]))
-      outputs, aux = self.bodies[c](x, labels, args[-2], args[-1])
-      info['struct'] = tf.nest.map_structure(lambda _: None, outputs)
-      return self.placement.PinOutputs(c, tf.nest.flatten(outputs)), aux
+class _FlatBody:
+  """Chunk c's body as a function of flat tensors (what StageFunction
+  traces): inputs, labels (last chunk only), step, micro-batch. Tracing it
+  records the structure of its outputs in `out_struct`."""
 
-    return Body, info
+  def __init__(self, body: StageBody, placement: placement_lib.Placement,
+               c: int, in_struct, label_struct):
+    self.body, self.placement, self.c = body, placement, c
+    self.in_struct, self.label_struct = in_struct, label_struct
+    self.n_in = len(tf.nest.flatten(in_struct))
+    self.n_lab = len(_Flat(label_struct))
+    self.out_struct = None  # set when traced
+
+  def __call__(self, *args):
+    n_in, n_lab = self.n_in, self.n_lab
+    x = tf.nest.pack_sequence_as(
+        self.in_struct, self.placement.PinInputs(self.c, list(args[:n_in])))
+    labels = None if self.label_struct is None else tf.nest.pack_sequence_as(
+        self.label_struct, list(args[n_in:n_in + n_lab]))
+    outputs, aux = self.body(x, labels, args[-2], args[-1])
+    self.out_struct = tf.nest.map_structure(lambda _: None, outputs)
+    return self.placement.PinOutputs(self.c, tf.nest.flatten(outputs)), aux

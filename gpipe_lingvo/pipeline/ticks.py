@@ -23,7 +23,7 @@ Re-materialization, per micro-batch:
 With a split backward (B and W actions), B also stashes the tensors W needs
 ("weight inputs") until W runs; W never recomputes anything.
 """
-from typing import NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,9 +33,6 @@ from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 Slots = schedule_lib.Slots
-
-
-_WHOLE = -1  # in a (field, chunk) key: the whole field, not one chunk's
 
 
 class _State(NamedTuple):
@@ -48,6 +45,27 @@ class _State(NamedTuple):
   aux: list            # running sums of each chunk's aux outputs
   loss: tf.Tensor
   outputs: list        # forward only: TensorArrays of the last outputs
+
+
+class _Parts(NamedTuple):
+  """What one slot's actions may change in the loop state: per field,
+  chunk -> that chunk's entry (the loss and the outputs belong to the last
+  chunk). The slot's tf.switch_case carries only these through its
+  branches."""
+  acts: Dict[int, list]
+  grads: Dict[int, list]
+  residuals: Dict[int, list]
+  weight_inputs: Dict[int, list]
+  aux: Dict[int, list]
+  loss: Dict[int, tf.Tensor]
+  outputs: Dict[int, list]
+
+  @classmethod
+  def Empty(cls) -> '_Parts':
+    return cls({}, {}, {}, {}, {}, {}, {})
+
+  def Copy(self) -> '_Parts':
+    return _Parts(*[dict(entries) for entries in self])
 
 
 def _TensorArrays(specs, slots: Optional[Slots]):
@@ -90,18 +108,13 @@ class TickStep:
     else:
       self.slots = [(F,), (B,), (W,)][:1 if table.forward_only else
                                       3 if table.split_backward else 2]
-    self.loss = None
-    self.last_ops: list = []
-    self._end: Optional[_State] = None
 
-  def Run(self) -> 'TickStep':
-    """Builds the loop; the results are then `loss`, Aux(),
-    StackedOutputs() and `last_ops` (what reading the gradients waits
-    for)."""
-    self._end = self.Loop(self.AllocateBuffers())
-    self.loss = self._end.loss
-    self.last_ops = [self._end.loss]
-    return self
+  def Run(self) -> actions_lib.StepOutputs:
+    """Builds the loop; the gradients are read after the loss."""
+    end = self.Loop(self.AllocateBuffers())
+    with self.scope(self.c_all - 1):
+      outputs = [ta.stack() for ta in end.outputs]
+    return actions_lib.StepOutputs(end.loss, end.aux, outputs, [end.loss])
 
   # -- buffers -----------------------------------------------------------------
 
@@ -136,7 +149,7 @@ class TickStep:
     loss = tf.zeros([], last.output_specs[0].dtype)
     return _State(tf.constant(0), acts, grads, res, wins, aux, loss, outputs)
 
-  # -- the loop -------------------------------------------------------------------
+  # -- the loop ----------------------------------------------------------------
 
   def Loop(self, state: _State) -> _State:
     with tf.control_dependencies(self.start):
@@ -175,55 +188,59 @@ class TickStep:
       assert not (which[col >= 0]).any(), 'two actions in one slot'
       which[col >= 0] = j + 1
       mb[col >= 0] = col[col >= 0]
-    parts = {}
+    parts = _Parts.Empty()
     for kind, c, _ in variants:
-      parts.update(self._Touched(kind, c, s))
+      self._Touched(kind, c, s, parts)
     i = tf.gather(tf.constant(mb), s.t)
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
 
     def Run(kind, c, recompute):
       with tf.name_scope(schedule_lib.ActionScope(kind, c)):
-        return act[kind](c, i, recompute, dict(parts), start)
+        return act[kind](c, i, recompute, parts.Copy(), start)
 
-    branches = [lambda: dict(parts)] + [lambda v=v: Run(*v) for v in variants]
+    branches = [parts.Copy] + [lambda v=v: Run(*v) for v in variants]
     return self._Put(s, tf.switch_case(tf.gather(tf.constant(which), s.t),
                                        branches))
 
-  def _Touched(self, kind, c, s: _State) -> dict:
-    """The parts of state s an action of `kind` on chunk c may change."""
+  def _Touched(self, kind, c, s: _State, parts: _Parts) -> None:
+    """Adds to `parts` what an action of `kind` on chunk c may change."""
     if kind == W:
-      return {('weight_inputs', c): s.weight_inputs[c]}
+      parts.weight_inputs[c] = s.weight_inputs[c]
+      return
     if kind == B:
-      parts = {('residuals', c): s.residuals[c]}
+      parts.residuals[c] = s.residuals[c]
       if c > 0:
-        parts[('grads', c - 1)] = s.grads[c - 1]
+        parts.grads[c - 1] = s.grads[c - 1]
       if self.plan.table.split_backward:
-        parts[('weight_inputs', c)] = s.weight_inputs[c]
-      return parts
-    parts = {('aux', c): s.aux[c], ('residuals', c): s.residuals[c]}
+        parts.weight_inputs[c] = s.weight_inputs[c]
+      return
+    parts.aux[c] = s.aux[c]
+    parts.residuals[c] = s.residuals[c]
     if c < self.c_all - 1:
-      parts[('acts', c + 1)] = s.acts[c + 1]
+      parts.acts[c + 1] = s.acts[c + 1]
     elif self.plan.table.forward_only:
-      parts[('outputs', _WHOLE)] = s.outputs
+      parts.outputs[c] = s.outputs
     else:
-      parts[('loss', _WHOLE)] = s.loss
-    return parts
+      parts.loss[c] = s.loss
 
-  @staticmethod
-  def _Put(s: _State, parts: dict) -> _State:
-    """s with `parts` replaced: keys are (field, chunk) for one chunk's
-    entry of a per-chunk field, (field, _WHOLE) for a whole field."""
-    fields = {}
-    for (field, chunk), value in parts.items():
-      if chunk == _WHOLE:
-        fields[field] = value
-      else:
-        lst = list(fields.get(field, getattr(s, field)))
-        lst[chunk] = value
-        fields[field] = lst
-    return s._replace(**fields)
+  def _Put(self, s: _State, parts: _Parts) -> _State:
+    """s with the entries in `parts` replaced."""
 
-  # -- one tick's actions ------------------------------------------------------------
+    def Put(entries, changed):
+      entries = list(entries)
+      for c, value in changed.items():
+        entries[c] = value
+      return entries
+
+    last = self.c_all - 1
+    return s._replace(
+        acts=Put(s.acts, parts.acts), grads=Put(s.grads, parts.grads),
+        residuals=Put(s.residuals, parts.residuals),
+        weight_inputs=Put(s.weight_inputs, parts.weight_inputs),
+        aux=Put(s.aux, parts.aux), loss=parts.loss.get(last, s.loss),
+        outputs=parts.outputs.get(last, s.outputs))
+
+  # -- one tick's actions ------------------------------------------------------
 
   def _Args(self, c, i, xs):
     labels = []
@@ -242,21 +259,20 @@ class TickStep:
     with self.scope(c):
       args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
       r = self.actions.Forward(c, args, keep_residuals=not recompute)
-      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)], r.aux)]
+      parts.aux[c] = [a + o for a, o in zip(parts.aux[c], r.aux)]
       if c < self.c_all - 1:
         slot = _Lookup(self.plan.inputs[c + 1], i)
-        parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
-                                  zip(parts[('acts', c + 1)], r.outputs)]
+        parts.acts[c + 1] = [ta.write(slot, o) for ta, o in
+                             zip(parts.acts[c + 1], r.outputs)]
       elif self.plan.table.forward_only:
-        parts[('outputs', _WHOLE)] = [
-            ta.write(i, o)
-            for ta, o in zip(parts[('outputs', _WHOLE)], r.outputs)]
+        parts.outputs[c] = [ta.write(i, o)
+                            for ta, o in zip(parts.outputs[c], r.outputs)]
       else:
-        parts[('loss', _WHOLE)] += r.outputs[0]
+        parts.loss[c] += r.outputs[0]
       if r.residuals:
         slot = _Lookup(self.plan.residuals[c], i)
-        parts[('residuals', c)] = [ta.write(slot, x) for ta, x in
-                                   zip(parts[('residuals', c)], r.residuals)]
+        parts.residuals[c] = [ta.write(slot, x) for ta, x in
+                              zip(parts.residuals[c], r.residuals)]
     return parts
 
   def _Backward(self, c, i, recompute, parts, start):
@@ -269,19 +285,18 @@ class TickStep:
         res = self._Recompute(c, i, dys, start.acts[c])
       else:
         slot = _Lookup(self.plan.residuals[c], i)
-        res = [ta.read(slot) for ta in parts[('residuals', c)]]
+        res = [ta.read(slot) for ta in parts.residuals[c]]
       split = self.plan.table.split_backward
       r = self.actions.Backward(c, res, dys, split)
       if split:
         slot = _Lookup(self.plan.weight_inputs[c], i)
-        parts[('weight_inputs', c)] = [
-            ta.write(slot, x) for ta, x in
-            zip(parts[('weight_inputs', c)], r.weight_inputs)]
+        parts.weight_inputs[c] = [
+            ta.write(slot, x)
+            for ta, x in zip(parts.weight_inputs[c], r.weight_inputs)]
       if c > 0:
         slot = _Lookup(self.plan.grads[c - 1], i)
-        parts[('grads', c - 1)] = [
-            ta.write(slot, g)
-            for ta, g in zip(parts[('grads', c - 1)], r.input_grads)]
+        parts.grads[c - 1] = [ta.write(slot, g) for ta, g in
+                              zip(parts.grads[c - 1], r.input_grads)]
     return parts
 
   def _Weight(self, c, i, recompute, parts, start):
@@ -289,7 +304,7 @@ class TickStep:
     del recompute, start
     with self.scope(c):
       slot = _Lookup(self.plan.weight_inputs[c], i)
-      w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
+      w_in = [ta.read(slot) for ta in parts.weight_inputs[c]]
       self.actions.Weight(c, w_in)
     return parts
 
@@ -307,14 +322,3 @@ class TickStep:
       xs = [tf.identity(x) for x in xs]
       i = tf.identity(i)
     return self.actions.Recompute(c, self._Args(c, i, xs))
-
-  # -- results -----------------------------------------------------------------------
-
-  def Aux(self) -> list:
-    """Each chunk's summed aux outputs."""
-    return self._end.aux
-
-  def StackedOutputs(self) -> list:
-    """Forward only: the last chunk's outputs, each [M, ...]."""
-    with self.scope(self.c_all - 1):
-      return [ta.stack() for ta in self._end.outputs]
