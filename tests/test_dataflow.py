@@ -4,7 +4,6 @@ import pytest
 
 from gpipe_lingvo.pipeline import dataflow
 from gpipe_lingvo.pipeline import schedule
-from gpipe_lingvo.planning import measure
 from tests import pipeline_test_util as util
 
 
@@ -58,7 +57,6 @@ def testEachDeviceFinishesItsActionsInTableOrder(name, v, remat):
 
 def testOpNamesGiveTheMicroBatch():
   scope = dataflow.MicroBatchScope('outer', schedule.Action('W', 3, 5))
-  name = scope + 'piece/MatMul'
-  assert measure.ParseAction(name) == (3, 'W')
-  assert measure.ParseMicroBatch(name) == 5
-  assert measure.ParseMicroBatch('a/action_3W/MatMul') is None
+  assert schedule.ParseActionScope(scope + 'piece/MatMul') == (
+      schedule.ActionOp('W', 3, 5, False))
+  assert schedule.ParseActionScope('a/action_3W/MatMul').mb is None

@@ -188,6 +188,27 @@ def testForwardOnlyTable():
   assert tab.num_ticks == 7  # chunk 0 for 3 micro-batches, then chunk 2 ...
 
 
+@pytest.mark.parametrize('name,k,m,v', [('gpipe', 2, 3, 1), ('zb_h1', 3, 4, 1),
+                                         ('interleaved_1f1b', 2, 4, 3),
+                                         ('zb_v', 4, 8, 2)])
+def testActionScopesParseBack(name, k, m, v):
+  # The one format and the one parse of op names: every action of a table,
+  # named as either execution names it (the tick loop without the
+  # micro-batch), inside an outer scope and around an op.
+  tab = schedule.Build(name, k, m, v)
+  for a in [a for acts in tab.actions for a in acts]:
+    assert schedule.ParseActionScope(schedule.ActionScope(*a)) == (
+        schedule.ActionOp(a.kind, a.chunk, a.mb, False))
+    op = f'outer/{schedule.ActionScope(a.kind, a.chunk)}/piece/MatMul'
+    assert schedule.ParseActionScope(op) == (
+        schedule.ActionOp(a.kind, a.chunk, None, False))
+    rerun = (f'{schedule.ActionScope(*a)}/{schedule.RECOMPUTE_SCOPE}/'
+             'piece/MatMul')
+    assert schedule.ParseActionScope(rerun).recompute
+  assert schedule.ParseActionScope('net/action_overhead/MatMul') is None
+  assert schedule.ParseActionScope('net/dense/MatMul') is None
+
+
 def testErrorsNameTheFields():
   with pytest.raises(schedule.ScheduleError, match='Unknown schedule'):
     schedule.Build('zigzag', 2, 2)

@@ -1,6 +1,6 @@
 """Runs a tick table as one unrolled dataflow graph (execution='dataflow').
 
-The tick loop (executor._StepGraph) moves every device in lockstep: a tick
+The tick loop (ticks.py) moves every device in lockstep: a tick
 lasts as long as its slowest action, and each tick pays for a loop
 iteration and a switch over the actions a device may run. Here every action
 of the table is one call of its chunk's function (the function bodies are
@@ -14,16 +14,17 @@ follows from the same per-device order the tick table's stash analysis
 reads.
 
 Weight gradients are added into the executor's accumulator variables in
-each chunk's action order, as in the tick loop.
+each chunk's action order, as in the tick loop; what each action computes
+comes from actions.ActionBuilder, as there.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import actions as actions_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
-RECOMPUTE_SCOPE = 'recompute'  # inside a B's scope: the forward it reruns
 
 
 def DeviceOrder(table: schedule_lib.TickTable
@@ -35,19 +36,11 @@ def DeviceOrder(table: schedule_lib.TickTable
           for d in range(table.num_devices) for a in table.ticks[t][d]]
 
 
-def ActionScope(kind: str, chunk: int) -> str:
-  """Name scope of one action's ops in either execution, e.g. `action_2F`:
-  profiles show it, so a measured timeline can find every action
-  (planning/measure.py)."""
-  return f'action_{chunk}{kind}'
-
-
 def MicroBatchScope(outer: str, a: schedule_lib.Action) -> str:
   """Absolute name scope of one dataflow action's ops, e.g.
-  `.../action_2F/mb5/`: a profile then names the micro-batch of every op
-  too, with no loop iteration to map it through."""
-  return (f'{outer + "/" if outer else ""}{ActionScope(a.kind, a.chunk)}'
-          f'/mb{a.mb}/')
+  `.../action_2F/mb5/` (schedule.ActionScope with the micro-batch)."""
+  return (f'{outer + "/" if outer else ""}'
+          f'{schedule_lib.ActionScope(a.kind, a.chunk, a.mb)}/')
 
 
 def _Done(results) -> list:
@@ -58,18 +51,6 @@ def _Done(results) -> list:
   accumulator update) is its own."""
   return [r if isinstance(r, tf.Operation) else tf.identity(r).op
           for r in results]
-
-
-def ZeroAccumulators(fns, accs, scope) -> List[list]:
-  """Per chunk, the ops setting its variables' accumulators to zero (each
-  where the chunk lives); both executions start a step with them."""
-  out = []
-  for c, fn in enumerate(fns):
-    with scope(c):
-      out.append([accs[v.ref()].assign(tf.zeros_like(accs[v.ref()]),
-                                       read_value=False)
-                  for v in fn.variables])
-  return out
 
 
 def FusedBackwards(table: schedule_lib.TickTable) -> set:
@@ -88,19 +69,20 @@ def FusedBackwards(table: schedule_lib.TickTable) -> set:
 class DataflowStep:
   """The graph of one call: every action of the table, chained per device.
 
-  fns: each chunk's stage_function.StageFunction; scope(c): chunk c's
-  placement scope; remat: per micro-batch, whether its forwards are
-  recomputed in the backward; accumulators: variable.ref() -> the variable
-  its gradient is summed in (training tables only).
+  actions: builds each action's work; scope(c): chunk c's placement scope;
+  remat: per micro-batch, whether its forwards are recomputed in the
+  backward; start: per chunk, the ops its device's first action waits for
+  (the accumulators' zeroing, in training).
   """
 
-  def __init__(self, fns, scope, table: schedule_lib.TickTable,
-               remat: Sequence[bool], x_mb, labels_mb, step,
-               accumulators=None):
-    self.fns, self.scope, self.table = fns, scope, table
-    self.accs = accumulators
+  def __init__(self, actions: actions_lib.ActionBuilder, scope,
+               table: schedule_lib.TickTable, remat: Sequence[bool], x_mb,
+               labels_mb, step, start: Sequence[list] = ()):
+    self.actions, self.scope, self.table = actions, scope, table
+    self.fns = actions.fns
+    self.start = list(start)
     self.remat = list(remat)
-    self.c_all = len(fns)
+    self.c_all = len(self.fns)
     self.x_flat = tf.nest.flatten(x_mb)
     self.labels_flat = (None if labels_mb is None else
                         tf.nest.flatten(labels_mb))
@@ -109,19 +91,19 @@ class DataflowStep:
     self.out_grads: Dict[Tuple[int, int], list] = {}  # (chunk, mb)
     self.residuals: Dict[Tuple[int, int], list] = {}
     self.weight_inputs: Dict[Tuple[int, int], list] = {}
-    self.aux: List[Optional[list]] = [None] * self.c_all
-    self.loss = None
+    self.aux_sums: Dict[int, list] = {}  # chunk -> sums from its first F
+    self.loss: Optional[tf.Tensor] = None  # training: from the last F
     self.outputs: Dict[int, list] = {}
     self._after: list = []  # what the action being built must wait for
     self._fused = FusedBackwards(table)
 
-  def Run(self) -> 'DataflowStep':
+  def Run(self) -> actions_lib.StepOutputs:
+    """Builds every action; the gradients are read after each device's
+    last one."""
     act = {F: self._Forward, B: self._Backward, W: self._Weight}
     last = [[] for _ in range(self.table.num_devices)]
-    if self.accs is not None:
-      zeroed = ZeroAccumulators(self.fns, self.accs, self.scope)
-      for c, ops in enumerate(zeroed):
-        last[self.table.chunk_device[c]] += ops
+    for c, ops in enumerate(self.start):
+      last[self.table.chunk_device[c]] += ops
     outer = tf.compat.v1.get_default_graph().get_name_scope()
     for d, a in DeviceOrder(self.table):
       if a.kind == W and (a.chunk, a.mb) in self._fused:
@@ -130,8 +112,9 @@ class DataflowStep:
       with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
           last[d] = _Done(act[a.kind](a.chunk, a.mb))
-    self.last_ops = [x for ops in last for x in ops]
-    return self
+    return actions_lib.StepOutputs(
+        self.loss, [self.aux_sums.get(c, []) for c in range(self.c_all)],
+        self._StackedOutputs(), [x for ops in last for x in ops])
 
   def _Gate(self, tensors, after=()) -> list:
     """The tensors through identities that wait for the device's previous
@@ -141,7 +124,7 @@ class DataflowStep:
     with tf.control_dependencies(list(self._after) + list(after)):
       return [tf.identity(t) for t in tensors]
 
-  # -- one action ----------------------------------------------------------------
+  # -- one action --------------------------------------------------------------
 
   def _Args(self, c, i, xs):
     labels = []
@@ -155,79 +138,56 @@ class DataflowStep:
     return self.inputs[(c, i)]
 
   def _Forward(self, c: int, i: int) -> list:
-    fn = self.fns[c]
     args = self._Gate(self._Args(c, i, self._Inputs(c, i)))
-    if self.remat[i] or self.table.forward_only:
-      outs, res = fn.ForwardOutputs(args), []
+    r = self.actions.Forward(
+        c, args, keep_residuals=not (self.remat[i] or self.table.forward_only))
+    if c in self.aux_sums:
+      self.aux_sums[c] = [a + o for a, o in zip(self.aux_sums[c], r.aux)]
     else:
-      outs, res = fn.Forward(args)
-    aux = outs[fn.num_diff:]
-    self.aux[c] = aux if self.aux[c] is None else [
-        a + o for a, o in zip(self.aux[c], aux)]
-    diff = outs[:fn.num_diff]
+      self.aux_sums[c] = r.aux
     if c < self.c_all - 1:
-      self.inputs[(c + 1, i)] = diff
+      self.inputs[(c + 1, i)] = r.outputs
     elif self.table.forward_only:
-      self.outputs[i] = diff
+      self.outputs[i] = r.outputs
     else:
-      self.loss = diff[0] if self.loss is None else self.loss + diff[0]
-    self.residuals[(c, i)] = res
+      self.loss = (r.outputs[0] if self.loss is None else
+                   self.loss + r.outputs[0])
+    self.residuals[(c, i)] = r.residuals
     # The running sums too: every op of the action is done before the
     # device's next one starts.
-    return outs + res + self.aux[c] + (
+    return r.outputs + r.aux + r.residuals + self.aux_sums[c] + (
         [self.loss] if c == self.c_all - 1 and self.loss is not None else [])
 
   def _Backward(self, c: int, i: int) -> list:
-    fn = self.fns[c]
     if c == self.c_all - 1:
-      dys = [tf.ones([], fn.output_specs[0].dtype)]
+      dys = self.actions.LossGradients(c)
     else:
       dys = self._Gate(self.out_grads.pop((c, i)))
     if self.remat[i]:
       # The recompute waits for the output gradient too: run early, it
       # would hold its activations until the backward.
       args = self._Gate(self._Args(c, i, self._Inputs(c, i)), after=dys)
-      with tf.name_scope(RECOMPUTE_SCOPE):
-        res = fn.Forward(args)[1]
+      res = self.actions.Recompute(c, args)
     else:
       res = self._Gate(self.residuals.pop((c, i)))
-    if self.table.split_backward and (c, i) not in self._fused:
-      in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
-      self.weight_inputs[(c, i)] = w_in
-      done = list(w_in)
-    else:
-      in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
-      done = self._Accumulate(var_grads)
+    split = self.table.split_backward and (c, i) not in self._fused
+    r = self.actions.Backward(c, res, dys, split)
+    if split:
+      self.weight_inputs[(c, i)] = r.weight_inputs
     if c > 0:
-      done += self._PassInputGrads(c, i, in_grads)
-    return done
+      self.out_grads[(c - 1, i)] = r.input_grads
+    return r.weight_inputs + r.updates + r.input_grads
 
   def _Weight(self, c: int, i: int) -> list:
     w_in = self._Gate(self.weight_inputs.pop((c, i)))
-    return self._Accumulate(self.fns[c].BackwardWeights(
-        w_in, input_grads=c > 0))
+    return self.actions.Weight(c, w_in)
 
-  def _PassInputGrads(self, c, i, in_grads) -> list:
-    prev = self.fns[c - 1]
-    specs = [s for s, tr in zip(prev.output_specs[:prev.num_diff],
-                                prev.diff_trainable) if tr]
-    gin = [g for g, tr in zip(in_grads, prev.diff_trainable) if tr]
-    gin = [g if g is not None else tf.zeros(s.shape, s.dtype)
-           for g, s in zip(gin, specs)]
-    self.out_grads[(c - 1, i)] = gin
-    return gin
+  # -- results ---------------------------------------------------------------
 
-  def _Accumulate(self, var_grads) -> list:
-    return [self.accs[v.ref()].assign_add(g, read_value=False)
-            for v, g in var_grads]
-
-  # -- results ---------------------------------------------------------------------
-
-  def Aux(self) -> list:
-    """Each chunk's summed aux outputs."""
-    return [a if a is not None else [] for a in self.aux]
-
-  def StackedOutputs(self) -> list:
+  def _StackedOutputs(self) -> list:
+    """Forward only: the last chunk's outputs, each [M, ...]."""
+    if not self.table.forward_only:
+      return []
     m = self.table.num_micro_batches
     with self.scope(self.c_all - 1):
       return [tf.stack(t) for t in zip(*[self.outputs[i] for i in range(m)])]

@@ -1,23 +1,14 @@
-"""Runs a tick table: one tf.while_loop over the pipeline's clock ticks.
+"""The executor's front door: runs a training step, or a forward, of a
+tick table.
 
-Each tick, every chunk whose column of the table names a micro-batch runs
-that action in a tf.cond under its placement scope: the forwards first, then
-the backwards, then the weight-gradient passes, as the schedule's tick rule
-says. The graph holds one copy of each chunk's functions whatever K, v and
-M are. Activations and gradients move between chunks through TensorArray
-ring buffers whose slots come from lifetimes in the table; forwards and
-backwards read the buffers as they were at the start of the tick, so
-devices do not wait for each other inside a tick. Weight gradients are
-added in place into persistent accumulator variables as they are produced.
-
-Re-materialization, per micro-batch:
-- kept: the forward stashes the residuals its backward reads;
-- recomputed: the forward keeps only the chunk input (in the input buffer
-  anyway); the backward reruns the forward once the incoming gradient exists
-  (a control dependency, so the runtime cannot run it early and keep its
-  activations) and runs the backward on the fresh residuals.
-With a split backward (B and W actions), B also stashes the tensors W needs
-("weight inputs") until W runs; W never recomputes anything.
+`Plan` holds what is static about a step (the table, which micro-batches
+are recomputed, the tick loop's columns and buffer slots); `Executor`
+traces each chunk into a stage function, creates the accumulator variables
+weight gradients are summed in, runs the table in one of two executions
+and reads the results:
+- 'ticks' (ticks.py): one tf.while_loop over the table's lockstep ticks;
+- 'dataflow' (dataflow.py): every action unrolled, chained per device.
+`ChooseExecution` picks one for execution='auto'.
 """
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Protocol,
                     Sequence, Tuple)
@@ -25,14 +16,16 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Protocol,
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo.pipeline import actions
 from gpipe_lingvo.pipeline import dataflow
 from gpipe_lingvo.pipeline import params_check
 from gpipe_lingvo.pipeline import placement as placement_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.pipeline import stage_function
+from gpipe_lingvo.pipeline import ticks
 
 REMAT_POLICIES = ('always', 'except_last', 'never')
-# 'ticks': one tf.while_loop over the table's lockstep ticks (this module);
+# 'ticks': one tf.while_loop over the table's lockstep ticks (ticks.py);
 # 'dataflow': the table's actions unrolled, chained per device (dataflow.py).
 EXECUTIONS = ('dataflow', 'ticks')
 # 'auto' picks one of EXECUTIONS per table (ChooseExecution).
@@ -43,13 +36,6 @@ EXECUTION_CHOICES = EXECUTIONS + ('auto',)
 # 512; bench/execution_bench.py, README).
 AUTO_DATAFLOW_MAX_ACTIONS = 256
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
-
-
-# Scopes both executions name their ops with: an action's (the micro-batch
-# follows from the table and the loop iteration here), and inside a B's the
-# forward it reruns.
-ActionScope = dataflow.ActionScope
-RECOMPUTE_SCOPE = dataflow.RECOMPUTE_SCOPE
 
 
 def ChooseExecution(execution: str, num_actions: int) -> str:
@@ -110,9 +96,6 @@ class StepResult(NamedTuple):
   stats: Dict[str, list]
 
 
-Slots = schedule_lib.Slots
-
-
 class Plan:
   """Everything static about one step: the table, which micro-batches are
   recomputed, the per-tick columns the loop reads and the buffer slots."""
@@ -149,34 +132,8 @@ class Plan:
     return bool((self.columns[(kind, recompute)][:, chunk] >= 0).any())
 
 
-_WHOLE = -1  # in a (field, chunk) key: the whole field, not one chunk's
-
-
-class _State(NamedTuple):
-  """The while loop's variables (lists are per chunk)."""
-  t: tf.Tensor
-  acts: list           # TensorArrays of each chunk's inputs (none: chunk 0)
-  grads: list          # TensorArrays of gradients of each chunk's outputs
-  residuals: list      # TensorArrays of kept residuals
-  weight_inputs: list  # TensorArrays B hands to W
-  aux: list            # running sums of each chunk's aux outputs
-  loss: tf.Tensor
-  outputs: list        # forward only: TensorArrays of the last outputs
-
-
-def _TensorArrays(specs, slots: Optional[Slots]):
-  if slots is None or not slots.size:
-    return []
-  return [tf.TensorArray(s.dtype, size=slots.size, element_shape=s.shape,
-                         clear_after_read=False) for s in specs]
-
-
 def _Flat(nest) -> list:
   return [] if nest is None else tf.nest.flatten(nest)
-
-
-def _Lookup(slots: Slots, i):
-  return tf.gather(tf.constant(slots.slot, tf.int32), i)
 
 
 class Executor:
@@ -208,11 +165,13 @@ class Executor:
     """x_mb, labels_mb: nests with leaves [M, b, ...]."""
     step = tf.cast(step, tf.int64)
     fns, _ = self.TraceStages(x_mb, labels_mb, backward=True)
-    if self.execution == 'dataflow':
-      return self._TrainDataflow(fns, plan, x_mb, labels_mb, step)
-    run = _StepGraph(self, fns, plan, x_mb, labels_mb, step)
-    state = run.Loop(run.AllocateBuffers())
-    return run.CollectTraining(state)
+    accs = self.Accumulators(fns)
+    zeroed = self.ZeroAccumulators(fns, accs)
+    run = self._Run(actions.ActionBuilder(fns, accs), plan, x_mb, labels_mb,
+                    step, zeroed)
+    grads = self.ReadGradients(fns, accs, run.last_ops)
+    sums, stats = self.UnpackAux(run.aux)
+    return StepResult(run.loss, sums, grads, stats)
 
   @tf.autograph.experimental.do_not_convert
   def Forward(self, plan: Plan, x_mb, step) -> Tuple[Any, Dict[str, list]]:
@@ -220,28 +179,37 @@ class Executor:
     statistics the forwards recorded."""
     step = tf.cast(step, tf.int64)
     fns, out_struct = self.TraceStages(x_mb, None, backward=False)
-    if self.execution == 'dataflow':
-      run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
-                                  plan.remat, x_mb, None, step).Run()
-      _, stats = self.UnpackAux(run.Aux())
-      return tf.nest.pack_sequence_as(out_struct, run.StackedOutputs()), stats
-    run = _StepGraph(self, fns, plan, x_mb, None, step)
-    return run.CollectForward(run.Loop(run.AllocateBuffers()), out_struct)
+    run = self._Run(actions.ActionBuilder(fns), plan, x_mb, None, step, [])
+    _, stats = self.UnpackAux(run.aux)
+    return tf.nest.pack_sequence_as(out_struct, run.outputs), stats
 
-  def _TrainDataflow(self, fns, plan: Plan, x_mb, labels_mb, step
-                     ) -> StepResult:
-    accs = self.Accumulators(fns)
-    run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
-                                plan.remat, x_mb, labels_mb, step,
-                                accs).Run()
-    grads = self.ReadGradients(fns, accs, run.last_ops)
-    sums, stats = self.UnpackAux(run.Aux())
-    return StepResult(run.loss, sums, grads, stats)
+  def _Run(self, builder: actions.ActionBuilder, plan: Plan, x_mb,
+           labels_mb, step, zeroed: List[list]) -> actions.StepOutputs:
+    """The table's graph in this executor's execution, started after the
+    per-chunk ops `zeroed`."""
+    scope = self.placement.OpScope
+    if self.execution == 'dataflow':
+      return dataflow.DataflowStep(builder, scope, plan.table, plan.remat,
+                                   x_mb, labels_mb, step, zeroed).Run()
+    return ticks.TickStep(builder, scope, plan, x_mb, labels_mb, step,
+                          [op for ops in zeroed for op in ops],
+                          self.parallel_iterations).Run()
 
   def Accumulators(self, fns) -> Dict[Any, tf.Variable]:
     """variable.ref() -> the variable its gradient is summed in."""
     return {v.ref(): self.accumulator_fn(v, c) for c, fn in enumerate(fns)
             for v in fn.variables}
+
+  def ZeroAccumulators(self, fns, accs) -> List[list]:
+    """Per chunk, the ops setting its variables' accumulators to zero (each
+    where the chunk lives); either execution starts a step after them."""
+    out = []
+    for c, fn in enumerate(fns):
+      with self.placement.OpScope(c):
+        out.append([accs[v.ref()].assign(tf.zeros_like(accs[v.ref()]),
+                                         read_value=False)
+                    for v in fn.variables])
+    return out
 
   def ReadGradients(self, fns, accs, after) -> Dict[Any, tf.Tensor]:
     """The summed gradients, read where each chunk lives once `after` ran."""
@@ -276,7 +244,7 @@ class Executor:
     fns = []
     for c in range(c_all):
       labels = lab_struct if c == c_all - 1 else None
-      body, info = self._FlatBody(c, in_struct, labels)
+      body = _FlatBody(self.bodies[c], self.placement, c, in_struct, labels)
       specs = (tf.nest.flatten(in_struct) + _Flat(labels) +
                [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32)])
       fn = stage_function.StageFunction(
@@ -285,291 +253,29 @@ class Executor:
           num_inputs=len(tf.nest.flatten(in_struct)), backward=backward)
       fns.append(fn)
       in_struct = tf.nest.pack_sequence_as(
-          info['struct'], fn.output_specs[:fn.num_diff])
-    return fns, info['struct']
-
-  def _FlatBody(self, c, in_struct, label_struct):
-    """Chunk c's body as a function of flat tensors (what StageFunction
-    traces); records the structure of its outputs in `info`."""
-    n_in = len(tf.nest.flatten(in_struct))
-    n_lab = len(_Flat(label_struct))
-    info = {}
-
-    def Body(*args):
-      x = tf.nest.pack_sequence_as(
-          in_struct, self.placement.PinInputs(c, list(args[:n_in])))
-      labels = None if label_struct is None else tf.nest.pack_sequence_as(
-          label_struct, list(args[n_in:n_in + n_lab]))
-      outputs, aux = self.bodies[c](x, labels, args[-2], args[-1])
-      info['struct'] = tf.nest.map_structure(lambda _: None, outputs)
-      return self.placement.PinOutputs(c, tf.nest.flatten(outputs)), aux
-
-    return Body, info
+          body.out_struct, fn.output_specs[:fn.num_diff])
+    return fns, body.out_struct
 
 
-class _StepGraph:
-  """The graph of one call: buffers, one tick's actions, the results."""
+class _FlatBody:
+  """Chunk c's body as a function of flat tensors (what StageFunction
+  traces): inputs, labels (last chunk only), step, micro-batch. Tracing it
+  records the structure of its outputs in `out_struct`."""
 
-  def __init__(self, ex: Executor, fns, plan: Plan, x_mb, labels_mb, step):
-    self.ex, self.fns, self.plan = ex, fns, plan
-    self.scope = ex.placement.OpScope
-    self.c_all = len(fns)
-    self.x_flat = tf.nest.flatten(x_mb)
-    self.labels_flat = (None if labels_mb is None else
-                        tf.nest.flatten(labels_mb))
-    self.step = step
-    self.chunk_device = plan.table.chunk_device
-    self.k_all = plan.table.num_devices
-    table = plan.table
-    if table.one_action_per_tick:
-      self.slots = [(F, B, W)]
-    else:
-      self.slots = [(F,), (B,), (W,)][:1 if table.forward_only else
-                                      3 if table.split_backward else 2]
-    self.accs = {}
+  def __init__(self, body: StageBody, placement: placement_lib.Placement,
+               c: int, in_struct, label_struct):
+    self.body, self.placement, self.c = body, placement, c
+    self.in_struct, self.label_struct = in_struct, label_struct
+    self.n_in = len(tf.nest.flatten(in_struct))
+    self.n_lab = len(_Flat(label_struct))
+    self.out_struct = None  # set when traced
 
-  # -- buffers -----------------------------------------------------------------
-
-  def AllocateBuffers(self) -> _State:
-    plan, fns, c_all = self.plan, self.fns, self.c_all
-    acts, grads, res, wins, aux = [[]], [], [], [], []
-    for c in range(c_all):
-      fn = fns[c]
-      with self.scope(c):
-        if c > 0:
-          prev = fns[c - 1]
-          acts.append(_TensorArrays(prev.output_specs[:prev.num_diff],
-                                    plan.inputs[c]))
-        res.append(_TensorArrays(fn.residual_specs, plan.residuals[c]))
-        wins.append(_TensorArrays(
-            fn.WeightInputSpecs(c > 0) if plan.weight_inputs[c] else [],
-            plan.weight_inputs[c]))
-        aux.append([tf.zeros(s.shape, s.dtype)
-                    for s in fn.output_specs[fn.num_diff:]])
-      with self.scope(min(c + 1, c_all - 1)):
-        grads.append(_TensorArrays(
-            [s for s, tr in zip(fn.output_specs[:fn.num_diff],
-                                fn.diff_trainable) if tr], plan.grads[c]))
-    last = fns[-1]
-    outputs = []
-    if self.plan.table.forward_only:
-      m = self.plan.table.num_micro_batches
-      with self.scope(c_all - 1):
-        # Every micro-batch's output is held until the loop ends.
-        outputs = _TensorArrays(last.output_specs[:last.num_diff],
-                                schedule_lib.BufferSlots([(0, m)] * m))
-    loss = tf.zeros([], last.output_specs[0].dtype)
-    return _State(tf.constant(0), acts, grads, res, wins, aux, loss, outputs)
-
-  def _Accumulators(self):
-    """Zeroed accumulators; the loop starts after the zeroing."""
-    self.accs = self.ex.Accumulators(self.fns)
-    return [op for ops in dataflow.ZeroAccumulators(self.fns, self.accs,
-                                                    self.scope)
-            for op in ops]
-
-  # -- the loop -------------------------------------------------------------------
-
-  def Loop(self, state: _State) -> _State:
-    deps = [] if self.plan.table.forward_only else self._Accumulators()
-    with tf.control_dependencies(deps):
-      state = tf.nest.map_structure(
-          lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, state)
-    t_all = self.plan.table.num_ticks
-    return tf.while_loop(
-        lambda s: s.t < t_all, lambda s: [self.Tick(s)], [state],
-        parallel_iterations=self.ex.parallel_iterations,
-        maximum_iterations=t_all)[0]
-
-  def Tick(self, s: _State) -> _State:
-    """One clock tick. Each device runs its slots in the order of the
-    tick rule (F, then B, then W; one slot for all three when the schedule
-    runs one action per tick), each slot one tf.switch_case over the
-    actions it may run. Actions read other chunks' buffers as they were at
-    the start of the tick, so devices do not wait for each other."""
-    start = s
-    for kinds in self.slots:
-      for d in range(self.k_all):
-        s = self._Slot(kinds, d, s, start)
-    return s._replace(t=s.t + 1)
-
-  def _Slot(self, kinds, d, s: _State, start: _State) -> _State:
-    variants = [(kind, c, recompute) for kind in kinds
-                for c in range(self.c_all) if self.chunk_device[c] == d
-                for recompute in ((False,) if kind == W else (False, True))
-                if self.plan.Runs(kind, recompute, c)]
-    if not variants:
-      return s
-    # Which variant runs at each tick (0: none) and on which micro-batch.
-    which = np.zeros(self.plan.table.num_ticks, np.int32)
-    mb = np.zeros(self.plan.table.num_ticks, np.int32)
-    for j, (kind, c, recompute) in enumerate(variants):
-      col = self.plan.columns[(kind, recompute)][:, c]
-      assert not (which[col >= 0]).any(), 'two actions in one slot'
-      which[col >= 0] = j + 1
-      mb[col >= 0] = col[col >= 0]
-    parts = {}
-    for kind, c, _ in variants:
-      parts.update(self._Touched(kind, c, s))
-    i = tf.gather(tf.constant(mb), s.t)
-    act = {F: self._Forward, B: self._Backward, W: self._Weight}
-
-    def Run(kind, c, recompute):
-      with tf.name_scope(ActionScope(kind, c)):
-        return act[kind](c, i, recompute, dict(parts), start)
-
-    branches = [lambda: dict(parts)] + [lambda v=v: Run(*v) for v in variants]
-    return self._Put(s, tf.switch_case(tf.gather(tf.constant(which), s.t),
-                                       branches))
-
-  def _Touched(self, kind, c, s: _State) -> dict:
-    """The parts of state s an action of `kind` on chunk c may change."""
-    if kind == W:
-      return {('weight_inputs', c): s.weight_inputs[c]}
-    if kind == B:
-      parts = {('residuals', c): s.residuals[c]}
-      if c > 0:
-        parts[('grads', c - 1)] = s.grads[c - 1]
-      if self.plan.table.split_backward:
-        parts[('weight_inputs', c)] = s.weight_inputs[c]
-      return parts
-    parts = {('aux', c): s.aux[c], ('residuals', c): s.residuals[c]}
-    if c < self.c_all - 1:
-      parts[('acts', c + 1)] = s.acts[c + 1]
-    elif self.plan.table.forward_only:
-      parts[('outputs', _WHOLE)] = s.outputs
-    else:
-      parts[('loss', _WHOLE)] = s.loss
-    return parts
-
-  @staticmethod
-  def _Put(s: _State, parts: dict) -> _State:
-    """s with `parts` replaced: keys are (field, chunk) for one chunk's
-    entry of a per-chunk field, (field, _WHOLE) for a whole field."""
-    fields = {}
-    for (field, chunk), value in parts.items():
-      if chunk == _WHOLE:
-        fields[field] = value
-      else:
-        lst = list(fields.get(field, getattr(s, field)))
-        lst[chunk] = value
-        fields[field] = lst
-    return s._replace(**fields)
-
-  # -- one tick's actions ------------------------------------------------------------
-
-  def _Args(self, c, i, xs):
-    labels = []
-    if c == self.c_all - 1 and self.labels_flat is not None:
-      labels = [tf.gather(t, i) for t in self.labels_flat]
-    return list(xs) + labels + [self.step, i]
-
-  def _Inputs(self, c, i, acts_c):
-    if c == 0:
-      return [tf.gather(t, i) for t in self.x_flat]
-    return [ta.read(_Lookup(self.plan.inputs[c], i)) for ta in acts_c]
-
-  def _Forward(self, c, i, recompute, parts, start):
-    """F of chunk c on micro-batch i: outputs to the next chunk's buffer (or
-    the loss / the outputs), aux sums, and residuals unless recomputed."""
-    fn, last = self.fns[c], self.c_all - 1
-    with self.scope(c):
-      args = self._Args(c, i, self._Inputs(c, i, start.acts[c]))
-      if recompute:
-        outs, res = fn.ForwardOutputs(args), []
-      else:
-        outs, res = fn.Forward(args)
-      parts[('aux', c)] = [a + o for a, o in zip(parts[('aux', c)],
-                                                 outs[fn.num_diff:])]
-      outs = outs[:fn.num_diff]
-      if c < last:
-        slot = _Lookup(self.plan.inputs[c + 1], i)
-        parts[('acts', c + 1)] = [ta.write(slot, o) for ta, o in
-                                  zip(parts[('acts', c + 1)], outs)]
-      elif self.plan.table.forward_only:
-        parts[('outputs', _WHOLE)] = [
-            ta.write(i, o) for ta, o in zip(parts[('outputs', _WHOLE)], outs)]
-      else:
-        parts[('loss', _WHOLE)] += outs[0]
-      if res:
-        slot = _Lookup(self.plan.residuals[c], i)
-        parts[('residuals', c)] = [ta.write(slot, r) for ta, r in
-                                   zip(parts[('residuals', c)], res)]
-    return parts
-
-  def _Backward(self, c, i, recompute, parts, start):
-    """B of chunk c on micro-batch i: the gradient of its input to the
-    previous chunk's buffer; weight gradients accumulated, or (split
-    backward) the weight inputs stashed for W."""
-    fn = self.fns[c]
-    with self.scope(c):
-      dys = self._OutputGrads(c, i, start.grads[c])
-      if recompute:
-        res = self._Recompute(c, i, dys, start.acts[c])
-      else:
-        slot = _Lookup(self.plan.residuals[c], i)
-        res = [ta.read(slot) for ta in parts[('residuals', c)]]
-      if self.plan.table.split_backward:
-        in_grads, w_in = fn.BackwardInput(res, dys, input_grads=c > 0)
-        slot = _Lookup(self.plan.weight_inputs[c], i)
-        parts[('weight_inputs', c)] = [
-            ta.write(slot, x) for ta, x in
-            zip(parts[('weight_inputs', c)], w_in)]
-      else:
-        in_grads, var_grads = fn.Backward(res, dys, input_grads=c > 0)
-        self._Accumulate(var_grads)
-      if c > 0:
-        parts[('grads', c - 1)] = self._WriteInputGrads(
-            c, i, in_grads, parts[('grads', c - 1)])
-    return parts
-
-  def _Weight(self, c, i, recompute, parts, start):
-    """W of chunk c on micro-batch i, from the weight inputs B stashed."""
-    del recompute, start
-    with self.scope(c):
-      slot = _Lookup(self.plan.weight_inputs[c], i)
-      w_in = [ta.read(slot) for ta in parts[('weight_inputs', c)]]
-      self._Accumulate(self.fns[c].BackwardWeights(w_in, input_grads=c > 0))
-    return parts
-
-  def _OutputGrads(self, c, i, grads_c):
-    if c == self.c_all - 1:
-      return [tf.ones([], self.fns[c].output_specs[0].dtype)]
-    slot = _Lookup(self.plan.grads[c], i)
-    return [ta.read(slot) for ta in grads_c]
-
-  def _Recompute(self, c, i, dys, acts_c):
-    """Residuals of micro-batch i, recomputed once its output gradient
-    exists. The recompute's aux outputs (statistics) are dropped: batch norm
-    counts each micro-batch once, in its forward."""
-    xs = self._Inputs(c, i, acts_c)
-    with tf.control_dependencies(dys):
-      xs = [tf.identity(x) for x in xs]
-      i = tf.identity(i)
-    with tf.name_scope(RECOMPUTE_SCOPE):
-      return self.fns[c].Forward(self._Args(c, i, xs))[1]
-
-  def _WriteInputGrads(self, c, i, in_grads, grads_prev):
-    prev = self.fns[c - 1]
-    gin = [g for g, tr in zip(in_grads, prev.diff_trainable) if tr]
-    gin = [g if g is not None else tf.zeros(ta.element_shape, ta.dtype)
-           for g, ta in zip(gin, grads_prev)]
-    slot = _Lookup(self.plan.grads[c - 1], i)
-    return [ta.write(slot, g) for ta, g in zip(grads_prev, gin)]
-
-  def _Accumulate(self, var_grads):
-    for v, g in var_grads:
-      self.accs[v.ref()].assign_add(g, read_value=False)
-
-  # -- results -----------------------------------------------------------------------
-
-  def CollectTraining(self, state: _State) -> StepResult:
-    grads = self.ex.ReadGradients(self.fns, self.accs, [state.loss])
-    sums, stats = self.ex.UnpackAux(state.aux)
-    return StepResult(state.loss, sums, grads, stats)
-
-  def CollectForward(self, state: _State, out_struct):
-    with self.scope(self.c_all - 1):
-      flat = [ta.stack() for ta in state.outputs]
-    _, stats = self.ex.UnpackAux(state.aux)
-    return tf.nest.pack_sequence_as(out_struct, flat), stats
+  def __call__(self, *args):
+    n_in, n_lab = self.n_in, self.n_lab
+    x = tf.nest.pack_sequence_as(
+        self.in_struct, self.placement.PinInputs(self.c, list(args[:n_in])))
+    labels = None if self.label_struct is None else tf.nest.pack_sequence_as(
+        self.label_struct, list(args[n_in:n_in + n_lab]))
+    outputs, aux = self.body(x, labels, args[-2], args[-1])
+    self.out_struct = tf.nest.map_structure(lambda _: None, outputs)
+    return self.placement.PinOutputs(self.c, tf.nest.flatten(outputs)), aux

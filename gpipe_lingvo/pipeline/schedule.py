@@ -21,6 +21,7 @@ slots) and the timeline simulator all read that table, so what is reported
 is what runs.
 """
 import dataclasses
+import re
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 F, B, W = 'F', 'B', 'W'
@@ -33,6 +34,37 @@ class Action(NamedTuple):
 
   def __str__(self) -> str:
     return f'{self.chunk}{self.kind}{self.mb}'
+
+
+# Op names. Both executions run an action's ops under a name scope naming it,
+# so a profile's ops can be matched to the table (planning/measure.py).
+RECOMPUTE_SCOPE = 'recompute'  # inside a B's scope: the forward it reruns
+_ACTION_SCOPE_RE = re.compile(r'(?:^|/)action_(\d+)([FBW])(?:/mb(\d+))?(?:/|$)')
+
+
+class ActionOp(NamedTuple):
+  """What an op's name says about the action it is part of."""
+  kind: str
+  chunk: int
+  mb: Optional[int]  # None: the tick loop's names (a loop iteration gives it)
+  recompute: bool    # part of the forward a B reruns
+
+
+def ActionScope(kind: str, chunk: int, mb: Optional[int] = None) -> str:
+  """Name scope of one action's ops: `action_2F` in the tick loop (its
+  micro-batch follows from the loop iteration), `action_2F/mb5` in the
+  dataflow execution (no loop iteration to map it through)."""
+  return f'action_{chunk}{kind}' + ('' if mb is None else f'/mb{mb}')
+
+
+def ParseActionScope(name: str) -> Optional[ActionOp]:
+  """The action an op named inside an ActionScope belongs to, else None."""
+  m = _ACTION_SCOPE_RE.search(name)
+  if m is None:
+    return None
+  return ActionOp(m.group(2), int(m.group(1)),
+                  None if m.group(3) is None else int(m.group(3)),
+                  f'/{RECOMPUTE_SCOPE}/' in name)
 
 
 class ScheduleError(ValueError):

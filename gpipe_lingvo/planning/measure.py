@@ -11,17 +11,20 @@ or oneDNN's; both must be set before TensorFlow starts
 its own.
 
 Timeline: the executor runs every action's ops under a name scope naming
-its chunk and kind (`executor.ActionScope`, e.g. `action_2B/`; the forward
-a B reruns under `recompute/` inside it), one loop iteration per clock
-tick. A profiled step's op events are grouped by (tick, chunk, kind); the
-tick table gives the micro-batch and the device.
+its chunk and kind (`schedule.ActionScope`, e.g. `action_2B/`, with the
+micro-batch in the dataflow execution, `action_2B/mb5/`; the forward a B
+reruns under `recompute/` inside it), in the tick loop one loop iteration
+per clock tick; `schedule.ParseActionScope` reads the names back. A
+profiled step's op events are grouped by (tick, chunk, kind); the tick
+table gives the micro-batch (unless the name does) and the device.
 """
 import glob
 import os
-import re
 import statistics
 import tempfile
 import time
+
+from gpipe_lingvo.pipeline import schedule
 
 # TensorFlow is imported inside the functions: ConfigureTensorFlow must run
 # before it starts.
@@ -30,20 +33,6 @@ import time
 # arguments of its calls), transfers between devices after it ends.
 _NOT_WORK = (':ReadVariableOp', ':Const', ':_Send', ':_Recv', ':_HostSend',
              ':_HostRecv')
-_ACTION_RE = re.compile(r'(?:^|/)action_(\d+)([FBW])/(?:mb(\d+)/)?')
-
-
-def ParseAction(name):
-  """(chunk, kind) of an op named inside an action's scope, else None."""
-  m = _ACTION_RE.search(name)
-  return (int(m.group(1)), m.group(2)) if m else None
-
-
-def ParseMicroBatch(name):
-  """The micro-batch an op's name gives (execution='dataflow' names each
-  action's micro-batch; the tick loop's do not), else None."""
-  m = _ACTION_RE.search(name)
-  return int(m.group(3)) if m and m.group(3) is not None else None
 
 
 def MedianSeconds(fn, reps=5):
@@ -72,8 +61,6 @@ def _Events(xspace):
   """Op events inside actions as (line, (chunk, kind), recompute, start_s,
   end_s, micro-batch or None), and the executor's Process spans as (line,
   start_s, end_s, iteration)."""
-  from gpipe_lingvo.pipeline import executor  # pylint: disable=import-outside-toplevel
-  recompute = f'/{executor.RECOMPUTE_SCOPE}/'
   ops, spans = [], []
   for plane in xspace.planes:
     md, sm = plane.event_metadata, plane.stat_metadata
@@ -88,10 +75,10 @@ def _Events(xspace):
             if sm[s.metadata_id].name == 'iter_num':
               spans.append((line.id, start, end, int(s.int64_value)))
         elif not name.endswith(_NOT_WORK):
-          action = ParseAction(name)
-          if action is not None:
-            ops.append((line.id, action, recompute in name, start, end,
-                        ParseMicroBatch(name)))
+          a = schedule.ParseActionScope(name)
+          if a is not None:
+            ops.append((line.id, (a.chunk, a.kind), a.recompute, start, end,
+                        a.mb))
   return ops, spans
 
 
