@@ -522,6 +522,36 @@ def testViewsAllocateNothing():
              for x in c.cells)
 
 
+class _SamePermutation(layers.Identity):
+  """A ReLU, then a transpose by the identity permutation built from
+  ranges (as the gradient of a gather with batch_dims builds one)."""
+
+  def FProp(self, inputs):
+    perm = tf.concat([tf.range(1), tf.range(1, 2) + 0], 0)
+    return tf.transpose(tf.nn.relu(inputs), perm)
+
+
+def testIdentityTransposeAllocatesNothing():
+  # TensorFlow's graph optimiser removes a transpose by the identity
+  # permutation (and a tile by ones, a cast to the same dtype): its output
+  # is its input's buffer, as a view's is.
+  def Build():
+    return [_SamePermutation.Params().Set(name=f't{i}').Instantiate()
+            for i in range(2)], None
+  c = costs_lib.TraceNetwork(Build, tf.TensorSpec([4, 256], tf.float32))
+  one = 4 * 256 * 4
+  # The ReLU's output (and the permutation's few bytes), no copy of it.
+  assert all(one <= x.fwd_transient < one + 64 and x.fwd_peak < one + 64
+             for x in c.cells)
+  g = tf.Graph()
+  with g.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [2, 3, 4])
+    swap = tf.transpose(x, [0, 2, 1])
+    tiled = tf.tile(x, tf.stack([1, 1, 1]))
+  assert not costs_lib._IsNoOp(swap.op)  # pylint: disable=protected-access
+  assert costs_lib._IsNoOp(tiled.op)  # pylint: disable=protected-access
+
+
 def testCostPartitionModes():
   c = _ResNetCosts()
   pipe = _Pipe('gpipe', 3, 2, [True] * 2)

@@ -149,6 +149,55 @@ def _Reads(op):
   return [] if op.type in _SHAPE_ONLY else list(op.inputs)
 
 
+_FOLD = {'AddV2': np.add, 'Add': np.add, 'Sub': np.subtract,
+         'Mul': np.multiply}
+
+
+def _StaticValue(t):
+  """The value of an int tensor computed from constants only (what the
+  graph optimiser folds, e.g. the permutation a gradient builds from
+  ranges and sizes), else None."""
+  v = tf.get_static_value(t)
+  if v is not None:
+    return np.asarray(v)
+  op = t.op
+  if op.type not in _FOLD and op.type not in ('Range', 'ConcatV2', 'Pack'):
+    return None
+  ins = [_StaticValue(x) for x in op.inputs]
+  if any(x is None for x in ins):
+    return None
+  if op.type == 'Range':
+    return np.arange(*[int(x) for x in ins])
+  if op.type == 'ConcatV2':
+    return np.concatenate([np.reshape(x, [-1]) for x in ins[:-1]])
+  if op.type == 'Pack':
+    return np.stack(ins)
+  return _FOLD[op.type](*ins)
+
+
+def _IsNoOp(op) -> bool:
+  """An op whose output equals its first input (a transpose by the
+  identity permutation, a tile by ones, a broadcast or a cast to the same
+  shape or dtype): TensorFlow's graph optimiser removes it, so it
+  allocates nothing. The gradient of a gather with batch_dims transposes
+  by such a permutation: a copy of the logits' size in a loss's backward."""
+  if op.type not in ('Transpose', 'Tile', 'BroadcastTo', 'Cast'):
+    return False
+  x, y = op.inputs[0], op.outputs[0]
+  if op.type == 'Cast':
+    return x.dtype == y.dtype
+  if not (x.shape.is_fully_defined() and x.shape == y.shape):
+    return False
+  if op.type == 'BroadcastTo':
+    return True
+  v = _StaticValue(op.inputs[1])
+  if v is None:
+    return False
+  if op.type == 'Tile':
+    return bool(np.all(v == 1))
+  return v.tolist() == list(range(x.shape.rank))
+
+
 class _Buffers:
   """Maps tensors to the buffers they live in (views share a buffer)."""
 
@@ -173,7 +222,7 @@ class _Buffers:
         return
       self.seen[key] = op
     for t in op.outputs:
-      if op.type in _ALIAS and op.inputs:
+      if op.inputs and (op.type in _ALIAS or _IsNoOp(op)):
         self.root[t.name] = self.Root(op.inputs[0])
       else:
         self.root[t.name] = t.name
