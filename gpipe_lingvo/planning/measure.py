@@ -148,16 +148,14 @@ def ProfileStep(step_fn, table):
   return result, TimelineFromTrace(xspace, table)
 
 
-def ExecutorOverhead(pipe, device_type='cpu', reps=10):
-  """plan.Overheads of the executor running `pipe`'s tick table on this
-  host in `pipe.execution`: the median time of a training step of the same
-  table whose chunks are one tiny dense layer each (their own work is
-  negligible), spread over its ticks ('ticks') or its actions
-  ('dataflow'). Needs the pipeline's logical devices."""
+def TinyStepSeconds(pipe, device_type: str = 'cpu', reps: int = 10):
+  """(median seconds, tick table) of a training step of `pipe`'s tick table
+  (plan.Pipeline) in `pipe.execution` whose chunks are one tiny dense layer
+  each: the executor's own cost, as their work is negligible. Needs the
+  pipeline's logical devices."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   m = pipe.num_micro_batches
   remat = ('always' if all(pipe.remat) else 'never' if not any(pipe.remat)
            else 'except_last')
@@ -174,8 +172,15 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
   step = tf.function(lambda: net.ComputeLossAndGradients(
       x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-  secs = MedianSeconds(lambda: step().numpy(), reps)
-  table = net.schedule_table
+  return MedianSeconds(lambda: step().numpy(), reps), net.schedule_table
+
+
+def ExecutorOverhead(pipe, device_type='cpu', reps=10):
+  """plan.Overheads of the executor running `pipe`'s tick table on this
+  host in `pipe.execution`: TinyStepSeconds spread over its ticks
+  ('ticks') or its actions ('dataflow')."""
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  secs, table = TinyStepSeconds(pipe, device_type, reps)
   if pipe.execution == 'dataflow':
     return plan_lib.Overheads(
         action_s=secs / sum(len(a) for a in table.actions))
