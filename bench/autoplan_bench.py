@@ -12,9 +12,24 @@ configurations that fit, the choice's measured peak against the budget,
 and the speedup over a Megatron-style default (M = 4K, 1f1b, recompute
 only if it would not fit otherwise, cut balancing parameters).
 
+Throughput on a shared host: its load drifts over minutes, so measuring
+the configurations one after another measures the drift (the same work,
+K=2 M=1 under four schedules, once spanned 237-422 examples/s). Every
+configuration's step is built (and traced) first and kept alive, then all
+are measured in --rounds interleaved rounds, each in a fresh random order
+(fixed seed), --steps steps per configuration a round; a configuration's
+step time is the median over rounds of its round's median
+(measure.InterleavedSteps), its peak the median over all its steps. With
+--batch_configs=N (models too large to hold every step at once) the
+configurations are built and interleaved N at a time: batches are measured
+one after another, so drift between batches is not removed. Per model the
+table's last lines give the measured spread of identical work (K=2 M=1
+over the schedules) as a noise figure.
+
 Each model runs in its own subprocess. Usage (from the repository root):
 
-  python bench/autoplan_bench.py --models=cifar10.ResNet20 --steps=3
+  python bench/autoplan_bench.py --models=cifar10.ResNet20 --rounds=5 \
+      --steps=2
   python bench/autoplan_bench.py --sections=search_time
 """
 import argparse
@@ -68,11 +83,13 @@ def _Key(p):
 
 
 class _Measurer:
-  """Measures configurations of one model, each once."""
+  """Measures configurations of one model, each once, interleaved."""
 
-  def __init__(self, model, data_dir, steps, execution=''):
-    self.model, self.data_dir, self.steps = model, data_dir, steps
-    self.execution = execution
+  def __init__(self, model, data_dir, cfg, execution=''):
+    self.model, self.data_dir, self.execution = model, data_dir, execution
+    self.rounds, self.steps = cfg.get('rounds', 5), cfg['steps']
+    self.batch_configs = cfg.get('batch_configs', 0)
+    self.seed = cfg.get('seed', 0)
     self.done = {}
 
   def Params(self, point=None):
@@ -96,22 +113,42 @@ class _Measurer:
         net.execution = self.execution
     return p
 
-  def Measure(self, point):
-    """(examples/s, step peak bytes above the pre-step level, seconds)."""
-    key = _Key(point)
-    if key not in self.done:
-      import gc  # pylint: disable=import-outside-toplevel
-      from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
-      sys.path.insert(0, os.path.join(ROOT, 'bench'))
-      import planner_bench  # pylint: disable=import-outside-toplevel
+  def MeasureAll(self, points):
+    """Measures the points not measured yet (build all, or batch_configs
+    at a time, then interleaved rounds)."""
+    todo = {}
+    for pt in points:
+      if _Key(pt) not in self.done:
+        todo.setdefault(_Key(pt), pt)
+    keys = list(todo)
+    n = self.batch_configs or len(keys) or 1
+    for i in range(0, len(keys), n):
+      self._MeasureBatch({k: todo[k] for k in keys[i:i + n]})
+
+  def _MeasureBatch(self, points):
+    import gc  # pylint: disable=import-outside-toplevel
+    from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import planner_bench  # pylint: disable=import-outside-toplevel
+    step_fns, batch = {}, {}
+    for key, point in points.items():
       p = self.Params(point)
-      b = p.train.batch_size
-      step_fn = planner_bench._StepFn(p, b)  # pylint: disable=protected-access
-      peak, secs = measure.MeasureStep(step_fn, self.steps)
-      self.done[key] = (b / secs, peak, secs)
-      del step_fn
-      gc.collect()
-    return self.done[key]
+      batch[key] = p.train.batch_size
+      step_fns[key] = planner_bench._StepFn(p, batch[key])  # pylint: disable=protected-access
+      step_fns[key]()  # traces; the warm-up step
+    got = measure.InterleavedSteps(step_fns, self.rounds, self.steps,
+                                   self.seed)
+    for key, r in got.items():
+      self.done[key] = (batch[key] / r.seconds, r.peak_bytes, r.seconds,
+                        r.round_seconds)
+    del step_fns
+    gc.collect()
+
+  def Measure(self, point):
+    """(examples/s, step peak bytes above the pre-step level, seconds,
+    seconds per round)."""
+    self.MeasureAll([point])
+    return self.done[_Key(point)]
 
 
 def _Grid(searcher, num_cells):
@@ -161,7 +198,7 @@ def Worker(cfg):
   from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
-  meas = _Measurer(cfg['model'], cfg.get('data_dir'), cfg['steps'],
+  meas = _Measurer(cfg['model'], cfg.get('data_dir'), cfg,
                    cfg.get('execution', ''))
   p = meas.Params()
   p.task.network.topology.num_logical_devices = DEVICES
@@ -191,6 +228,7 @@ def Worker(cfg):
   budgets = {'none': None,
              'tight': float(peaks[len(peaks) // 2]),
              'very tight': float(peaks[len(peaks) // 5])}
+  planned = []  # (budget name, bytes, grid, chosen, Megatron, search s)
   for name, budget in budgets.items():
     if cfg.get('budgets') and name not in cfg['budgets']:
       continue
@@ -200,30 +238,52 @@ def Worker(cfg):
     search_s = time.perf_counter() - t0
     grid = [pt for _, pt in _Grid(searcher, len(
         costs_at(p.train.batch_size).cells)) if pt is not None]
-    mega = _Megatron(searcher, costs_at)
-    rows = []
-    for pt in grid + chosen + ([mega] if mega else []):
-      ex, peak, secs = meas.Measure(pt)
-      rows.append({'config': pt.Overrides(), 'key': _Key(pt),
-                   'remat': pt.RematText(), 'K': pt.num_stages,
-                   'M': pt.num_micro_batches, 'schedule': pt.schedule,
-                   'v': pt.virtual_stages, 'partition': pt.partition,
-                   'predicted_ex_s': pt.examples_per_s,
-                   'predicted_peak': pt.peak_bytes,
-                   'predicted_step_act': pt.plan.get(
-                       'step_activation_peak_bytes'),
-                   'static': sum(s['weight_bytes'] + s['slot_bytes'] +
-                                 s['accumulator_bytes']
-                                 for s in pt.plan['stages']),
-                   'measured_ex_s': ex, 'measured_step_peak': peak,
-                   'measured_s': secs})
-      print('ROW ' + json.dumps({'budget': name, **rows[-1]}), flush=True)
+    planned.append((name, budget, grid, chosen,
+                    _Megatron(searcher, costs_at), search_s))
+  # Every budget's configurations measured together, each once.
+  meas.MeasureAll([pt for _, _, grid, chosen, mega, _ in planned
+                   for pt in grid + chosen + ([mega] if mega else [])])
+  for name, budget, grid, chosen, mega, search_s in planned:
+    rows = [_Row(pt, meas.Measure(pt))
+            for pt in grid + chosen + ([mega] if mega else [])]
+    for row in rows:
+      print('ROW ' + json.dumps({'budget': name, **row}), flush=True)
     n_grid = len(grid)
     result = {'model': cfg['model'], 'budget': name, 'budget_bytes': budget,
               'grid': rows[:n_grid], 'chosen': rows[n_grid],
               'megatron': rows[n_grid + 1] if mega else None,
               'search_s': search_s, 'trace_s': trace_s}
     print('RESULT ' + json.dumps(result), flush=True)
+
+
+def _Row(pt, measured):
+  """A configuration's prediction beside its measurement."""
+  ex, peak, secs, round_s = measured
+  return {'config': pt.Overrides(), 'key': _Key(pt),
+          'remat': pt.RematText(), 'K': pt.num_stages,
+          'M': pt.num_micro_batches, 'schedule': pt.schedule,
+          'v': pt.virtual_stages, 'partition': pt.partition,
+          'predicted_ex_s': pt.examples_per_s,
+          'predicted_peak': pt.peak_bytes,
+          'predicted_step_act': pt.plan.get('step_activation_peak_bytes'),
+          'static': sum(s['weight_bytes'] + s['slot_bytes'] +
+                        s['accumulator_bytes'] for s in pt.plan['stages']),
+          'measured_ex_s': ex, 'measured_step_peak': peak,
+          'measured_s': secs, 'measured_round_s': round_s}
+
+
+def IdenticalWorkSpread(grid):
+  """[(remat, schedules, min, max measured examples/s)] over the grid rows
+  at K=2 M=1 (one micro-batch: every schedule runs the same F then B, so
+  the spread is measurement noise), per remat with two or more rows."""
+  groups = {}
+  for g in grid:
+    if g['K'] == 2 and g['M'] == 1:
+      groups.setdefault(g['remat'], []).append(g)
+  return [(remat, [g['schedule'] for g in rows],
+           min(g['measured_ex_s'] for g in rows),
+           max(g['measured_ex_s'] for g in rows))
+          for remat, rows in groups.items() if len(rows) > 1]
 
 
 # -- driver ---------------------------------------------------------------------
@@ -240,18 +300,22 @@ def _Run(cfg, timeout=7200):
 
 
 def GridSection(args):
-  print('\n### Search against a measured grid (2 logical CPU devices, '
-        f'{args.steps} measured steps per configuration, execution '
+  print('\n### Search against a measured grid (2 logical CPU devices; '
+        f'per configuration the median over {args.rounds} interleaved '
+        f'rounds of {args.steps} steps; execution '
         f"{args.execution or 'default'})\n")
   print('| model | budget | configs that fit | chosen (predicted) | '
         'chosen/best measured | Spearman | chosen peak / budget | '
         'speedup over Megatron-style | search s |')
   print('|' + '---|' * 9)
   for model in args.models.split(','):
-    cfg = {'model': model, 'steps': args.steps, 'cache_dir': args.cache_dir,
+    cfg = {'model': model, 'steps': args.steps, 'rounds': args.rounds,
+           'batch_configs': args.batch_configs, 'seed': args.seed,
+           'cache_dir': args.cache_dir,
            'data_dir': args.data_dir, 'execution': args.execution,
            'budgets': args.budgets.split(',') if args.budgets else None}
-    for r in _Run(cfg):
+    results = _Run(cfg)
+    for r in results:
       grid = r['grid']
       best = max(g['measured_ex_s'] for g in grid)
       ch = r['chosen']
@@ -276,6 +340,18 @@ def GridSection(args):
                 f"v={g['v']} {g['partition']} | | predicted "
                 f"{g['predicted_ex_s']:.0f} ex/s | measured "
                 f"{g['measured_ex_s']:.0f} ex/s | | | | |")
+    _PrintNoise(model, results)
+
+
+def _PrintNoise(model, results):
+  """The measured spread of identical work, from the largest grid."""
+  if not results:
+    return
+  grid = max((r['grid'] for r in results), key=len)
+  for remat, scheds, lo, hi in IdenticalWorkSpread(grid):
+    print(f"| {model} | identical work: K=2 M=1 {remat} over "
+          f"{', '.join(scheds)} | | measured {lo:.0f}-{hi:.0f} ex/s "
+          f"(max/min {hi / lo:.2f}) | | | | | |", flush=True)
 
 
 def SearchTimeSection(args):
@@ -333,8 +409,16 @@ def main():
                           'cifar10.AmoebaNetD_6_32,cifar10.AmoebaNetA_18_36')
   ap.add_argument('--budgets', default='',
                   help="comma-separated subset of 'none,tight,very tight'")
-  ap.add_argument('--steps', type=int, default=3,
-                  help='measured steps per configuration (median)')
+  ap.add_argument('--rounds', type=int, default=5,
+                  help='interleaved rounds over every configuration; a '
+                  "configuration's step time is the median over rounds")
+  ap.add_argument('--steps', type=int, default=2,
+                  help='measured steps per configuration in each round')
+  ap.add_argument('--batch_configs', type=int, default=0,
+                  help='build and interleave this many configurations at a '
+                  'time (0: all; for models too large to hold every step)')
+  ap.add_argument('--seed', type=int, default=0,
+                  help="seed of the rounds' orders")
   ap.add_argument('--rows', action='store_true',
                   help='also print every grid row')
   ap.add_argument('--data_dir', default='')
@@ -348,6 +432,8 @@ def main():
   if args.worker:
     Worker(json.loads(args.worker))
     return
+  if args.rounds < 1 or args.steps < 1 or args.batch_configs < 0:
+    ap.error('--rounds and --steps must be >= 1, --batch_configs >= 0')
   print(f"autoplan_bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f", {platform.machine()} {os.cpu_count()}-core, python "
         f"{platform.python_version()}")

@@ -111,6 +111,17 @@ def _Pipe(schedule, k, m, remat, v=1, execution='ticks'):
   return plan_lib.Pipeline(schedule, k, m, tuple(remat), v, execution)
 
 
+def _ToyPlans(schedule, v, execution='ticks', **toy):
+  """(remat, pipe, plan) of _ToyCosts(**toy) cut uniformly at K=3, M=6,
+  with no micro-batch recomputed, then every one."""
+  c = _ToyCosts(**toy)
+  k, m = 3, 6
+  ranges = partition.Partition(len(c.cells), k * v)
+  for remat in ([False] * m, [True] * m):
+    pipe = _Pipe(schedule, k, m, remat, v, execution)
+    yield remat, pipe, plan_lib.MakePlan(c, ranges, pipe)
+
+
 def testLastCellMakesItsOwnOutputGradient():
   # The loss is traced with the network's last cell, so the gradient of
   # its output is already in its backward peak; any other cell's arrives
@@ -126,13 +137,9 @@ def testLastCellMakesItsOwnOutputGradient():
 def testPlanStashFollowsTheTickTable(schedule, v):
   # Inputs, output gradients, residuals and B->W tensors of distinct sizes,
   # so each buffer's entries show in the bytes.
-  c = _ToyCosts(res=10_000, out=100, w_in=1)
-  k, m = 3, 6
-  ranges = partition.Partition(6, k * v)
-  for remat in ([False] * m, [True] * m):
-    pipe = _Pipe(schedule, k, m, remat, v)
-    plan = plan_lib.MakePlan(c, ranges, pipe)
-    table = pipe.Table()
+  for remat, pipe, plan in _ToyPlans(schedule, v, res=10_000, out=100,
+                                     w_in=1):
+    k, table = pipe.num_stages, pipe.Table()
     # The executor's ring buffers for this table (its own slot plan): an
     # entry is held until its slot is written again, so a device's stash
     # peaks with every slot of its buffers full.
@@ -166,14 +173,10 @@ def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
   # Unrolled, a buffer entry is a graph edge: held from the tick its
   # producer runs through the tick of its last reader, never longer than
   # the tick loop's slot; a W fused with its B stashes nothing.
-  c = _ToyCosts(res=10_000, out=100, w_in=1)
-  k, m = 3, 6
-  ranges = partition.Partition(6, k * v)
-  for remat in ([False] * m, [True] * m):
-    flow = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v,
-                                              'dataflow'))
-    ticks = plan_lib.MakePlan(c, ranges, _Pipe(schedule, k, m, remat, v))
-    table = _Pipe(schedule, k, m, remat, v).Table()
+  toy = dict(res=10_000, out=100, w_in=1)
+  for (remat, pipe, flow), (_, _, ticks) in zip(
+      _ToyPlans(schedule, v, 'dataflow', **toy), _ToyPlans(schedule, v, **toy)):
+    k, table = pipe.num_stages, pipe.Table()
     fused = plan_lib.FusedBackwards(table)
     keys = {'inputs': 'input_bytes', 'grads': 'output_bytes',
             'residuals': 'residual_bytes',
@@ -230,12 +233,8 @@ def _SequentialHostPeak(table, acts, remat):
 @pytest.mark.parametrize('schedule,v', SCHEDULES)
 def testDataflowHostPeakIsTheWorstOrderOfEachTick(schedule, v):
   # Distinct sizes per buffer so that each entry shows in the bytes.
-  c = _ToyCosts(res=10_000, out=300, w_in=7)
-  k, m = 3, 6
-  ranges = partition.Partition(6, k * v)
-  for remat in ([False] * m, [True] * m):
-    pipe = _Pipe(schedule, k, m, remat, v, execution='dataflow')
-    plan = plan_lib.MakePlan(c, ranges, pipe)
+  for remat, pipe, plan in _ToyPlans(schedule, v, 'dataflow', res=10_000,
+                                     out=300, w_in=7):
     table, acts = pipe.Table(), plan['chunks']
     got = plan_lib.DataflowHostPeak(table, acts, remat)
     assert got == _SequentialHostPeak(table, acts, remat), remat

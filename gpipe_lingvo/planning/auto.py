@@ -138,23 +138,11 @@ def ActionSeconds(execution: str, cache_dir: str = '', reps: int = 10
   dense layer under `execution`, over its 16 actions (its own work is
   negligible). Cached in cache_dir."""
   def _Measure() -> float:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
-    from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
     from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
     m = 8
-    p = pipelined_network.PipelinedNetwork.Params().Set(
-        name='action_overhead', num_stages=1, num_micro_batches=m,
-        remat='never', execution=execution,
-        cells=[layers.FullyConnected.Params().Set(
-            name='fc', input_dim=2, output_dim=2, activation='tanh')])
-    net = p.Instantiate()
-    net.CreateGradientAccumulators()
-    x = tf.ones([m, 2])
-    loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
-    step = tf.function(lambda: net.ComputeLossAndGradients(
-        x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-    return measure.MedianSeconds(lambda: step().numpy(), reps) / (2 * m)
+    pipe = plan_lib.Pipeline('gpipe', 1, m, (False,) * m, 1, execution)
+    secs, table = measure.TinyStepSeconds(pipe, reps=reps)
+    return secs / sum(len(a) for a in table.actions)
 
   return _HostValue(cache_dir, f'action_{execution}',
                     f'{execution}|{os.cpu_count()}', _Measure)

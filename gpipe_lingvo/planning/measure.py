@@ -20,9 +20,11 @@ table gives the micro-batch (unless the name does) and the device.
 """
 import glob
 import os
+import random
 import statistics
 import tempfile
 import time
+from typing import Callable, Dict, Hashable, List, NamedTuple, Tuple
 
 from gpipe_lingvo.pipeline import schedule
 
@@ -41,20 +43,56 @@ def MedianSeconds(fn, reps=5):
   return costs.MedianSeconds(fn, reps)
 
 
+def StepPeakAndSeconds(step_fn: Callable[[], object]) -> Tuple[int, float]:
+  """One step: (the allocator's peak bytes above the bytes in use just
+  before it, its seconds)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.experimental.reset_memory_stats('CPU:0')
+  before = tf.config.experimental.get_memory_info('CPU:0')['current']
+  t0 = time.perf_counter()
+  step_fn()
+  secs = time.perf_counter() - t0
+  return tf.config.experimental.get_memory_info('CPU:0')['peak'] - before, secs
+
+
 def MeasureStep(step_fn, reps=3):
   """(median peak bytes above the pre-step level, median seconds)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   step_fn()
-  peaks, times = [], []
-  for _ in range(reps):
-    tf.config.experimental.reset_memory_stats('CPU:0')
-    before = tf.config.experimental.get_memory_info('CPU:0')['current']
-    t0 = time.perf_counter()
-    step_fn()
-    times.append(time.perf_counter() - t0)
-    peaks.append(tf.config.experimental.get_memory_info('CPU:0')['peak'] -
-                 before)
-  return statistics.median(peaks), statistics.median(times)
+  rows = [StepPeakAndSeconds(step_fn) for _ in range(reps)]
+  return (statistics.median(p for p, _ in rows),
+          statistics.median(s for _, s in rows))
+
+
+class Interleaved(NamedTuple):
+  """What InterleavedSteps measured of one step function."""
+  peak_bytes: float        # median over every measured step
+  seconds: float           # median over rounds of each round's median
+  round_seconds: List[float]
+
+
+def InterleavedSteps(step_fns: Dict[Hashable, Callable[[], object]],
+                     rounds: int = 5, steps: int = 2, seed: int = 0,
+                     measure_fn: Callable = StepPeakAndSeconds
+                     ) -> Dict[Hashable, Interleaved]:
+  """Measures several (warmed-up) steps against each other on a host whose
+  load drifts: in each of `rounds` rounds every step runs `steps` times, in
+  an order shuffled afresh (random.Random(seed)), so a slow spell falls on
+  a few steps of every one rather than on whichever was measured during
+  it; a step's time is the median over rounds of its round's median.
+  measure_fn(step_fn) -> (peak bytes, seconds) of one step."""
+  rng = random.Random(seed)
+  order = list(step_fns)
+  peaks = {k: [] for k in order}
+  per_round = {k: [] for k in order}
+  for _ in range(rounds):
+    rng.shuffle(order)
+    for k in order:
+      rows = [measure_fn(step_fns[k]) for _ in range(steps)]
+      peaks[k].extend(p for p, _ in rows)
+      per_round[k].append(statistics.median(s for _, s in rows))
+  return {k: Interleaved(statistics.median(peaks[k]),
+                         statistics.median(per_round[k]), per_round[k])
+          for k in step_fns}
 
 
 def _Events(xspace):
@@ -148,16 +186,14 @@ def ProfileStep(step_fn, table):
   return result, TimelineFromTrace(xspace, table)
 
 
-def ExecutorOverhead(pipe, device_type='cpu', reps=10):
-  """plan.Overheads of the executor running `pipe`'s tick table on this
-  host in `pipe.execution`: the median time of a training step of the same
-  table whose chunks are one tiny dense layer each (their own work is
-  negligible), spread over its ticks ('ticks') or its actions
-  ('dataflow'). Needs the pipeline's logical devices."""
+def TinyStepSeconds(pipe, device_type: str = 'cpu', reps: int = 10):
+  """(median seconds, tick table) of a training step of `pipe`'s tick table
+  (plan.Pipeline) in `pipe.execution` whose chunks are one tiny dense layer
+  each: the executor's own cost, as their work is negligible. Needs the
+  pipeline's logical devices."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.pipeline import pipelined_network  # pylint: disable=import-outside-toplevel
-  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   m = pipe.num_micro_batches
   remat = ('always' if all(pipe.remat) else 'never' if not any(pipe.remat)
            else 'except_last')
@@ -174,8 +210,15 @@ def ExecutorOverhead(pipe, device_type='cpu', reps=10):
   loss_fn = lambda out, labels: (tf.reduce_sum(out), {})
   step = tf.function(lambda: net.ComputeLossAndGradients(
       x, tf.zeros([m]), loss_fn, tf.constant(0, tf.int64))[0])
-  secs = MedianSeconds(lambda: step().numpy(), reps)
-  table = net.schedule_table
+  return MedianSeconds(lambda: step().numpy(), reps), net.schedule_table
+
+
+def ExecutorOverhead(pipe, device_type='cpu', reps=10):
+  """plan.Overheads of the executor running `pipe`'s tick table on this
+  host in `pipe.execution`: TinyStepSeconds spread over its ticks
+  ('ticks') or its actions ('dataflow')."""
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  secs, table = TinyStepSeconds(pipe, device_type, reps)
   if pipe.execution == 'dataflow':
     return plan_lib.Overheads(
         action_s=secs / sum(len(a) for a in table.actions))

@@ -9,6 +9,7 @@ prints it and writes plan.json and the pictures to the logdir.
 """
 import json
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -48,9 +49,13 @@ def MatmulFlopsPerSecond(size=512, reps=5):
 
 
 def PlanModel(model_params, measure=False, costs=None,
-              overheads=plan_lib.Overheads()):
+              overheads=plan_lib.Overheads(),
+              flops_per_s: Optional[float] = None):
   """The plan dict of a model's training step (see planning/plan.py); the
-  cut is the one training runs (resolve.Cut on resolve.TraceCosts)."""
+  cut is the one training runs (resolve.Cut on resolve.TraceCosts).
+  Unmeasured cell times are FLOPs at `flops_per_s` (None: the host's rate,
+  MatmulFlopsPerSecond, measured now; plans to be compared can share one
+  rate, as the host's drifts under load)."""
   net = model_params.task.network
   pipe = resolve.NetworkPipeline(net)
   pipelined = resolve.IsPipelined(net)
@@ -69,7 +74,9 @@ def PlanModel(model_params, measure=False, costs=None,
   cpu = topo is None or topo.device_type == 'cpu'
   threads = topo.intra_op_threads if topo is not None else 0
   host_parallelism = min(k, os.cpu_count() or 1) if threads == 1 else 1
-  rate = None if costs.cells[0].fwd_s is not None else MatmulFlopsPerSecond()
+  rate = None
+  if costs.cells[0].fwd_s is None:
+    rate = flops_per_s or MatmulFlopsPerSecond()
   plan = plan_lib.MakePlan(costs, ranges, pipe, opt, budgets,
                            shared_host=cpu,
                            host_parallelism=host_parallelism if cpu else None,
