@@ -91,13 +91,18 @@ class DataflowStep:
   fns: each chunk's stage_function.StageFunction; scope(c): chunk c's
   placement scope; remat: per micro-batch, whether its forwards are
   recomputed in the backward; accumulators: variable.ref() -> the variable
-  its gradient is summed in (training tables only).
+  its gradient is summed in (training tables only). host_order: chain
+  every action, whatever its device, in DeviceOrder (devices on one host
+  that runs one op at a time): each starts once the one before it is done,
+  so the host holds what the plan counts, not whatever the executor's pick
+  among the ready ops of two actions happens to keep alive.
   """
 
   def __init__(self, fns, scope, table: schedule_lib.TickTable,
                remat: Sequence[bool], x_mb, labels_mb, step,
-               accumulators=None):
+               accumulators=None, host_order: bool = False):
     self.fns, self.scope, self.table = fns, scope, table
+    self.host_order = host_order
     self.accs = accumulators
     self.remat = list(remat)
     self.c_all = len(fns)
@@ -123,13 +128,14 @@ class DataflowStep:
       for c, ops in enumerate(zeroed):
         last[self.table.chunk_device[c]] += ops
     outer = tf.compat.v1.get_default_graph().get_name_scope()
+    prev = [x for ops in last for x in ops]  # host_order: the action before
     for d, a in DeviceOrder(self.table):
       if a.kind == W and (a.chunk, a.mb) in self._fused:
         continue  # ran with its B
-      self._after = last[d]
+      self._after = prev if self.host_order else last[d]
       with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
-          last[d] = _Done(act[a.kind](a.chunk, a.mb))
+          last[d] = prev = _Done(act[a.kind](a.chunk, a.mb))
     self.last_ops = [x for ops in last for x in ops]
     return self
 

@@ -63,6 +63,20 @@ def ChooseExecution(execution: str, num_actions: int) -> str:
   return 'dataflow' if num_actions <= AUTO_DATAFLOW_MAX_ACTIONS else 'ticks'
 
 
+ACTION_ORDERS = ('auto', 'device', 'host')
+
+
+def HostOrder(action_order: str, topology) -> bool:
+  """Whether execution='dataflow' chains all actions in one order
+  (DataflowStep's host_order): 'auto' does for logical CPU devices on a
+  host running one op at a time, where a step's peak otherwise depends on
+  which ready op of two actions the executor picks (docs/planner.md)."""
+  if action_order != 'auto':
+    return action_order == 'host'
+  threads = dict(topology.IterParams()).get('inter_op_threads', 0)
+  return topology.device_type == 'cpu' and threads == 1
+
+
 def NumActions(schedule: str, num_stages: int, num_micro_batches: int,
                virtual_stages: int = 1) -> int:
   """Actions of a training step's table (pure: no TensorFlow)."""
@@ -192,7 +206,8 @@ class Executor:
                placement: placement_lib.Placement,
                variables: Sequence[Sequence[tf.Variable]],
                accumulator_fn: Optional[Callable] = None,
-               parallel_iterations: int = 1, execution: str = 'ticks'):
+               parallel_iterations: int = 1, execution: str = 'ticks',
+               host_order: bool = False):
     if execution not in EXECUTIONS:
       raise ValueError(f'Unknown execution {execution!r}; use one of '
                        f'{EXECUTIONS}.')
@@ -202,6 +217,7 @@ class Executor:
     self.accumulator_fn = accumulator_fn
     self.parallel_iterations = parallel_iterations
     self.execution = execution
+    self.host_order = host_order  # dataflow.DataflowStep's
 
   @tf.autograph.experimental.do_not_convert
   def Train(self, plan: Plan, x_mb, labels_mb, step) -> StepResult:
@@ -222,7 +238,8 @@ class Executor:
     fns, out_struct = self.TraceStages(x_mb, None, backward=False)
     if self.execution == 'dataflow':
       run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
-                                  plan.remat, x_mb, None, step).Run()
+                                  plan.remat, x_mb, None, step,
+                                  host_order=self.host_order).Run()
       _, stats = self.UnpackAux(run.Aux())
       return tf.nest.pack_sequence_as(out_struct, run.StackedOutputs()), stats
     run = _StepGraph(self, fns, plan, x_mb, None, step)
@@ -233,7 +250,7 @@ class Executor:
     accs = self.Accumulators(fns)
     run = dataflow.DataflowStep(fns, self.placement.OpScope, plan.table,
                                 plan.remat, x_mb, labels_mb, step,
-                                accs).Run()
+                                accs, host_order=self.host_order).Run()
     grads = self.ReadGradients(fns, accs, run.last_ops)
     sums, stats = self.UnpackAux(run.Aux())
     return StepResult(run.loss, sums, grads, stats)
