@@ -2,7 +2,9 @@
 table's order; adjacent B and W of one micro-batch run fused."""
 import pytest
 
+from gpipe_lingvo import devices
 from gpipe_lingvo.pipeline import dataflow
+from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.pipeline import schedule
 from tests import pipeline_test_util as util
 
@@ -60,3 +62,27 @@ def testOpNamesGiveTheMicroBatch():
   assert schedule.ParseActionScope(scope + 'piece/MatMul') == (
       schedule.ActionOp('W', 3, 5, False))
   assert schedule.ParseActionScope('a/action_3W/MatMul').mb is None
+
+
+def testHostOrderRunsEveryActionInDeviceOrder():
+  """action_order='host': from a profile of one step, the actions of all
+  devices end in DeviceOrder (one chain): what the host holds follows the
+  plan's order. (Ops that read no gated tensor, such as the slice of a
+  micro-batch from the batch, may still run early.)"""
+  boxes, tab = util.ProfiledTanhStep(
+      64, 64, num_stages=2, num_micro_batches=4, schedule='1f1b',
+      remat='always', execution='dataflow', action_order='host')
+  want = [(a.kind, a.chunk, a.mb) for _, a in dataflow.DeviceOrder(tab)]
+  got = [tuple(b[1:4]) for b in sorted(boxes, key=lambda b: b[5])]
+  assert got == want
+
+
+def testHostOrderIsTheDefaultForOneOpAtATimeOnCpu():
+  topo = devices.TopologyParams()
+  assert executor.HostOrder('auto', topo)  # cpu, one inter-op thread
+  topo.inter_op_threads = 0
+  assert not executor.HostOrder('auto', topo)
+  assert executor.HostOrder('host', topo)
+  topo.inter_op_threads, topo.device_type = 1, 'gpu'
+  assert not executor.HostOrder('auto', topo)
+  assert not executor.HostOrder('device', devices.TopologyParams())

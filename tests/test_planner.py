@@ -198,10 +198,11 @@ def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
         ticks['step_activation_peak_bytes'])
 
 
-def _SequentialHostPeak(table, acts, remat):
+def _SequentialHostPeak(table, acts, remat, device_order=False):
   """The host's peak when the actions of each tick run one at a time, in
-  the worst of every order: an entry is held from the action that writes
-  it through the action that reads it last."""
+  the worst of every order (device_order: devices in turn, as the
+  executor's action_order 'host' runs them): an entry is held from the
+  action that writes it through the action that reads it last."""
   dev, last = table.chunk_device, table.num_chunks - 1
   fused = plan_lib.FusedBackwards(table)
   entries = []
@@ -218,13 +219,15 @@ def _SequentialHostPeak(table, acts, remat):
   peak = 0
   for t, row in enumerate(table.ticks):
     busy = [d for d, a in enumerate(row) if a]
-    for order in itertools.permutations(busy):
+    for order in ([busy] if device_order else itertools.permutations(busy)):
       for x, d in enumerate(order):
         ran = {(t, e) for e in order[:x]}
         held = sum(n for n, wr, rd in entries
                    if (wr[0] < t or wr in ran or wr == (t, d)) and
                    not (rd[0] < t or rd in ran))
-        work = max(plan_lib._ActionWork(a, acts[a.chunk], remat)  # pylint: disable=protected-access
+        # A B's working bytes hold the output gradient it reads.
+        work = max(plan_lib._ActionWork(a, acts[a.chunk], remat) -  # pylint: disable=protected-access
+                   plan_lib._ReadInWork(table, a, acts)  # pylint: disable=protected-access
                    for a in row[d])
         peak = max(peak, held + work)
   return peak
@@ -244,6 +247,36 @@ def testDataflowHostPeakIsTheWorstOrderOfEachTick(schedule, v):
                       for r in rows)
     assert plan['step_activation_peak_bytes'] == max(
         got, sum(s['update_bytes'] for s in plan['stages']))
+
+
+@pytest.mark.parametrize('schedule,v', SCHEDULES)
+def testOrderedHostPeakIsTheDeviceOrder(schedule, v):
+  c = _ToyCosts(res=10_000, out=300, w_in=7)
+  k, m = 3, 6
+  ranges = partition.Partition(6, k * v)
+  for remat in ([False] * m, [True] * m):
+    pipe = _Pipe(schedule, k, m, remat, v, execution='dataflow').Replace(
+        host_order=True)
+    plan = plan_lib.MakePlan(c, ranges, pipe)
+    table, acts = pipe.Table(), plan['chunks']
+    got = plan_lib.OrderedHostPeak(table, acts, remat)
+    assert got == _SequentialHostPeak(table, acts, remat, True), remat
+    assert got <= plan_lib.DataflowHostPeak(table, acts, remat)
+    assert plan['step_activation_peak_bytes'] == max(
+        got, sum(s['update_bytes'] for s in plan['stages']))
+
+
+def testDataflowHostPeakCountsTheOutputGradientOnce():
+  """K=2, M=1, recomputed: while the first chunk's B runs the host holds
+  its input and its backward's working bytes, which include the gradient
+  of its output (the entry the next chunk's B wrote)."""
+  c = _ToyCosts(res=10_000, out=300, w_in=7)
+  pipe = _Pipe('gpipe', 2, 1, [True], 1, execution='dataflow')
+  plan = plan_lib.MakePlan(c, partition.Partition(6, 2), pipe)
+  a0, a1 = plan['chunks']
+  assert a0['backward_work_bytes'] >= a1['backward_work_bytes']
+  assert plan_lib.DataflowHostPeak(pipe.Table(), plan['chunks'], [True]) == (
+      a0['input_bytes'] + a0['backward_work_bytes'])
 
 
 @pytest.mark.parametrize('schedule,v', SCHEDULES)

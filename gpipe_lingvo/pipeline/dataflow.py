@@ -72,15 +72,21 @@ class DataflowStep:
   actions: builds each action's work; scope(c): chunk c's placement scope;
   remat: per micro-batch, whether its forwards are recomputed in the
   backward; start: per chunk, the ops its device's first action waits for
-  (the accumulators' zeroing, in training).
+  (the accumulators' zeroing, in training). host_order: chain every action,
+  whatever its device, in DeviceOrder (devices on one host that runs one op
+  at a time): each starts once the one before it is done, so the host holds
+  what the plan counts, not whatever the executor's pick among the ready ops
+  of two actions happens to keep alive.
   """
 
   def __init__(self, actions: actions_lib.ActionBuilder, scope,
                table: schedule_lib.TickTable, remat: Sequence[bool], x_mb,
-               labels_mb, step, start: Sequence[list] = ()):
+               labels_mb, step, start: Sequence[list] = (),
+               host_order: bool = False):
     self.actions, self.scope, self.table = actions, scope, table
     self.fns = actions.fns
     self.start = list(start)
+    self.host_order = host_order
     self.remat = list(remat)
     self.c_all = len(self.fns)
     self.x_flat = tf.nest.flatten(x_mb)
@@ -105,13 +111,14 @@ class DataflowStep:
     for c, ops in enumerate(self.start):
       last[self.table.chunk_device[c]] += ops
     outer = tf.compat.v1.get_default_graph().get_name_scope()
+    prev = [x for ops in last for x in ops]  # host_order: the action before
     for d, a in DeviceOrder(self.table):
       if a.kind == W and (a.chunk, a.mb) in self._fused:
         continue  # ran with its B
-      self._after = last[d]
+      self._after = prev if self.host_order else last[d]
       with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
-          last[d] = _Done(act[a.kind](a.chunk, a.mb))
+          last[d] = prev = _Done(act[a.kind](a.chunk, a.mb))
     return actions_lib.StepOutputs(
         self.loss, [self.aux_sums.get(c, []) for c in range(self.c_all)],
         self._StackedOutputs(), [x for ops in last for x in ops])

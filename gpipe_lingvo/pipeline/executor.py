@@ -49,6 +49,20 @@ def ChooseExecution(execution: str, num_actions: int) -> str:
   return 'dataflow' if num_actions <= AUTO_DATAFLOW_MAX_ACTIONS else 'ticks'
 
 
+ACTION_ORDERS = ('auto', 'device', 'host')
+
+
+def HostOrder(action_order: str, topology) -> bool:
+  """Whether execution='dataflow' chains all actions in one order
+  (DataflowStep's host_order): 'auto' does for logical CPU devices on a
+  host running one op at a time, where a step's peak otherwise depends on
+  which ready op of two actions the executor picks (docs/planner.md)."""
+  if action_order != 'auto':
+    return action_order == 'host'
+  threads = dict(topology.IterParams()).get('inter_op_threads', 0)
+  return topology.device_type == 'cpu' and threads == 1
+
+
 def NumActions(schedule: str, num_stages: int, num_micro_batches: int,
                virtual_stages: int = 1) -> int:
   """Actions of a training step's table (pure: no TensorFlow)."""
@@ -149,7 +163,8 @@ class Executor:
                placement: placement_lib.Placement,
                variables: Sequence[Sequence[tf.Variable]],
                accumulator_fn: Optional[Callable] = None,
-               parallel_iterations: int = 1, execution: str = 'ticks'):
+               parallel_iterations: int = 1, execution: str = 'ticks',
+               host_order: bool = False):
     if execution not in EXECUTIONS:
       raise ValueError(f'Unknown execution {execution!r}; use one of '
                        f'{EXECUTIONS}.')
@@ -159,6 +174,7 @@ class Executor:
     self.accumulator_fn = accumulator_fn
     self.parallel_iterations = parallel_iterations
     self.execution = execution
+    self.host_order = host_order  # dataflow.DataflowStep's
 
   @tf.autograph.experimental.do_not_convert
   def Train(self, plan: Plan, x_mb, labels_mb, step) -> StepResult:
@@ -190,7 +206,8 @@ class Executor:
     scope = self.placement.OpScope
     if self.execution == 'dataflow':
       return dataflow.DataflowStep(builder, scope, plan.table, plan.remat,
-                                   x_mb, labels_mb, step, zeroed).Run()
+                                   x_mb, labels_mb, step, zeroed,
+                                   host_order=self.host_order).Run()
     return ticks.TickStep(builder, scope, plan, x_mb, labels_mb, step,
                           [op for ops in zeroed for op in ops],
                           self.parallel_iterations).Run()

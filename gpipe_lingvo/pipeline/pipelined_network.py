@@ -154,6 +154,13 @@ class PipelinedNetwork(base_layer.BaseLayer):
              "graph of one copy of each chunk whatever K and M); 'auto' "
              'picks ticks above executor.AUTO_DATAFLOW_MAX_ACTIONS actions '
              'per step (see docs/engine.md).')
+    p.Define('action_order', 'auto',
+             "execution='dataflow': 'device' chains each device's actions "
+             "in the table's order; 'host' chains every action in it, "
+             'whatever its device (one op at a time: what the host holds is '
+             "the plan's, not the executor's pick among ready ops); 'auto': "
+             "'host' for logical CPU devices with topology.inter_op_threads "
+             "= 1, else 'device' (docs/planner.md, Concurrency).")
     p.Define('parallel_iterations', 1,
              "Ticks the step loop may run ahead (execution='ticks'); 1 "
              'keeps memory lowest.')
@@ -212,6 +219,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
     # The execution the step runs ('auto' resolved for this table).
     self.execution = executor_lib.ChooseExecution(
         p.execution, sum(len(a) for a in self.schedule_table.actions))
+    self.host_order = executor_lib.HostOrder(p.action_order, p.topology)
 
   def _CheckParams(self):
     """Errors that name the fields, raised before anything is built."""
@@ -228,6 +236,10 @@ class PipelinedNetwork(base_layer.BaseLayer):
     if p.execution not in executor_lib.EXECUTION_CHOICES:
       raise ValueError(f'{self.path}: unknown execution {p.execution!r}; use '
                        f'one of {executor_lib.EXECUTION_CHOICES}.')
+    if p.action_order not in executor_lib.ACTION_ORDERS:
+      raise ValueError(f'{self.path}: unknown action_order '
+                       f'{p.action_order!r}; use one of '
+                       f'{executor_lib.ACTION_ORDERS}.')
     if (isinstance(params_check.ParseList(p.remat), str) and
         p.remat not in executor_lib.REMAT_POLICIES):
       raise ValueError(f'{self.path}: unknown remat policy {p.remat!r}; use '
@@ -363,7 +375,7 @@ class PipelinedNetwork(base_layer.BaseLayer):
          for c in range(self.num_chunks)],
         self._GradAccumulator,
         parallel_iterations=self.params.parallel_iterations,
-        execution=self.execution)
+        execution=self.execution, host_order=self.host_order)
 
   # -- forward -----------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class Pipeline:
   remat: tuple              # per micro-batch: True where recomputed
   virtual_stages: int = 1   # v chunks per device
   execution: str = 'dataflow'  # or 'ticks' (executor.EXECUTIONS)
+  host_order: bool = False  # dataflow: all actions in one chain (executor)
 
   @property
   def num_chunks(self) -> int:
@@ -209,6 +210,31 @@ def _Entries(table, chunk: int, remat: Sequence[bool]):
       yield key, writer, dev[chunk], life[0], life[1]
 
 
+def OrderedHostPeak(table, acts: Sequence[dict],
+                    remat: Sequence[bool]) -> int:
+  """DataflowHostPeak when the host runs every action in DeviceOrder
+  (tick by tick, devices in turn; executor action_order 'host'): while an
+  action runs, the host holds the entries written before it and not yet
+  read for the last time, what it writes, and its working bytes."""
+  fused = FusedBackwards(table)
+  order = [(t, d, a) for t in range(table.num_ticks)
+           for d in range(table.num_devices) for a in table.ticks[t][d]
+           if not (a.kind == W and (a.chunk, a.mb) in fused)]
+  first, last = {}, {}
+  for j, (t, d, _) in enumerate(order):
+    first.setdefault((t, d), j)
+    last[(t, d)] = j
+  entries = [(acts[c][key], first[(w, writer)], last[(r, reader)])
+             for c in range(table.num_chunks)
+             for key, writer, reader, w, r in _Entries(table, c, remat)]
+  peak = 0
+  for j, (_, _, a) in enumerate(order):
+    held = sum(n for n, wj, rj in entries if wj <= j <= rj)
+    peak = max(peak, held + _ActionWork(a, acts[a.chunk], remat) -
+               _ReadInWork(table, a, acts))
+  return peak
+
+
 def DataflowHostPeak(table, acts: Sequence[dict],
                      remat: Sequence[bool]) -> int:
   """Peak bytes of a host that runs the actions one at a time under
@@ -220,7 +246,8 @@ def DataflowHostPeak(table, acts: Sequence[dict],
   writes, and, of each other device's actions of t, what they write less
   what they free (entries they read last) when that adds: the worst
   order. The tick view (TickMemory) counts every write of the tick and no
-  free."""
+  free. A B's working bytes hold the gradient of its chunk's output
+  (ChunkActivations), which is the entry it reads: counted once."""
   written = [[0] * table.num_devices for _ in range(table.num_ticks)]
   freed = [[0] * table.num_devices for _ in range(table.num_ticks)]
   live = [0] * table.num_ticks
@@ -237,10 +264,20 @@ def DataflowHostPeak(table, acts: Sequence[dict],
     for d, actions in enumerate(row):
       if not actions:
         continue
-      work = max(_ActionWork(a, acts[a.chunk], remat) for a in actions)
+      work = max(_ActionWork(a, acts[a.chunk], remat) -
+                 _ReadInWork(table, a, acts) for a in actions)
       peak = max(peak, live[t] + written[t][d] + work +
                  sum(net) - net[d])
   return peak
+
+
+def _ReadInWork(table, a: schedule_view.Action, acts) -> int:
+  """Bytes of the entries `a` reads that its working bytes count too: a
+  B's output gradient, which arrives from the next chunk's B (the
+  network's last chunk makes its own)."""
+  if a.kind != B or a.chunk == table.num_chunks - 1:
+    return 0
+  return acts[a.chunk]['output_bytes']
 
 
 def FusedBackwards(table) -> set:
@@ -383,7 +420,9 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
       st['budget_bytes'] = budgets[d]
   # One action runs at a time on a shared host: working bytes do not add
   # up. After the loop its buffers are gone and the update runs.
-  if pipe.execution == 'dataflow':
+  if pipe.execution == 'dataflow' and pipe.host_order:
+    busiest = OrderedHostPeak(table, chunks, remat)
+  elif pipe.execution == 'dataflow':
     busiest = DataflowHostPeak(table, chunks, remat)
   else:
     busiest = max(sum(s for s, _ in row) + max(w for _, w in row)

@@ -70,9 +70,11 @@ def NetworkPipeline(net) -> plan_lib.Pipeline:
   execution = executor_lib.ChooseExecution(
       net.execution, executor_lib.NumActions(net.schedule, net.num_stages, m,
                                              net.virtual_stages))
+  host_order = execution == 'dataflow' and executor_lib.HostOrder(
+      dict(net.IterParams()).get('action_order', 'device'), net.topology)
   return plan_lib.Pipeline(net.schedule, net.num_stages, m,
                            tuple(executor_lib.RematFlags(net.remat, m)),
-                           net.virtual_stages, execution)
+                           net.virtual_stages, execution, host_order)
 
 
 def WithCellRemat(net, costs):
