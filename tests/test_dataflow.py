@@ -13,11 +13,11 @@ def testFusedBackwardsAreTheAdjacentPairs():
   tab = schedule.Build('zb_h1', 2, 8)
   # Device 0 (the first stage) runs each W right after its B; device 1
   # defers every W past the next forward.
-  assert dataflow.FusedBackwards(tab) == {(0, i) for i in range(8)}
-  assert not dataflow.FusedBackwards(schedule.Build('1f1b', 2, 8))
+  assert schedule.FusedBackwards(tab) == {(0, i) for i in range(8)}
+  assert not schedule.FusedBackwards(schedule.Build('1f1b', 2, 8))
   for name, v in (('zb_h1', 1), ('zb_v', 2)):
     tab = schedule.Build(name, 4, 8, v)
-    for c, i in dataflow.FusedBackwards(tab):
+    for c, i in schedule.FusedBackwards(tab):
       order = [a for row in tab.ticks for a in row[tab.chunk_device[c]]]
       at = order.index(schedule.Action('B', c, i))
       assert order[at + 1] == schedule.Action('W', c, i)
@@ -26,7 +26,7 @@ def testFusedBackwardsAreTheAdjacentPairs():
 def testDeviceOrderBuildsProducersFirst():
   tab = schedule.Build('zb_v', 2, 4, 2)
   built = set()
-  for _, a in dataflow.DeviceOrder(tab):
+  for _, _, a in schedule.DeviceOrder(tab):
     if a.kind == 'F' and a.chunk > 0:
       assert schedule.Action('F', a.chunk - 1, a.mb) in built
     if a.kind == 'B' and a.chunk < tab.num_chunks - 1:
@@ -48,7 +48,7 @@ def testEachDeviceFinishesItsActionsInTableOrder(name, v, remat):
   boxes, tab = util.ProfiledTanhStep(
       64, 64, num_stages=2, num_micro_batches=4, schedule=name,
       virtual_stages=v, remat=remat, execution='dataflow')
-  fused = dataflow.FusedBackwards(tab)
+  fused = schedule.FusedBackwards(tab)
   for d in range(tab.num_devices):
     want = [(a.kind, a.chunk, a.mb) for row in tab.ticks for a in row[d]
             if not (a.kind == 'W' and (a.chunk, a.mb) in fused)]
@@ -72,7 +72,7 @@ def testHostOrderRunsEveryActionInDeviceOrder():
   boxes, tab = util.ProfiledTanhStep(
       64, 64, num_stages=2, num_micro_batches=4, schedule='1f1b',
       remat='always', execution='dataflow', action_order='host')
-  want = [(a.kind, a.chunk, a.mb) for _, a in dataflow.DeviceOrder(tab)]
+  want = [(a.kind, a.chunk, a.mb) for _, _, a in schedule.DeviceOrder(tab)]
   got = [tuple(b[1:4]) for b in sorted(boxes, key=lambda b: b[5])]
   assert got == want
 

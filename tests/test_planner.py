@@ -177,7 +177,7 @@ def testDataflowHoldsEachEntryFromWriteToLastRead(schedule, v):
   for (remat, pipe, flow), (_, _, ticks) in zip(
       _ToyPlans(schedule, v, 'dataflow', **toy), _ToyPlans(schedule, v, **toy)):
     k, table = pipe.num_stages, pipe.Table()
-    fused = plan_lib.FusedBackwards(table)
+    fused = schedule_lib.FusedBackwards(table)
     keys = {'inputs': 'input_bytes', 'grads': 'output_bytes',
             'residuals': 'residual_bytes',
             'weight_inputs': 'weight_input_bytes'}
@@ -204,7 +204,7 @@ def _SequentialHostPeak(table, acts, remat, device_order=False):
   executor's action_order 'host' runs them): an entry is held from the
   action that writes it through the action that reads it last."""
   dev, last = table.chunk_device, table.num_chunks - 1
-  fused = plan_lib.FusedBackwards(table)
+  fused = schedule_lib.FusedBackwards(table)
   entries = []
   for c in range(table.num_chunks):
     writers = {'inputs': ('input_bytes', dev[max(c - 1, 0)]),
@@ -289,7 +289,7 @@ def testDataflowTimelineKeepsEveryDependencyAndNoLockstep(schedule, v):
              for ch in range(k * v)}
     tl = plan_lib.DataflowTimeline(table, costs, remat)
     end = {e.action: e.end for e in tl.events}
-    fused = plan_lib.FusedBackwards(table)
+    fused = schedule_lib.FusedBackwards(table)
     want = [a for acts in table.actions for a in acts
             if not (a.kind == 'W' and (a.chunk, a.mb) in fused)]
     assert sorted(end) == sorted(want)

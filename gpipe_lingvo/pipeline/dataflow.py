@@ -17,7 +17,7 @@ Weight gradients are added into the executor's accumulator variables in
 each chunk's action order, as in the tick loop; what each action computes
 comes from actions.ActionBuilder, as there.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -25,15 +25,6 @@ from gpipe_lingvo.pipeline import actions as actions_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
-
-
-def DeviceOrder(table: schedule_lib.TickTable
-                ) -> List[Tuple[int, schedule_lib.Action]]:
-  """(device, action) in an order that builds every action after the ones
-  it reads: tick by tick, devices in turn, a device's actions of one tick in
-  their order."""
-  return [(d, a) for t in range(table.num_ticks)
-          for d in range(table.num_devices) for a in table.ticks[t][d]]
 
 
 def MicroBatchScope(outer: str, a: schedule_lib.Action) -> str:
@@ -53,19 +44,6 @@ def _Done(results) -> list:
           for r in results]
 
 
-def FusedBackwards(table: schedule_lib.TickTable) -> set:
-  """(chunk, micro-batch) of each W that its device runs right after the
-  B of the same chunk and micro-batch. Such a pair runs as one fused
-  backward: the same work in the same order, without stashing W's inputs
-  or paying for the split (as PyTorch's pipelining merges them)."""
-  fused = set()
-  for order in table.actions:  # each device's list, in the order it runs
-    for a, nxt in zip(order, order[1:]):
-      if a.kind == B and nxt == schedule_lib.Action(W, a.chunk, a.mb):
-        fused.add((a.chunk, a.mb))
-  return fused
-
-
 class DataflowStep:
   """The graph of one call: every action of the table, chained per device.
 
@@ -73,10 +51,10 @@ class DataflowStep:
   remat: per micro-batch, whether its forwards are recomputed in the
   backward; start: per chunk, the ops its device's first action waits for
   (the accumulators' zeroing, in training). host_order: chain every action,
-  whatever its device, in DeviceOrder (devices on one host that runs one op
-  at a time): each starts once the one before it is done, so the host holds
-  what the plan counts, not whatever the executor's pick among the ready ops
-  of two actions happens to keep alive.
+  whatever its device, in schedule.DeviceOrder (devices on one host that
+  runs one op at a time): each starts once the one before it is done, so
+  the host holds what the plan counts, not whatever the executor's pick
+  among the ready ops of two actions happens to keep alive.
   """
 
   def __init__(self, actions: actions_lib.ActionBuilder, scope,
@@ -101,7 +79,7 @@ class DataflowStep:
     self.loss: Optional[tf.Tensor] = None  # training: from the last F
     self.outputs: Dict[int, list] = {}
     self._after: list = []  # what the action being built must wait for
-    self._fused = FusedBackwards(table)
+    self._fused = schedule_lib.FusedBackwards(table)
 
   def Run(self) -> actions_lib.StepOutputs:
     """Builds every action; the gradients are read after each device's
@@ -112,7 +90,7 @@ class DataflowStep:
       last[self.table.chunk_device[c]] += ops
     outer = tf.compat.v1.get_default_graph().get_name_scope()
     prev = [x for ops in last for x in ops]  # host_order: the action before
-    for d, a in DeviceOrder(self.table):
+    for _, d, a in schedule_lib.DeviceOrder(self.table):
       if a.kind == W and (a.chunk, a.mb) in self._fused:
         continue  # ran with its B
       self._after = prev if self.host_order else last[d]

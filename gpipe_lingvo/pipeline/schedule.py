@@ -638,6 +638,29 @@ def BufferSlots(lifetimes: Optional[Sequence[Optional[Tuple[int, int]]]]
                [first[s] for s in sorted(first)])
 
 
+def DeviceOrder(table: TickTable) -> List[Tuple[int, int, Action]]:
+  """(tick, device, action) in an order that puts every action after the
+  ones it reads: tick by tick, devices in turn, a device's actions of one
+  tick in their order. The dataflow execution builds (and, with
+  action_order 'host', runs) the actions in it; the planner counts it."""
+  return [(t, d, a) for t in range(table.num_ticks)
+          for d in range(table.num_devices) for a in table.ticks[t][d]]
+
+
+def FusedBackwards(table: TickTable) -> set:
+  """(chunk, micro-batch) of each W that its device runs right after the
+  B of the same chunk and micro-batch. The dataflow execution runs such a
+  pair as one fused backward: the same work in the same order, without
+  stashing W's inputs or paying for the split (as PyTorch's pipelining
+  merges them); the planner counts it so."""
+  fused = set()
+  for order in table.actions:  # each device's list, in the order it runs
+    for a, nxt in zip(order, order[1:]):
+      if a.kind == B and nxt == Action(W, a.chunk, a.mb):
+        fused.add((a.chunk, a.mb))
+  return fused
+
+
 def Build(name: str, num_devices: int, num_micro_batches: int,
           virtual_stages: int = 1) -> TickTable:
   """The tick table of a named schedule."""

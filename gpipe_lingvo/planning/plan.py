@@ -201,7 +201,7 @@ def _Entries(table, chunk: int, remat: Sequence[bool]):
            'grads': ('output_bytes', dev[min(chunk + 1, last)]),
            'residuals': ('residual_bytes', dev[chunk]),
            'weight_inputs': ('weight_input_bytes', dev[chunk])}
-  fused = FusedBackwards(table)
+  fused = schedule_lib.FusedBackwards(table)
   for name, lifetimes in table.BufferLifetimes(chunk, remat).items():
     key, writer = where[name]
     for i, life in enumerate(lifetimes or []):
@@ -212,13 +212,12 @@ def _Entries(table, chunk: int, remat: Sequence[bool]):
 
 def OrderedHostPeak(table, acts: Sequence[dict],
                     remat: Sequence[bool]) -> int:
-  """DataflowHostPeak when the host runs every action in DeviceOrder
+  """DataflowHostPeak when the host runs every action in schedule.DeviceOrder
   (tick by tick, devices in turn; executor action_order 'host'): while an
   action runs, the host holds the entries written before it and not yet
   read for the last time, what it writes, and its working bytes."""
-  fused = FusedBackwards(table)
-  order = [(t, d, a) for t in range(table.num_ticks)
-           for d in range(table.num_devices) for a in table.ticks[t][d]
+  fused = schedule_lib.FusedBackwards(table)
+  order = [(t, d, a) for t, d, a in schedule_lib.DeviceOrder(table)
            if not (a.kind == W and (a.chunk, a.mb) in fused)]
   first, last = {}, {}
   for j, (t, d, _) in enumerate(order):
@@ -280,19 +279,6 @@ def _ReadInWork(table, a: schedule_view.Action, acts) -> int:
   return acts[a.chunk]['output_bytes']
 
 
-def FusedBackwards(table) -> set:
-  """(chunk, micro-batch) of each W its device runs right after the B of
-  the same chunk and micro-batch: execution='dataflow' runs the pair as one
-  backward (dataflow.FusedBackwards, the runtime's rule; restated here so
-  the planner needs no TensorFlow)."""
-  fused = set()
-  for order in table.actions:
-    for a, nxt in zip(order, order[1:]):
-      if a.kind == B and nxt == schedule_view.Action(W, a.chunk, a.mb):
-        fused.add((a.chunk, a.mb))
-  return fused
-
-
 def BufferCounts(table, chunk: int, remat: Sequence[bool],
                  execution: str = 'dataflow') -> Dict[str, List[int]]:
   """Per buffer of `chunk`, per tick: entries held.
@@ -304,7 +290,7 @@ def BufferCounts(table, chunk: int, remat: Sequence[bool],
   with its B stashes nothing."""
   if execution == 'ticks':
     return schedule_view.BufferCounts(table, chunk, remat)
-  fused = FusedBackwards(table)
+  fused = schedule_lib.FusedBackwards(table)
   out = {}
   for name, lifetimes in table.BufferLifetimes(chunk, remat).items():
     counts = [0] * table.num_ticks
@@ -333,7 +319,7 @@ def DataflowTimeline(table, cost, remat: Sequence[bool],
   ties); p > 1: the step lasts at least its total work / p.
   action_overhead: seconds each action adds (its calls and gates)."""
   base = table._CostFn(cost, remat)  # pylint: disable=protected-access
-  fused = FusedBackwards(table)
+  fused = schedule_lib.FusedBackwards(table)
   last = table.num_chunks - 1
   queues = [[a for a in acts if not (a.kind == W and (a.chunk, a.mb) in fused)]
             for acts in table.actions]
