@@ -142,3 +142,33 @@ def testSequenceModelAutoFieldsResolveOnFlops(tmp_path):
   assert lines[-1].startswith('auto (num_stages, num_micro_batches, '
                               'schedule): ')
   assert os.path.exists(os.path.join(tmp_path, 'matmul_rate.json'))
+
+
+def testSizesAreTimedInInterleavedRoundsAndScaleTheTraces(tmp_path,
+                                                          monkeypatch):
+  """The two micro-batch sizes are timed alternately (a slow spell of the
+  host cannot fall on one of them alone), and each trace's cell times add
+  up to its size's interleaved total."""
+  p = model_registry.GetParams(MODEL)
+  calls = []
+
+  def FakeStep(unused_params, micro):
+    return lambda: calls.append(micro)
+
+  monkeypatch.setattr(auto.resolve, 'ForwardBackwardStep', FakeStep)
+  got = auto.ForwardBackwardSecondsAt(p, [4, 32], rounds=3)
+  assert len(got) == 2 and all(s >= 0 for s in got)
+  timed = calls[2:]  # after one warm-up call of each
+  assert sorted(calls[:2]) == [4, 32] and len(timed) == 6
+  for r in range(3):  # each round times both sizes once
+    assert sorted(timed[2 * r:2 * r + 2]) == [4, 32]
+
+  monkeypatch.setattr(auto, 'ForwardBackwardSecondsAt',
+                      lambda params, sizes: [0.01 * b for b in sizes])
+  costs_at = auto.CostsAt(p, str(tmp_path), print_fn=lambda *_: None)
+  batch = p.train.batch_size
+  for micro in (max(1, batch // 8), batch):
+    total = sum(c.fwd_s + c.bwd_s for c in costs_at(micro).cells)
+    assert abs(total - 0.01 * micro) < 1e-9 * micro
+  with open(os.path.join(tmp_path, 'forward_backward.json')) as f:
+    assert json.load(f)['value'] == [0.01 * max(1, batch // 8), 0.01 * batch]

@@ -11,13 +11,16 @@ training batch, writes the choice into the params and prints it.
 Costs: the cells are traced and timed once at two micro-batch sizes (the
 whole batch and an eighth of it) and cached as JSON; cell times at other
 sizes are interpolated linearly between them (a per-op overhead plus a
-per-example cost), bytes scale with the micro-batch.
+per-example cost), bytes scale with the micro-batch. The line reads the
+ratio of the two sizes' times, so their totals are timed in interleaved
+rounds (`ForwardBackwardSecondsAt`), not one after the other.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.planning import costs as costs_lib
@@ -98,7 +101,36 @@ def CostsAt(model_params, cache_dir: str = '',
       cache_path=os.path.join(cache_dir, f'{b}_' + COSTS_FILE)
       if cache_dir else '', print_fn=print_fn) for b in sizes]
   lo, hi = traced[0], traced[-1]
+  if lo.batch != hi.batch:
+    key = hashlib.sha1(str([model_params.task.network.ToText(),
+                            model_params.train.ToText(), sizes,
+                            os.cpu_count()]).encode()).hexdigest()
+    totals = _HostValue(cache_dir, 'forward_backward', key,
+                        lambda: ForwardBackwardSecondsAt(model_params, sizes))
+    lo, hi = lo.TimesScaledTo(totals[0]), hi.TimesScaledTo(totals[-1])
   return lambda micro: _Interpolated(lo, hi, micro)
+
+
+def ForwardBackwardSecondsAt(model_params, sizes: Sequence[int],
+                             rounds: int = 7) -> List[float]:
+  """resolve.ForwardBackwardSeconds at each micro-batch size of `sizes`,
+  measured in interleaved rounds (measure.InterleavedSteps): timed one
+  after the other, a slow spell of a shared host falls on one size and
+  bends the line through them (a 128-example ResNet-20 step once timed
+  1.55x its value of an hour later, beside an undisturbed 16-example one,
+  and the search predicted throughput rising with M where it falls)."""
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+  steps = {b: resolve.ForwardBackwardStep(model_params, b) for b in sizes}
+  for fn in steps.values():
+    fn()  # traces; the warm-up step
+
+  def Timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return 0, time.perf_counter() - t0
+
+  got = measure.InterleavedSteps(steps, rounds, 1, measure_fn=Timed)
+  return [got[b].seconds for b in sizes]
 
 
 def _HostValue(cache_dir: str, name: str, key: str,

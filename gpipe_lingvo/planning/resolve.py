@@ -15,7 +15,7 @@ network on its own traces its cells alone on `input_shape` (float32).
 Both are cached by a hash of the cells' params and the input shapes.
 """
 import hashlib
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -274,10 +274,10 @@ def _InputAndLabelSpecs(model_params, batch_specs):
                                out)
 
 
-def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
-  """Median seconds of one forward and backward of the task's network and
-  loss at `micro_batch` examples, as a tf.function on the default device
-  (allocates the weights)."""
+def ForwardBackwardStep(model_params, micro_batch) -> Callable[[], object]:
+  """A traced forward and backward of the task's network and loss at
+  `micro_batch` examples, as a tf.function on the default device (allocates
+  the weights); calling it runs one step to completion."""
   task = _PlainTask(model_params).Instantiate()
   gen = model_params.train.Instantiate()
   x = tf.random.stateless_normal([micro_batch] + list(gen.ImageShape()),
@@ -296,4 +296,11 @@ def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
     grads = tape.gradient(loss, variables)
     return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
 
-  return costs_lib.MedianSeconds(lambda: Step().numpy(), reps)
+  return lambda: Step().numpy()
+
+
+def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
+  """Median seconds of one forward and backward of the task's network and
+  loss at `micro_batch` examples (ForwardBackwardStep)."""
+  return costs_lib.MedianSeconds(
+      ForwardBackwardStep(model_params, micro_batch), reps)
