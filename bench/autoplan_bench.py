@@ -19,7 +19,8 @@ configuration's step is built (and traced) first and kept alive, then all
 are measured in --rounds interleaved rounds, each in a fresh random order
 (fixed seed), --steps steps per configuration a round; a configuration's
 step time is the median over rounds of its round's median
-(measure.InterleavedSteps), its peak the median over all its steps. With
+(measure.InterleavedSteps), its peak the largest over all its steps (as
+bench/planner_bench.py reads a peak: a budget must hold every step). With
 --batch_configs=N (models too large to hold every step at once) the
 configurations are built and interleaved N at a time: batches are measured
 one after another, so drift between batches is not removed. Per model the
