@@ -117,7 +117,7 @@ def ForwardBackwardSecondsAt(model_params, sizes: Sequence[int],
   measured in interleaved rounds (measure.InterleavedSteps): timed one
   after the other, a slow spell of a shared host falls on one size and
   bends the line through them (a 128-example ResNet-20 step once timed
-  1.55x its value of an hour later, beside an undisturbed 16-example one,
+  1.55x its time on a quiet host, beside an undisturbed 16-example one,
   and the search predicted throughput rising with M where it falls)."""
   from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   steps = {b: resolve.ForwardBackwardStep(model_params, b) for b in sizes}
