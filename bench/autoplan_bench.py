@@ -152,12 +152,12 @@ class _Measurer:
     return self.done[_Key(point)]
 
 
-def _Grid(searcher, num_cells):
+def _Grid(searcher, num_cells, grid_m=GRID_M):
   """Every grid configuration, each with its exact cut under the budget
   (None where it does not fit)."""
   out = []
   for k in (1, 2):
-    for m in GRID_M:
+    for m in grid_m:
       scheds = GRID_SCHEDULES if k == 2 else (('gpipe', 1),)
       for sched, v in scheds:
         if k * v > num_cells:
@@ -224,7 +224,9 @@ def Worker(cfg):
     return search.Searcher(costs_at, space, opt, hp, action_s=action_s,
                            flops_per_s=rate)
 
-  free = _Grid(MakeSearcher(None), len(costs_at(p.train.batch_size).cells))
+  grid_m = tuple(cfg.get('grid_m') or GRID_M)
+  free = _Grid(MakeSearcher(None), len(costs_at(p.train.batch_size).cells),
+               grid_m)
   peaks = sorted(pt.peak_bytes for _, pt in free if pt is not None)
   budgets = {'none': None,
              'tight': float(peaks[len(peaks) // 2]),
@@ -238,7 +240,7 @@ def Worker(cfg):
     chosen = searcher.Search(1)
     search_s = time.perf_counter() - t0
     grid = [pt for _, pt in _Grid(searcher, len(
-        costs_at(p.train.batch_size).cells)) if pt is not None]
+        costs_at(p.train.batch_size).cells), grid_m) if pt is not None]
     planned.append((name, budget, grid, chosen,
                     _Megatron(searcher, costs_at), search_s))
   # Every budget's configurations measured together, each once.
@@ -303,7 +305,7 @@ def _Run(cfg, timeout=7200):
 def GridSection(args):
   print('\n### Search against a measured grid (2 logical CPU devices; '
         f'per configuration the median over {args.rounds} interleaved '
-        f'rounds of {args.steps} steps; execution '
+        f'rounds of {args.steps} steps; M in {args.grid_m}; execution '
         f"{args.execution or 'default'})\n")
   print('| model | budget | configs that fit | chosen (predicted) | '
         'chosen/best measured | Spearman | chosen peak / budget | '
@@ -314,6 +316,7 @@ def GridSection(args):
            'batch_configs': args.batch_configs, 'seed': args.seed,
            'cache_dir': args.cache_dir,
            'data_dir': args.data_dir, 'execution': args.execution,
+           'grid_m': [int(x) for x in args.grid_m.split(',')],
            'budgets': args.budgets.split(',') if args.budgets else None}
     results = _Run(cfg)
     for r in results:
@@ -420,6 +423,10 @@ def main():
                   'time (0: all; for models too large to hold every step)')
   ap.add_argument('--seed', type=int, default=0,
                   help="seed of the rounds' orders")
+  ap.add_argument('--grid_m', default=','.join(map(str, GRID_M)),
+                  help='micro-batch counts of the grid (a smaller set '
+                  'builds faster; the Megatron-style default and the '
+                  "search's choice are measured whatever it holds)")
   ap.add_argument('--rows', action='store_true',
                   help='also print every grid row')
   ap.add_argument('--data_dir', default='')
@@ -435,6 +442,9 @@ def main():
     return
   if args.rounds < 1 or args.steps < 1 or args.batch_configs < 0:
     ap.error('--rounds and --steps must be >= 1, --batch_configs >= 0')
+  if not all(x.isdigit() and int(x) > 0 for x in args.grid_m.split(',')):
+    ap.error(f'--grid_m={args.grid_m!r}: give positive integers separated '
+             'by commas, e.g. --grid_m=1,2,4')
   print(f"autoplan_bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f", {platform.machine()} {os.cpu_count()}-core, python "
         f"{platform.python_version()}")
