@@ -31,6 +31,8 @@ Each model runs in its own subprocess. Usage (from the repository root):
 
   python bench/autoplan_bench.py --models=cifar10.ResNet20 --rounds=5 \
       --steps=2
+  python bench/autoplan_bench.py --models=cifar10.AmoebaNetD_6_32 \
+      --rounds=3 --batch_configs=20 --grid_m=1,2,4
   python bench/autoplan_bench.py --sections=search_time
 """
 import argparse
