@@ -32,7 +32,7 @@ Each model runs in its own subprocess. Usage (from the repository root):
   python bench/autoplan_bench.py --models=cifar10.ResNet20 --rounds=5 \
       --steps=2
   python bench/autoplan_bench.py --models=cifar10.AmoebaNetD_6_32 \
-      --rounds=3 --batch_configs=20 --grid_m=1,2,4
+      --rows --rounds=3 --batch_configs=10 --grid_m=1,4
   python bench/autoplan_bench.py --sections=search_time
 """
 import argparse
@@ -227,8 +227,8 @@ def Worker(cfg):
                            flops_per_s=rate)
 
   grid_m = tuple(cfg.get('grid_m') or GRID_M)
-  free = _Grid(MakeSearcher(None), len(costs_at(p.train.batch_size).cells),
-               grid_m)
+  num_cells = len(costs_at(p.train.batch_size).cells)
+  free = _Grid(MakeSearcher(None), num_cells, grid_m)
   peaks = sorted(pt.peak_bytes for _, pt in free if pt is not None)
   budgets = {'none': None,
              'tight': float(peaks[len(peaks) // 2]),
@@ -241,8 +241,8 @@ def Worker(cfg):
     t0 = time.perf_counter()
     chosen = searcher.Search(1)
     search_s = time.perf_counter() - t0
-    grid = [pt for _, pt in _Grid(searcher, len(
-        costs_at(p.train.batch_size).cells), grid_m) if pt is not None]
+    grid = [pt for _, pt in _Grid(searcher, num_cells, grid_m)
+            if pt is not None]
     planned.append((name, budget, grid, chosen,
                     _Megatron(searcher, costs_at), search_s))
   # Every budget's configurations measured together, each once.
@@ -307,7 +307,8 @@ def _Run(cfg, timeout=7200):
 def GridSection(args):
   print('\n### Search against a measured grid (2 logical CPU devices; '
         f'per configuration the median over {args.rounds} interleaved '
-        f'rounds of {args.steps} steps; M in {args.grid_m}; execution '
+        f"rounds of {args.steps} steps; M in {','.join(map(str, args.grid_m))}"
+        '; execution '
         f"{args.execution or 'default'})\n")
   print('| model | budget | configs that fit | chosen (predicted) | '
         'chosen/best measured | Spearman | chosen peak / budget | '
@@ -318,7 +319,7 @@ def GridSection(args):
            'batch_configs': args.batch_configs, 'seed': args.seed,
            'cache_dir': args.cache_dir,
            'data_dir': args.data_dir, 'execution': args.execution,
-           'grid_m': [int(x) for x in args.grid_m.split(',')],
+           'grid_m': list(args.grid_m),
            'budgets': args.budgets.split(',') if args.budgets else None}
     results = _Run(cfg)
     for r in results:
@@ -405,6 +406,15 @@ def SearchTimeSection(args):
               flush=True)
 
 
+def _MicroBatchCounts(text):
+  """--grid_m: '1,2,4' -> (1, 2, 4), parsed and checked once."""
+  if not all(x.isdigit() and int(x) > 0 for x in text.split(',')):
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: give positive integers separated by commas, e.g. '
+        '--grid_m=1,2,4')
+  return tuple(int(x) for x in text.split(','))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--worker', help=argparse.SUPPRESS)
@@ -425,7 +435,7 @@ def main():
                   'time (0: all; for models too large to hold every step)')
   ap.add_argument('--seed', type=int, default=0,
                   help="seed of the rounds' orders")
-  ap.add_argument('--grid_m', default=','.join(map(str, GRID_M)),
+  ap.add_argument('--grid_m', type=_MicroBatchCounts, default=GRID_M,
                   help='micro-batch counts of the grid (a smaller set '
                   'builds faster; the Megatron-style default and the '
                   "search's choice are measured whatever it holds)")
@@ -444,9 +454,6 @@ def main():
     return
   if args.rounds < 1 or args.steps < 1 or args.batch_configs < 0:
     ap.error('--rounds and --steps must be >= 1, --batch_configs >= 0')
-  if not all(x.isdigit() and int(x) > 0 for x in args.grid_m.split(',')):
-    ap.error(f'--grid_m={args.grid_m!r}: give positive integers separated '
-             'by commas, e.g. --grid_m=1,2,4')
   print(f"autoplan_bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f", {platform.machine()} {os.cpu_count()}-core, python "
         f"{platform.python_version()}")
