@@ -39,19 +39,27 @@ STEP_LINE_RE = re.compile(r'^step +(\d+) .* ([\d.]+) examples/s .*'
 
 
 def _StepFn(model_params, batch_size):
-  """A compiled training step of the model on random data (no input
-  pipeline)."""
+  """A compiled training step of the model on one fixed batch, outside the
+  input pipeline: random images for an image task; for a token task one
+  real batch of its input (its packing fields decide the attention)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   task = model_params.task.Instantiate()
   task.BuildOptimizer()
   step = tf.Variable(0, dtype=tf.int64, trainable=False)
   gen = model_params.train.Instantiate()
-  shape = [batch_size] + list(gen.ImageShape())
-  batch = {'image': tf.random.stateless_normal(shape, [1, 2]),
-           'label': tf.random.stateless_uniform(
-               [batch_size], [3, 4], 0, model_params.task.num_classes,
-               tf.int32),
-           'weight': tf.ones([batch_size])}
+  if 'image' in gen.BatchSpecs(batch_size):
+    shape = [batch_size] + list(gen.ImageShape())
+    batch = {'image': tf.random.stateless_normal(shape, [1, 2]),
+             'label': tf.random.stateless_uniform(
+                 [batch_size], [3, 4], 0, model_params.task.num_classes,
+                 tf.int32),
+             'weight': tf.ones([batch_size])}
+  else:
+    batch = next(iter(gen.GetDataset()))
+    got = tf.nest.flatten(batch)[0].shape[0]
+    if got != batch_size:
+      raise ValueError(f'{model_params.train.name}: the input gave a batch '
+                       f'of {got}, the step expects {batch_size}.')
 
   @tf.function
   def Step():
@@ -180,6 +188,7 @@ def PlanWorker(cfg):
   from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
   costs, params = {}, []
   for k, m in cfg['configs']:
     p = model_registry.GetParams(cfg['model'])
@@ -191,11 +200,11 @@ def PlanWorker(cfg):
                                   .num_stages).task)
   for (k, m), p in zip(cfg['configs'], params):
     micro = p.train.batch_size // m
-    # Cell times are measured for image inputs (ForwardBackwardSeconds feeds
-    # images); a sequence model's time comes from FLOPs at a measured rate.
-    measure = 'image' in p.train.Instantiate().BatchSpecs(1)
+    # Cell times measured on the input's stand-in batch (images or token
+    # rows), as the search measures them.
     if micro not in costs:
-      costs[micro] = resolve.ModelCosts(p, micro, measure=measure)
+      costs[micro] = resolve.ModelCosts(p, micro, measure=cfg.get(
+          'time_cells', True) and auto.TimesCells(p))
     over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
                                                    'cpu')
     plan = model_plan.PlanModel(p, costs=costs[micro], overheads=over)
@@ -269,7 +278,8 @@ def Trainer(args):
         'measured MiB | ratio | predicted ms | measured ms | ratio |')
   print('|---|---|---|---|---|---|---|---|---|---|---|---|')
   for model in args.models.split(','):
-    cfg = dict(model=model, configs=configs, extra=extra)
+    cfg = dict(model=model, configs=configs, extra=extra,
+               time_cells=args.cell_times == 'measured')
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--plan_worker',
          json.dumps(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -340,6 +350,12 @@ def main():
   ap.add_argument('--data_dir', default='',
                   help='trainer section: TFDS data dir holding cifar10 '
                   '(default: prepared from 512 random images)')
+  ap.add_argument('--cell_times', default='measured',
+                  choices=('measured', 'flops'),
+                  help='trainer section: plan on cell times measured on the '
+                  "input's stand-in batch (as the search does), or on FLOPs "
+                  "at the host's matmul rate (as --mode=plan does without "
+                  '--plan_measure)')
   ap.add_argument('--load_measured', default='',
                   help='trainer section: JSON file of measured rows, read '
                   'and extended (re-plans without re-measuring)')

