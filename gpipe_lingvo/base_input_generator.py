@@ -106,6 +106,19 @@ class BaseInputGenerator:
             'label': tf.TensorSpec([n], tf.int32),
             'weight': tf.TensorSpec([n], tf.float32)}
 
+  # True for an input that gives batch shapes only (no data on any host):
+  # the planner then counts FLOPs instead of timing the cells.
+  SHAPES_ONLY = False
+
+  def StandInBatch(self, batch_size: int):
+    """A batch of BatchSpecs(batch_size) without data, as costly to run as
+    a real one (what the planner times): random images, class 0, weight 1."""
+    specs = self.BatchSpecs(batch_size)
+    return {k: (tf.ones(s.shape, s.dtype) if k == 'weight' else
+                tf.random.stateless_normal(s.shape, [1, 2], dtype=s.dtype)
+                if s.dtype.is_floating else tf.zeros(s.shape, s.dtype))
+            for k, s in specs.items()}
+
   def _Examples(self):
     """Unbatched dataset of (image, label) after decoding, before augmenting."""
     raise NotImplementedError

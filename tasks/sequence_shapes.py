@@ -21,12 +21,34 @@ def PackedBatchSpecs(batch_size: int, length: int):
   specs['weight'] = tf.TensorSpec([batch_size], tf.float32)
   return specs
 
+
+def PackedStandInBatch(batch_size: int, length: int):
+  """A batch of PackedBatchSpecs without data: every row one sequence of
+  `length` tokens on each side (token id 0), weight 1, so that attention,
+  loss and gradients do the work of a full batch."""
+  specs = PackedBatchSpecs(batch_size, length)
+  positions = tf.tile(tf.range(length, dtype=tf.int32)[None], [batch_size, 1])
+
+  def Field(name, spec):
+    if name.endswith('segment_ids'):
+      return tf.ones(spec.shape, spec.dtype)
+    if name.endswith('positions'):
+      return positions
+    return tf.zeros(spec.shape, spec.dtype)
+
+  batch = {f: Field(f, specs[f]) for f in packing.FIELDS}
+  batch['weight'] = tf.ones([batch_size], tf.float32)
+  return batch
+
+
 class NoDataError(errors.UserError):
   """The input gives shapes only."""
 
 
 class SequenceShapes(base_input_generator.BaseInputGenerator):
   """Packed rows of `length` tokens, the fields of tasks/packing.py."""
+
+  SHAPES_ONLY = True
 
   @classmethod
   def Params(cls):
@@ -47,6 +69,9 @@ class SequenceShapes(base_input_generator.BaseInputGenerator):
   def BatchSpecs(self, batch_size=None):
     n = self.shard_batch_size if batch_size is None else batch_size
     return PackedBatchSpecs(n, self.length)
+
+  def StandInBatch(self, batch_size: int):
+    return PackedStandInBatch(batch_size, self.length)
 
   def CheckData(self):
     raise NoDataError(

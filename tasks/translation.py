@@ -112,6 +112,9 @@ class TranslationInput(base_input_generator.BaseInputGenerator):
     n = self.shard_batch_size if batch_size is None else batch_size
     return sequence_shapes.PackedBatchSpecs(n, self.length)
 
+  def StandInBatch(self, batch_size: int):
+    return sequence_shapes.PackedStandInBatch(batch_size, self.length)
+
   def ImageShape(self):
     raise NotImplementedError('Translation batches are not images; use '
                               'BatchSpecs().')

@@ -1,13 +1,17 @@
 """trainer.py --mode=plan --search, and 'auto' fields resolved at start,
 on digits.ConvNetPipelined (cells traced and timed once, in the logdir)."""
 import json
+import math
 import os
 import re
+
+import tensorflow as tf
 
 from gpipe_lingvo import errors
 from gpipe_lingvo import hyperparams
 from gpipe_lingvo import model_registry
 from gpipe_lingvo.planning import auto
+from gpipe_lingvo.planning import resolve
 from tests import test_trainer_cli as cli
 
 MODEL = 'digits.ConvNetPipelined'
@@ -172,3 +176,24 @@ def testSizesAreTimedInInterleavedRoundsAndScaleTheTraces(tmp_path,
     assert abs(total - 0.01 * micro) < 1e-9 * micro
   with open(os.path.join(tmp_path, 'forward_backward.json')) as f:
     assert json.load(f)['value'] == [0.01 * max(1, batch // 8), 0.01 * batch]
+
+
+def testTokenTaskCellsAreTimedOnAStandInBatch():
+  """A translation model is timed like an image model, on packed rows that
+  are one full sequence each (no data read); an input of shapes only (the
+  paper's sizes) stays on FLOPs."""
+  p = model_registry.GetParams('freebible.TransformerJaEnPipelined')
+  assert auto.TimesCells(p)
+  assert not auto.TimesCells(
+      model_registry.GetParams('gpipe_transformer.TransformerL13'))
+  gen = p.train.Instantiate()
+  batch = gen.StandInBatch(2)
+  assert {k: tuple(v.shape) for k, v in batch.items()} == {
+      k: tuple(s.shape) for k, s in gen.BatchSpecs(2).items()}
+  task = p.task.Instantiate()
+  labels = task.NetworkInputs(batch)[1]
+  assert float(tf.reduce_sum(labels[1])) == 2 * gen.length  # every token counts
+  grad_sum = resolve.ForwardBackwardStep(p, 2)()
+  assert math.isfinite(grad_sum) and grad_sum != 0
+  costs = resolve.ModelCosts(p, 2, measure=True)
+  assert all(c.fwd_s > 0 and c.bwd_s > 0 for c in costs.cells)

@@ -79,20 +79,18 @@ def _Interpolated(lo, hi, micro):
 
 
 def TimesCells(model_params) -> bool:
-  """Whether the cells are timed (image inputs, which the timing feeds);
-  sequence inputs (batch specs of token ids) are planned on FLOPs at the
-  host's measured matmul rate, as --mode=plan plans them."""
-  try:
-    model_params.train.Instantiate().ImageShape()
-    return True
-  except NotImplementedError:
-    return False
+  """Whether the cells are timed on this host (on the input's
+  StandInBatch: images or token rows). An input that gives batch shapes
+  only (SHAPES_ONLY: the paper's Transformer sizes, built for accelerators
+  this host does not have) is planned on FLOPs at the host's measured
+  matmul rate."""
+  return not getattr(model_params.train.cls, 'SHAPES_ONLY', False)
 
 
 def CostsAt(model_params, cache_dir: str = '',
             print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
-  """costs_at(micro_batch) for the search: two traces (timed for image
-  inputs), cached."""
+  """costs_at(micro_batch) for the search: two traces (timed unless the
+  input gives shapes only), cached."""
   batch = model_params.train.batch_size
   measure = TimesCells(model_params)
   sizes = sorted({batch, max(1, batch // 8)}) if measure else [batch]

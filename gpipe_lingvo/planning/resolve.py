@@ -280,10 +280,7 @@ def ForwardBackwardStep(model_params, micro_batch) -> Callable[[], object]:
   the weights); calling it runs one step to completion."""
   task = _PlainTask(model_params).Instantiate()
   gen = model_params.train.Instantiate()
-  x = tf.random.stateless_normal([micro_batch] + list(gen.ImageShape()),
-                                 [1, 2], dtype=gen.params.dtype)
-  labels = tf.zeros([micro_batch], tf.int32)
-  weights = tf.ones([micro_batch])
+  batch = gen.StandInBatch(micro_batch)
   variables = task.network.TrainableVariables()
 
   @tf.function
@@ -291,8 +288,8 @@ def ForwardBackwardStep(model_params, micro_batch) -> Callable[[], object]:
     with tf.GradientTape() as tape:
       with context.Scope(training=True, step=tf.constant(0, tf.int64),
                          micro_batch=tf.constant(0), stats={}):
-        loss = task.LossSums(task.network.FProp(x), labels, weights,
-                             micro_batch)[0]
+        x, labels, loss_fn = task.NetworkInputs(batch)
+        loss = loss_fn(task.network.FProp(x), labels)[0]
     grads = tape.gradient(loss, variables)
     return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
 
