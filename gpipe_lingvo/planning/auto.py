@@ -84,7 +84,7 @@ def TimesCells(model_params) -> bool:
   only (SHAPES_ONLY: the paper's Transformer sizes, built for accelerators
   this host does not have) is planned on FLOPs at the host's measured
   matmul rate."""
-  return not getattr(model_params.train.cls, 'SHAPES_ONLY', False)
+  return not model_params.train.cls.SHAPES_ONLY
 
 
 def CostsAt(model_params, cache_dir: str = '',
