@@ -23,7 +23,7 @@ demo: $(VENV)/.done
 # Two pytest workers: most of a test's time is single-threaded tracing, so
 # two processes keep both cores busy (pytest-xdist).
 test: $(VENV)/.done
-	$(VPY) -m pytest -q -n 2 tests
+	$(VPY) -m pytest -q -n 2 --durations=20 tests
 
 test-fast: $(VENV)/.done
 	$(VPY) -m pytest -q -n 2 -m "not slow" tests

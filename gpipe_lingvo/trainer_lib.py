@@ -69,10 +69,10 @@ class StepPeak:
   """The allocator's peak bytes of one training step above the bytes in
   use just before it (tf.config.experimental.get_memory_info): what a
   memory budget must hold, as the plan predicts it. Read wherever the
-  allocator keeps statistics (GPU: BFC; CPU: BFC or oneDNN's allocator,
-  TensorFlow's default on x86); None elsewhere. Logical CPU devices share
-  the host's allocator: one number for the host. GPUs: the largest of
-  theirs."""
+  allocator keeps statistics (GPU: BFC; CPU: BFC, which trainer.py turns
+  on, or oneDNN's allocator where oneDNN is on); None elsewhere. Logical
+  CPU devices share the host's allocator: one number for the host. GPUs:
+  the largest of theirs."""
 
   def __init__(self):
     gpus = tf.config.list_logical_devices('GPU')

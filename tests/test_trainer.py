@@ -52,8 +52,8 @@ def testTrainAndEvalWritesParamsCheckpointsAndMetrics(tmp_path):
   assert res['test']['loss'] == pytest.approx(
       -log_p[np.arange(len(labels)), labels].mean(), rel=1e-4)
   assert any('examples/s' in l and 'ETA' in l for l in logs)
-  # Each logged line reports the allocator's step peak (x86 CPU: oneDNN's
-  # allocator keeps statistics), at least one training batch's images.
+  # Each logged line reports the allocator's step peak (the BFC allocator,
+  # as trainer.py sets it), at least one training batch's images.
   peaks = [float(l.split('step peak ')[1].split()[0]) for l in logs
            if 'step peak' in l]
   assert len(peaks) == 4 and min(peaks) * 2**20 >= 32 * 64 * 4, logs
@@ -85,6 +85,22 @@ def testStepPeakIsTheAllocatorPeakOfOneStep():
   peak.Start()
   f(x, small).numpy()
   assert big_peak >= 4 * 2**20 > 100 * peak.End()
+
+
+def testTrainerCliReportsTheStepPeakOnAnyCpu(tmp_path):
+  # Without oneDNN (an x86 CPU without AVX-512) TensorFlow's default CPU
+  # allocator keeps no statistics: trainer.py turns on the BFC allocator
+  # itself, so a user's environment need not.
+  env = {k: v for k, v in os.environ.items()
+         if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
+  r = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'trainer.py'),
+       '--model=digits.ConvNet', f'--logdir={tmp_path}', '--max_steps=2',
+       '--model_params_override=task.train.log_interval_steps = 1'],
+      capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  steps = [l for l in r.stdout.splitlines() if l.startswith('step ')]
+  assert len(steps) == 2 and all('step peak' in l for l in steps), r.stdout
 
 
 def testUnwritableLogdirIsAClearError(tmp_path):
