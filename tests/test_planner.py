@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -552,6 +553,27 @@ def testViewsAllocateNothing():
   assert [x.residual_bytes for x in c.cells] == [one, one]
   assert all(x.fwd_peak <= 2 * one and x.bwd_peak <= 3 * one
              for x in c.cells)
+
+
+class _PositiveOnly(layers.Identity):
+  """A ReLU of an input that must be positive (as a packed row's segment
+  ids must be non-zero for the row to be more than padding)."""
+
+  def FProp(self, inputs):
+    with tf.control_dependencies([tf.debugging.assert_positive(inputs)]):
+      return tf.nn.relu(inputs)
+
+
+def testTimedTraceRunsOnTheGivenValues():
+  def Build():
+    return [_PositiveOnly.Params().Set(name='p').Instantiate()], None
+  spec = tf.TensorSpec([4, 8], tf.float32)
+  c = costs_lib.TraceNetwork(Build, spec, measure=True, reps=1,
+                             values=(np.ones([4, 8], np.float32), None))
+  assert c.cells[0].fwd_s > 0
+  # Without values every placeholder is zeros.
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    costs_lib.TraceNetwork(Build, spec, measure=True, reps=1)
 
 
 class _SamePermutation(layers.Identity):

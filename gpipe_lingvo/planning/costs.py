@@ -332,7 +332,7 @@ def _AssignCells(ops):
 
 def TraceNetwork(build: Callable, input_specs, label_specs=None,
                  measure: bool = False, reps: int = 5,
-                 reuse_identical: bool = True) -> NetworkCosts:
+                 reuse_identical: bool = True, values=None) -> NetworkCosts:
   """Traces `build()` -> (cells, loss_fn or None) in a fresh graph.
 
   input_specs / label_specs: nests of tf.TensorSpec at micro-batch shapes.
@@ -345,6 +345,10 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
   not traced again: its costs are copied (an 83.9B-parameter Transformer
   of 1663 identical layers traces a handful of cells). `cells` may hold
   RepeatedCell stand-ins for such cells (RepeatError if one is not).
+  values: (input values, label values[, {placeholder: value} for
+  placeholders build() made]), arrays in the specs' nests, fed to the
+  timed runs (a packed row of zeros is all padding); other placeholders,
+  and all of them without values, get zeros.
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -392,8 +396,15 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
                             [g for g in grads if g is not None])
     in_bytes = sum(_Bytes(t) for t in tf.nest.flatten(xs))
     if measure:
+      given = {}
+      if values is not None:
+        given = dict(zip(tf.nest.flatten(xs), tf.nest.flatten(values[0])))
+        if labels is not None:
+          given.update(zip(tf.nest.flatten(labels),
+                           tf.nest.flatten(values[1])))
+        given.update(values[2] if len(values) > 2 else {})
       _Measure(graph, costs, [g for g in grads if g is not None], reps,
-               w_ops)
+               w_ops, given)
     for i, j in copies.items():
       costs[i] = dataclasses.replace(costs[j], name=costs[i].name)
   return NetworkCosts(int(batch), in_bytes, costs)
@@ -495,14 +506,17 @@ def _Analyse(graph, cells, outs, var_grads, grads):
   return costs, all_w_ops
 
 
-def _Feed(graph):
-  """Zeros for every placeholder (labels 0 are valid class ids)."""
-  return {op.outputs[0]: np.zeros(op.outputs[0].shape.as_list(),
-                                  op.outputs[0].dtype.as_numpy_dtype)
-          for op in graph.get_operations() if op.type == 'Placeholder'}
+def _Feed(graph, given=None):
+  """The `given` values of placeholders, zeros for the others (labels 0
+  are valid class ids)."""
+  given = given or {}
+  return {t: given[t] if t in given else
+          np.zeros(t.shape.as_list(), t.dtype.as_numpy_dtype)
+          for t in (op.outputs[0] for op in graph.get_operations()
+                    if op.type == 'Placeholder')}
 
 
-def _Measure(graph, costs, fetches, reps, w_ops):
+def _Measure(graph, costs, fetches, reps, w_ops, given=None):
   """Per-cell op time (forward, backward, and the backward's
   weight-gradient-only ops `w_ops`) and largest op workspace from step
   statistics (one inter-op thread, so op times add up to the step's
@@ -511,7 +525,7 @@ def _Measure(graph, costs, fetches, reps, w_ops):
   config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
   with tf.compat.v1.Session(graph=graph, config=config) as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
-    feed = _Feed(graph)
+    feed = _Feed(graph, given)
     sess.run(fetches, feed)
     fwd = np.zeros([reps, len(costs)])
     bwd = np.zeros([reps, len(costs)])

@@ -212,6 +212,16 @@ def _ModelTrace(model_params, micro_batch, measure):
   gen = model_params.train.Instantiate()
   batch_specs = gen.BatchSpecs(micro_batch)
   input_specs, label_specs = _InputAndLabelSpecs(model_params, batch_specs)
+  # Timed on the input's stand-in batch, as ForwardBackwardStep is (zeros
+  # would be padding only in a packed row).
+  stand_in = values = None
+  loss_feed = {}  # the loss's batch placeholders -> stand-in values
+  if measure:
+    stand_in = gen.StandInBatch(micro_batch)
+    values = tf.nest.map_structure(
+        lambda t: t.numpy(), _InputsAndLabels(model_params)(stand_in))
+    values += (loss_feed,)
+    stand_in = tf.nest.map_structure(lambda t: t.numpy(), stand_in)
 
   def Build(repeats):
     tp = _PlainTask(model_params)
@@ -226,9 +236,13 @@ def _ModelTrace(model_params, micro_batch, measure):
 
     def Loss(out, labels):
       # The task's loss function of a placeholder batch (it may read more
-      # of the batch than the labels, e.g. a token count).
+      # of the batch than the labels, e.g. a token count), fed the
+      # stand-in batch when timed.
       batch = tf.nest.map_structure(
           lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), batch_specs)
+      if measure:
+        loss_feed.update(zip(tf.nest.flatten(batch),
+                             tf.nest.flatten(stand_in)))
       return task.NetworkInputs(batch)[2](out, labels)[0]
 
     return out, Loss
@@ -236,10 +250,12 @@ def _ModelTrace(model_params, micro_batch, measure):
   repeats = _Repeats(model_params.task.network.cells)
   try:
     costs = costs_lib.TraceNetwork(lambda: Build(repeats), input_specs,
-                                   label_specs, measure=measure)
+                                   label_specs, measure=measure,
+                                   values=values)
   except costs_lib.RepeatError:  # A repeat changes shapes: build them all.
     costs = costs_lib.TraceNetwork(lambda: Build([None] * len(repeats)),
-                                   input_specs, label_specs, measure=measure)
+                                   input_specs, label_specs, measure=measure,
+                                   values=values)
   if measure:
     costs = costs.TimesScaledTo(
         ForwardBackwardSeconds(model_params, micro_batch))
@@ -259,16 +275,21 @@ def _Repeats(cells):
   return out
 
 
-def _InputAndLabelSpecs(model_params, batch_specs):
-  """TensorSpec nests of the network's input and the labels the task
-  takes from a batch of `batch_specs` (traced, no data read)."""
+def _InputsAndLabels(model_params) -> Callable:
+  """batch -> (network input, labels) as the task takes them."""
   task = _PlainTask(model_params)
   # The first and last cells say what the task reads (a Transformer's
   # embedding and softmax); the others need not be built.
   task.network.cells = task.network.cells[:1] + task.network.cells[-1:]
   with base_layer.ZeroInitForCounting():
     task = task.Instantiate()
-  fn = tf.function(lambda b: task.NetworkInputs(b)[:2], autograph=False)
+  return lambda b: task.NetworkInputs(b)[:2]
+
+
+def _InputAndLabelSpecs(model_params, batch_specs):
+  """TensorSpec nests of the network's input and the labels the task
+  takes from a batch of `batch_specs` (traced, no data read)."""
+  fn = tf.function(_InputsAndLabels(model_params), autograph=False)
   out = fn.get_concrete_function(batch_specs).structured_outputs
   return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                out)
