@@ -22,8 +22,11 @@ def _Params(**train):
   return p
 
 
-def _RunTrainer(*args, timeout=240):
-  env = dict(os.environ, PYTHONUNBUFFERED='1')
+def _RunTrainer(*args, timeout=240, unset=()):
+  """trainer.py with `args`, in this environment without the `unset`
+  variables."""
+  env = {k: v for k, v in os.environ.items() if k not in unset}
+  env['PYTHONUNBUFFERED'] = '1'
   return subprocess.run([sys.executable, os.path.join(ROOT, 'trainer.py'), *args],
                         capture_output=True, text=True, timeout=timeout,
                         cwd=ROOT, env=env)
@@ -91,13 +94,10 @@ def testTrainerCliReportsTheStepPeakOnAnyCpu(tmp_path):
   # Without oneDNN (an x86 CPU without AVX-512) TensorFlow's default CPU
   # allocator keeps no statistics: trainer.py turns on the BFC allocator
   # itself, so a user's environment need not.
-  env = {k: v for k, v in os.environ.items()
-         if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
-  r = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'trainer.py'),
-       '--model=digits.ConvNet', f'--logdir={tmp_path}', '--max_steps=2',
-       '--model_params_override=task.train.log_interval_steps = 1'],
-      capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+  r = _RunTrainer('--model=digits.ConvNet', f'--logdir={tmp_path}',
+                  '--max_steps=2',
+                  '--model_params_override=task.train.log_interval_steps = 1',
+                  unset=('TF_CPU_ALLOCATOR_USE_BFC',))
   assert r.returncode == 0, r.stderr[-2000:]
   steps = [l for l in r.stdout.splitlines() if l.startswith('step ')]
   assert len(steps) == 2 and all('step peak' in l for l in steps), r.stdout

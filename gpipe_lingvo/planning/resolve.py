@@ -211,15 +211,17 @@ def _PlainTask(model_params):
 def _ModelTrace(model_params, micro_batch, measure):
   gen = model_params.train.Instantiate()
   batch_specs = gen.BatchSpecs(micro_batch)
-  input_specs, label_specs = _InputAndLabelSpecs(model_params, batch_specs)
+  inputs_and_labels = _InputsAndLabels(model_params)
+  input_specs, label_specs = _InputAndLabelSpecs(inputs_and_labels,
+                                                 batch_specs)
   # Timed on the input's stand-in batch, as ForwardBackwardStep is (zeros
   # would be padding only in a packed row).
   stand_in = values = None
   loss_feed = {}  # the loss's batch placeholders -> stand-in values
   if measure:
     stand_in = gen.StandInBatch(micro_batch)
-    values = tf.nest.map_structure(
-        lambda t: t.numpy(), _InputsAndLabels(model_params)(stand_in))
+    values = tf.nest.map_structure(lambda t: t.numpy(),
+                                   inputs_and_labels(stand_in))
     values += (loss_feed,)
     stand_in = tf.nest.map_structure(lambda t: t.numpy(), stand_in)
 
@@ -286,10 +288,11 @@ def _InputsAndLabels(model_params) -> Callable:
   return lambda b: task.NetworkInputs(b)[:2]
 
 
-def _InputAndLabelSpecs(model_params, batch_specs):
-  """TensorSpec nests of the network's input and the labels the task
-  takes from a batch of `batch_specs` (traced, no data read)."""
-  fn = tf.function(_InputsAndLabels(model_params), autograph=False)
+def _InputAndLabelSpecs(inputs_and_labels, batch_specs):
+  """TensorSpec nests of the network's input and the labels
+  `inputs_and_labels` (_InputsAndLabels) takes from a batch of
+  `batch_specs` (traced, no data read)."""
+  fn = tf.function(inputs_and_labels, autograph=False)
   out = fn.get_concrete_function(batch_specs).structured_outputs
   return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                out)
