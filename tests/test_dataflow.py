@@ -1,10 +1,13 @@
 """execution='dataflow': each device runs its actions one at a time, in the
 table's order; adjacent B and W of one micro-batch run fused."""
 import pytest
+import tensorflow as tf
 
 from gpipe_lingvo import devices
+from gpipe_lingvo import layers
 from gpipe_lingvo.pipeline import dataflow
 from gpipe_lingvo.pipeline import executor
+from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.pipeline import schedule
 from tests import pipeline_test_util as util
 
@@ -86,3 +89,26 @@ def testHostOrderIsTheDefaultForOneOpAtATimeOnCpu():
   topo.inter_op_threads, topo.device_type = 1, 'gpu'
   assert not executor.HostOrder('auto', topo)
   assert not executor.HostOrder('device', devices.TopologyParams())
+
+
+@pytest.mark.parametrize('execution', ['dataflow', 'ticks'])
+def testControlEdgesGrowWithTheGraphNotItsSquare(execution):
+  """A step whose actions keep their activations (remat off) hands many
+  tensors from one action to the next; ordering them must cost about one
+  control edge per op, not one per pair of ops (the graph optimizer spent
+  a minute on such a graph's first call)."""
+  cells = [layers.Sequential.Params().Set(name=f'block{i}', cells=[
+      layers.FullyConnected.Params().Set(
+          name=f'fc{j}', input_dim=8, output_dim=8, activation='tanh')
+      for j in range(16)]) for i in range(2)]
+  net = pipelined_network.PipelinedNetwork.Params().Set(
+      name='net', cells=cells, num_stages=2, num_micro_batches=2,
+      remat='never', execution=execution).Instantiate()
+  net.CreateGradientAccumulators()
+  x = tf.zeros([4, 8])
+  step = tf.function(lambda: net.ComputeLossAndGradients(
+      x, tf.zeros([4]), lambda out, lab: (tf.reduce_sum(out), {}),
+      tf.constant(0, tf.int64))[0])
+  ops = step.get_concrete_function().graph.get_operations()
+  edges = sum(len(op.control_inputs) for op in ops)
+  assert edges < 2 * len(ops), (edges, len(ops))

@@ -16,6 +16,17 @@ import tensorflow as tf
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 
 
+def Joined(ops: Sequence) -> list:
+  """[one op that finishes when all of `ops` have], for control edges from
+  many ops to many: each waiting op then carries one edge, not one per op
+  it waits for. (An action that keeps its activations hands thousands of
+  tensors to the next; their edges to each other, thousands times
+  thousands, cost the graph optimizer minutes on a step's first call.)"""
+  if len(ops) <= 1:
+    return list(ops)
+  return [tf.group(*ops, name='after')]
+
+
 class ForwardResult(NamedTuple):
   outputs: List[tf.Tensor]    # differentiable (the loss of the last chunk)
   aux: List[tf.Tensor]        # summed over micro-batches by the execution

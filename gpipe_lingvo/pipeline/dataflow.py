@@ -93,9 +93,10 @@ class DataflowStep:
     for _, d, a in schedule_lib.DeviceOrder(self.table):
       if a.kind == W and (a.chunk, a.mb) in self._fused:
         continue  # ran with its B
-      self._after = prev if self.host_order else last[d]
       with tf.name_scope(MicroBatchScope(outer, a)):
         with self.scope(a.chunk):
+          self._after = actions_lib.Joined(
+              prev if self.host_order else last[d])
           last[d] = prev = _Done(act[a.kind](a.chunk, a.mb))
     return actions_lib.StepOutputs(
         self.loss, [self.aux_sums.get(c, []) for c in range(self.c_all)],

@@ -231,7 +231,7 @@ class Executor:
   def ReadGradients(self, fns, accs, after) -> Dict[Any, tf.Tensor]:
     """The summed gradients, read where each chunk lives once `after` ran."""
     grads = {}
-    with tf.control_dependencies(after):
+    with tf.control_dependencies(actions.Joined(after)):
       for c, fn in enumerate(fns):
         with self.placement.OpScope(c):
           for v in fn.variables:

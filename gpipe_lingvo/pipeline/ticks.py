@@ -152,7 +152,7 @@ class TickStep:
   # -- the loop ----------------------------------------------------------------
 
   def Loop(self, state: _State) -> _State:
-    with tf.control_dependencies(self.start):
+    with tf.control_dependencies(actions_lib.Joined(self.start)):
       state = tf.nest.map_structure(
           lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, state)
     t_all = self.plan.table.num_ticks
