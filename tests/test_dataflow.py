@@ -96,7 +96,7 @@ def testControlEdgesGrowWithTheGraphNotItsSquare(execution):
   """A step whose actions keep their activations (remat off) hands many
   tensors from one action to the next; ordering them must cost about one
   control edge per op, not one per pair of ops (the graph optimizer spent
-  a minute on such a graph's first call)."""
+  most of such a graph's first call on those edges)."""
   cells = [layers.Sequential.Params().Set(name=f'block{i}', cells=[
       layers.FullyConnected.Params().Set(
           name=f'fc{j}', input_dim=8, output_dim=8, activation='tanh')

@@ -19,9 +19,9 @@ from gpipe_lingvo.pipeline import schedule as schedule_lib
 def Joined(ops: Sequence) -> list:
   """[one op that finishes when all of `ops` have], for control edges from
   many ops to many: each waiting op then carries one edge, not one per op
-  it waits for. (An action that keeps its activations hands thousands of
-  tensors to the next; their edges to each other, thousands times
-  thousands, cost the graph optimizer minutes on a step's first call.)"""
+  it waits for. (An action that keeps its activations hands hundreds of
+  tensors to the next; an edge from each to each made the graph
+  optimizer's dependency pass most of a step's first call.)"""
   if len(ops) <= 1:
     return list(ops)
   return [tf.group(*ops, name='after')]
