@@ -720,3 +720,40 @@ def testBenchStepOfATokenTaskRunsOnARealBatch():
   assert math.isfinite(first) and second < first  # the step trains
   with pytest.raises(ValueError, match=f'batch of {b}, the step expects'):
     planner_bench._StepFn(p, 2 * b)  # pylint: disable=protected-access
+
+
+def testAnOpsWorkspaceAddsWhileItRuns():
+  """A kernel's temporaries count at its own op: on top of what is live
+  then, not of the cell's peak (the largest workspace added to every peak
+  is only an upper bound)."""
+  g = tf.Graph()
+  with g.as_default():
+    big = tf.compat.v1.placeholder(tf.float32, [256, 256])
+    small = tf.compat.v1.placeholder(tf.float32, [4])
+    a = tf.tanh(big)            # 256 KiB, live until the sum reads it
+    s = tf.reduce_sum(a)
+    t = tf.tanh(small)          # runs once `a` is freed
+  ops = [a.op, s.op, t.op]
+  bufs = costs_lib._Buffers()  # pylint: disable=protected-access
+  for op in g.get_operations():
+    bufs.Add(op)
+  owned = {bufs.Root(x) for x in (a, s, t)}
+  replay = costs_lib._Replay  # pylint: disable=protected-access
+  base = replay(ops, bufs, owned)
+  assert base == 256 * 256 * 4 + 4
+  ws = 64 * 1024
+  assert replay(ops, bufs, owned, workspace={t.op.name: ws}) == base
+  assert replay(ops, bufs, owned, workspace={s.op.name: ws}) == base + ws
+
+
+def testMeasuredWorkspacesArePlacedWithinTheBound():
+  def Build():
+    return [layers.FullyConnected.Params().Set(
+        name=f'fc{i}', input_dim=64, output_dim=64, activation='tanh'
+    ).Instantiate() for i in range(2)], None
+  c = costs_lib.TraceNetwork(Build, tf.TensorSpec([32, 64], tf.float32),
+                             measure=True, reps=1)
+  for x in c.cells:
+    for placed in (x.fwd_workspace_bytes, x.bwd_workspace_bytes,
+                   x.transient_workspace_bytes):
+      assert placed is not None and 0 <= placed <= x.workspace_bytes

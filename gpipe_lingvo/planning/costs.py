@@ -57,6 +57,12 @@ class CellCost:
   bwd_s: Optional[float] = None  # backward time (seconds), W included
   bwd_w_s: Optional[float] = None  # its weight-gradient-only part
   workspace_bytes: Optional[int] = None  # largest temporary of one op
+  # What the op workspaces add to fwd_peak / bwd_peak / fwd_transient,
+  # each placed at its own op in the replay (None: not measured; the plan
+  # then adds workspace_bytes to every peak, an upper bound):
+  fwd_workspace_bytes: Optional[int] = None
+  bwd_workspace_bytes: Optional[int] = None
+  transient_workspace_bytes: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -234,13 +240,15 @@ class _Buffers:
     return self.root.get(t.name, t.name)
 
 
-def _Replay(ops, bufs, owned, kept=()):
+def _Replay(ops, bufs, owned, kept=(), workspace=None):
   """Liveness replay of `ops` in order over the buffers in `owned`.
 
   A buffer is allocated by the op that makes it and freed after the last
   op in `ops` that reads it (through any view), unless it is in `kept`
-  (alive to the end). Returns the peak of the sum of live owned bytes.
+  (alive to the end). Returns the peak of the sum of live owned bytes;
+  workspace ({op name: bytes}) adds an op's temporaries while it runs.
   """
+  workspace = workspace or {}
   last = {}
   for j, op in enumerate(ops):
     for t in _Reads(op):
@@ -253,7 +261,7 @@ def _Replay(ops, bufs, owned, kept=()):
             if bufs.Root(t) == t.name and t.name in owned}
     for b in made:
       cur += bufs.size[b]
-    peak = max(peak, cur)
+    peak = max(peak, cur + workspace.get(op.name, 0))
     for b in made:
       if b not in last and b not in kept:
         cur -= bufs.size[b]
@@ -263,11 +271,12 @@ def _Replay(ops, bufs, owned, kept=()):
   return peak
 
 
-def _CellMemory(fwd_ops, bwd_ops, bufs):
-  """(fwd_peak, residuals, inputs read, bwd_peak) of a cell.
+def _CellMemory(fwd_ops, bwd_ops, bufs, workspace=None):
+  """(fwd_peak, residuals, inputs read, bwd_peak, fwd_transient) of a cell.
 
   Residuals: buffers the cell's forward makes and its backward reads;
   inputs read: buffers of earlier cells' forwards that its backward reads.
+  workspace: {op name: temporary bytes}, added while each op runs.
   """
   fwd_owned = {bufs.Root(t) for op in fwd_ops for t in op.outputs
                if bufs.Root(t) == t.name}
@@ -276,10 +285,12 @@ def _CellMemory(fwd_ops, bwd_ops, bufs):
   read_by_bwd = {bufs.Root(t) for op in bwd_ops for t in _Reads(op)}
   residual = fwd_owned & read_by_bwd
   outside = read_by_bwd - fwd_owned - bwd_owned - bufs.grad
-  fwd_peak = _Replay(fwd_ops, bufs, fwd_owned, kept=residual)
+  fwd_peak = _Replay(fwd_ops, bufs, fwd_owned, kept=residual,
+                     workspace=workspace)
   res = sum(bufs.size[b] for b in residual)
-  bwd_peak = res + _Replay(bwd_ops, bufs, bwd_owned | residual)
-  transient = _Replay(fwd_ops, bufs, fwd_owned)
+  bwd_peak = res + _Replay(bwd_ops, bufs, bwd_owned | residual,
+                           workspace=workspace)
+  transient = _Replay(fwd_ops, bufs, fwd_owned, workspace=workspace)
   return fwd_peak, residual, outside, bwd_peak, transient
 
 
@@ -392,8 +403,8 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
       var_grads.append([tf.convert_to_tensor(g) for g in grads[pos:pos + n]
                         if g is not None])
       pos += n
-    costs, w_ops = _Analyse(graph, cells, outs, var_grads,
-                            [g for g in grads if g is not None])
+    costs, w_ops, cell_ops = _Analyse(graph, cells, outs, var_grads,
+                                      [g for g in grads if g is not None])
     in_bytes = sum(_Bytes(t) for t in tf.nest.flatten(xs))
     if measure:
       given = {}
@@ -403,8 +414,9 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
           given.update(zip(tf.nest.flatten(labels),
                            tf.nest.flatten(values[1])))
         given.update(values[2] if len(values) > 2 else {})
-      _Measure(graph, costs, [g for g in grads if g is not None], reps,
-               w_ops, given)
+      workspace = _Measure(graph, costs, [g for g in grads if g is not None],
+                           reps, w_ops, given)
+      _PlaceWorkspaces(costs, cell_ops, workspace)
     for i, j in copies.items():
       costs[i] = dataclasses.replace(costs[j], name=costs[i].name)
   return NetworkCosts(int(batch), in_bytes, costs)
@@ -503,7 +515,19 @@ def _Analyse(graph, cells, outs, var_grads, grads):
         input_residual_bytes=in_res, bwd_peak=bp, fwd_transient=transient,
         weight_input_bytes=w_in,
         bwd_w_flops=sum(flops.get(op, 0) for op in w_ops)))
-  return costs, all_w_ops
+  return costs, all_w_ops, (fwd_ops, bwd_ops, bufs)
+
+
+def _PlaceWorkspaces(costs, cell_ops, workspace):
+  """Sets what each cell's measured op workspaces add to its peaks, each
+  at its own op: a kernel's temporaries live while that op runs, not
+  necessarily at the moment of the cell's peak."""
+  fwd_ops, bwd_ops, bufs = cell_ops
+  for c, f, b in zip(costs, fwd_ops, bwd_ops):
+    fp, _, _, bp, transient = _CellMemory(f, b, bufs, workspace)
+    c.fwd_workspace_bytes = fp - c.fwd_peak
+    c.bwd_workspace_bytes = bp - c.bwd_peak
+    c.transient_workspace_bytes = transient - c.fwd_transient
 
 
 def _Feed(graph, given=None):
@@ -520,7 +544,7 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
   """Per-cell op time (forward, backward, and the backward's
   weight-gradient-only ops `w_ops`) and largest op workspace from step
   statistics (one inter-op thread, so op times add up to the step's
-  time)."""
+  time). Returns each op's workspace, {op name: bytes}."""
   cell_of = _AssignCells(graph.get_operations())
   config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
   with tf.compat.v1.Session(graph=graph, config=config) as sess:
@@ -531,6 +555,7 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
     bwd = np.zeros([reps, len(costs)])
     bwd_w = np.zeros([reps, len(costs)])
     work = [0] * len(costs)
+    op_work = {}
     for r in range(reps):
       meta = tf.compat.v1.RunMetadata()
       sess.run(fetches, feed, run_metadata=meta, options=tf.compat.v1.RunOptions(
@@ -548,6 +573,8 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
                      .allocated_bytes for o in ns.output)
           for m in ns.memory:
             work[i] = max(work[i], m.peak_bytes - outb)
+            op_work[ns.node_name] = max(op_work.get(ns.node_name, 0),
+                                        m.peak_bytes - outb)
     # Tracing slows every op down: scale the op times so that they add up
     # to the untraced step's time.
     walls = []
@@ -562,6 +589,7 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
     c.bwd_s = float(np.median(bwd[:, i])) * scale
     c.bwd_w_s = float(np.median(bwd_w[:, i])) * scale
     c.workspace_bytes = int(work[i])
+  return op_work
 
 
 def CachedCosts(path: str, key: str, make: Callable[[], NetworkCosts]):

@@ -28,7 +28,7 @@ tick by tick.
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.planning import partition as partition_lib
@@ -91,6 +91,17 @@ class Overheads:
   action_s: float = 0.0
 
 
+def _Workspaces(c) -> Tuple[int, int, int]:
+  """What a cell's op workspaces add to its forward peak, its transient
+  forward peak and its backward peak: placed at their ops when measured
+  that way, else its largest one added to each (an upper bound)."""
+  if c.bwd_workspace_bytes is not None:
+    return (c.fwd_workspace_bytes, c.transient_workspace_bytes,
+            c.bwd_workspace_bytes)
+  ws = c.workspace_bytes or 0
+  return ws, ws, ws
+
+
 def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
   """Activation bytes of a chunk holding cells [a, b), one micro-batch.
 
@@ -98,20 +109,20 @@ def ChunkActivations(costs, a: int, b: int) -> Dict[str, int]:
   are kept; the backward of cell j runs (last cell first) while those are
   still kept, its own are being read and the gradient of its output has
   arrived. The network's last cell makes that gradient itself (the loss
-  is traced with it, in its backward peak). A cell's op workspace
-  (measured) adds while its ops run."""
+  is traced with it, in its backward peak). A cell's op workspaces
+  (measured) add while their ops run."""
   cells = costs.cells[a:b]
   res = fwd_work = fwd_free = bwd_work = 0
   for j, c in enumerate(cells):
     inputs = c.input_residual_bytes if j else 0
-    ws = c.workspace_bytes or 0
-    fwd_work = max(fwd_work, res + inputs + c.fwd_peak + ws)
+    fwd_ws, free_ws, bwd_ws = _Workspaces(c)
+    fwd_work = max(fwd_work, res + inputs + c.fwd_peak + fwd_ws)
     # Without residuals kept (ForwardOutputs), a cell holds its input
     # (the chunk's own input sits in the buffer) and its transients.
     fwd_free = max(fwd_free, (cells[j - 1].out_bytes if j else 0) +
-                   c.fwd_transient + ws)
+                   c.fwd_transient + free_ws)
     out_grad = 0 if a + j == len(costs.cells) - 1 else c.out_bytes
-    bwd_work = max(bwd_work, res + inputs + c.bwd_peak + out_grad + ws)
+    bwd_work = max(bwd_work, res + inputs + c.bwd_peak + out_grad + bwd_ws)
     res += c.residual_bytes + inputs
   return {'input_bytes': costs.input_bytes if a == 0 else
                          costs.cells[a - 1].out_bytes,
