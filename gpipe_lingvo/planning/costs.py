@@ -554,8 +554,7 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
     fwd = np.zeros([reps, len(costs)])
     bwd = np.zeros([reps, len(costs)])
     bwd_w = np.zeros([reps, len(costs)])
-    work = [0] * len(costs)
-    op_work = {}
+    op_work = {}  # op name -> its largest temporary bytes
     for r in range(reps):
       meta = tf.compat.v1.RunMetadata()
       sess.run(fetches, feed, run_metadata=meta, options=tf.compat.v1.RunOptions(
@@ -572,7 +571,6 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
           outb = sum(o.tensor_description.allocation_description
                      .allocated_bytes for o in ns.output)
           for m in ns.memory:
-            work[i] = max(work[i], m.peak_bytes - outb)
             op_work[ns.node_name] = max(op_work.get(ns.node_name, 0),
                                         m.peak_bytes - outb)
     # Tracing slows every op down: scale the op times so that they add up
@@ -584,6 +582,9 @@ def _Measure(graph, costs, fetches, reps, w_ops, given=None):
       walls.append(time.perf_counter() - t0)
   traced = float(np.median(fwd.sum(1) + bwd.sum(1)))
   scale = float(np.median(walls)) / traced if traced > 0 else 1.0
+  work = [0] * len(costs)  # per cell, its ops' largest
+  for name, w in op_work.items():
+    work[cell_of[name]] = max(work[cell_of[name]], w)
   for i, c in enumerate(costs):
     c.fwd_s = float(np.median(fwd[:, i])) * scale
     c.bwd_s = float(np.median(bwd[:, i])) * scale
