@@ -1,5 +1,6 @@
 """Loss and gradients of the pipeline equal the un-pipelined network's."""
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -37,32 +38,42 @@ def _Pipelined(k, m, schedule, remat, cells=None, v=1, execution='ticks'):
 
 
 _REMAT = ['always', 'except_last', 'never']
-# The whole table is marked slow except a fast slice that still covers
-# every K, M, schedule and policy: for gpipe and 1f1b K in {1, 2, 4} and M in
-# {1, 2, 4, 8} (72 cases); for the chunked and zero-bubble schedules K in
-# {2, 4}, M in {4, 8}, with v=2 chunks per device for interleaved_1f1b and
-# zb_v (36 cases).
-_FAST = {(1, 1), (2, 4), (4, 8)}
-_CASES = [
-    pytest.param(k, m, s, 1, r,
-                 marks=() if (k, m) in _FAST else pytest.mark.slow)
-    for k, m, s, r in itertools.product(
-        [1, 2, 4], [1, 2, 4, 8], ['gpipe', '1f1b'], _REMAT)]
-_FAST_NEW = {('interleaved_1f1b', 4, 8), ('zb_h1', 2, 4), ('zb_v', 2, 8)}
-_CASES += [
-    pytest.param(k, m, s, v, r,
-                 marks=() if (s, k, m) in _FAST_NEW else pytest.mark.slow)
-    for (s, v), k, m, r in itertools.product(
-        [('interleaved_1f1b', 2), ('zb_h1', 1), ('zb_v', 2)], [2, 4], [4, 8],
-        _REMAT)]
-# The same table again with execution='dataflow' (the actions unrolled and
-# chained per device); fast: gpipe and 1f1b at K=2, M=4 and the fast
-# configuration of each newer schedule, under every policy (15 cases).
-_FAST_DATAFLOW = {('gpipe', 2, 4), ('1f1b', 2, 4)} | _FAST_NEW
-_CASES = [pytest.param(*c.values, 'ticks', marks=c.marks) for c in _CASES] + [
-    pytest.param(k, m, s, v, r, 'dataflow',
-                 marks=() if (s, k, m) in _FAST_DATAFLOW else pytest.mark.slow)
-    for k, m, s, v, r in (c.values for c in _CASES)]
+_SCHEDULES = [('gpipe', 1), ('1f1b', 1), ('interleaved_1f1b', 2), ('zb_h1', 1),
+              ('zb_v', 2)]
+_EXECUTIONS = ['ticks', 'dataflow']
+# The table: gpipe and 1f1b for K in {1, 2, 4} and M in {1, 2, 4, 8};
+# interleaved_1f1b (v=2), zb_h1 and zb_v (v=2) for K in {2, 4} and M in
+# {4, 8}; both executions. Every point runs under one remat policy, the sum
+# of its indices (K, M, schedule, execution) mod 3: so each policy meets
+# every schedule x execution, schedule x K, schedule x M and K x M pair. The
+# fast points run under every policy. GPIPE_FULL_TABLE=1 runs the whole
+# product (216 cases, about 5 minutes on a 2-core machine).
+_FAST = {'ticks': {('gpipe', 1, 1), ('gpipe', 2, 4), ('gpipe', 4, 8),
+                   ('1f1b', 1, 1), ('1f1b', 2, 4), ('1f1b', 4, 8),
+                   ('interleaved_1f1b', 4, 8), ('zb_h1', 2, 4),
+                   ('zb_v', 2, 8)},
+         'dataflow': {('gpipe', 2, 4), ('1f1b', 2, 4),
+                      ('interleaved_1f1b', 4, 8), ('zb_h1', 2, 4),
+                      ('zb_v', 2, 8)}}
+
+
+def _Cases(full):
+  cases = []
+  for (e, execution), (si, (s, v)) in itertools.product(
+      enumerate(_EXECUTIONS), enumerate(_SCHEDULES)):
+    wide = s in ('gpipe', '1f1b')
+    for k, m in itertools.product([1, 2, 4] if wide else [2, 4],
+                                  [1, 2, 4, 8] if wide else [4, 8]):
+      fast = (s, k, m) in _FAST[execution]
+      turn = ([1, 2, 4].index(k) + [1, 2, 4, 8].index(m) + si + e) % 3
+      for r in _REMAT:
+        if full or fast or r == _REMAT[turn]:
+          cases.append(pytest.param(k, m, s, v, r, execution,
+                                    marks=() if fast else pytest.mark.slow))
+  return cases
+
+
+_CASES = _Cases(os.environ.get('GPIPE_FULL_TABLE') == '1')
 
 
 @pytest.mark.parametrize('k,m,schedule,v,remat,execution', _CASES)
