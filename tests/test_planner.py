@@ -757,3 +757,24 @@ def testMeasuredWorkspacesArePlacedWithinTheBound():
     for placed in (x.fwd_workspace_bytes, x.bwd_workspace_bytes,
                    x.transient_workspace_bytes):
       assert placed is not None and 0 <= placed <= x.workspace_bytes
+
+
+def testPeakBreakdownTakesTheLiveSetAtTheLargestBytesInUse():
+  """bench/peak_breakdown.py: the tensors live when the allocator's bytes in
+  use peak, not the most tensors ever live nor the last state."""
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  import peak_breakdown  # pylint: disable=import-outside-toplevel
+
+  def Ev(kind, addr, in_use, asked):
+    return (0, kind, {'addr': addr, 'bytes_allocated': in_use,
+                      'requested_bytes': asked, 'allocation_bytes': 2 * asked})
+
+  events = [Ev('MemoryAllocation', 1, 100, 50),
+            Ev('MemoryAllocation', 2, 300, 100),   # the peak: 1 and 2 live
+            Ev('MemoryDeallocation', 2, 100, 100),
+            Ev('MemoryAllocation', 3, 150, 25),
+            Ev('MemoryAllocation', 4, 200, 25)]    # three live, less in use
+  peak, live = peak_breakdown.LiveAtPeak(events)
+  assert peak == 300
+  assert sorted(live) == [1, 2]
+  assert sum(s['allocation_bytes'] for s in live.values()) == 300

@@ -1,0 +1,134 @@
+"""What is live at a training step's allocator peak, against the plan.
+
+The plan counts the bytes each tensor asks for. The BFC allocator hands out
+blocks and counts whole blocks in use: a free block smaller than twice a
+request is given whole, not split. This script profiles one step of a
+registered model at (K, M) and prints, at the moment the allocator's bytes
+in use peak: the bytes the live tensors asked for, the blocks they hold,
+and the plan's prediction (`--mode=plan --plan_measure` costs), then the
+live bytes by action and the largest live tensors. Usage:
+
+  python bench/peak_breakdown.py --model=cifar10.AmoebaNetD_6_32 --k=4 --m=4
+
+The step is bench/planner_bench.py's (one fixed batch, one inter-op thread,
+the BFC allocator on the CPU), run twice before the profiled step.
+"""
+import argparse
+import collections
+import glob
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 2.0**20
+
+
+def _Stats(event, stat_metadata):
+  out = {}
+  for s in event.stats:
+    which = s.WhichOneof('value')
+    value = getattr(s, which) if which else None
+    if which == 'ref_value':
+      value = stat_metadata[value].name
+    out[stat_metadata[s.metadata_id].name] = value
+  return out
+
+
+def AllocatorEvents(xspace):
+  """(time ps, 'MemoryAllocation' | 'MemoryDeallocation', stats) of every
+  allocator event of a profile, in time order."""
+  events = []
+  for plane in xspace.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        name = plane.event_metadata[ev.metadata_id].name
+        if name in ('MemoryAllocation', 'MemoryDeallocation'):
+          events.append((line.timestamp_ns * 1000 + ev.offset_ps, name,
+                         _Stats(ev, plane.stat_metadata)))
+  events.sort(key=lambda e: e[0])
+  return events
+
+
+def LiveAtPeak(events):
+  """(bytes in use at the peak, {address: stats} live then)."""
+  live, best, snap = {}, -1, {}
+  for _, name, st in events:
+    if name == 'MemoryAllocation':
+      live[st.get('addr')] = st
+    else:
+      live.pop(st.get('addr'), None)
+    if st.get('bytes_allocated', 0) > best:
+      best, snap = st.get('bytes_allocated', 0), dict(live)
+  return best, snap
+
+
+def _ProfiledStep(step_fn):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel,g-direct-tensorflow-import
+  base = tf.config.experimental.get_memory_info('CPU:0')['current']
+  with tempfile.TemporaryDirectory() as tmp:
+    tf.profiler.experimental.start(tmp)
+    try:
+      step_fn()
+    finally:
+      tf.profiler.experimental.stop()
+    path = sorted(glob.glob(os.path.join(tmp, 'plugins', 'profile', '*',
+                                         '*.xplane.pb')))[-1]
+    xspace = xplane_pb2.XSpace()
+    with open(path, 'rb') as f:
+      xspace.ParseFromString(f.read())
+  return base, AllocatorEvents(xspace)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--model', required=True)
+  ap.add_argument('--k', type=int, required=True)
+  ap.add_argument('--m', type=int, required=True)
+  ap.add_argument('--top', type=int, default=12)
+  args = ap.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+  measure.ConfigureTensorFlow(args.k)
+  import params as _  # pylint: disable=import-outside-toplevel,unused-import
+  import planner_bench  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
+  p = planner_bench._Params({'model': args.model}, args.k, args.m)  # pylint: disable=protected-access
+  b = p.train.batch_size
+  costs = resolve.ModelCosts(p, b // args.m, measure=True)
+  planned = model_plan.PlanModel(p, costs=costs)['step_activation_peak_bytes']
+  step_fn = planner_bench._StepFn(p, b)  # pylint: disable=protected-access
+  step_fn()
+  step_fn()
+  base, events = _ProfiledStep(step_fn)
+  peak, live = LiveAtPeak(events)
+  asked = sum(s.get('requested_bytes', 0) for s in live.values())
+  held = sum(s.get('allocation_bytes', 0) for s in live.values())
+  print(f'{args.model} K={args.k} M={args.m} batch {b}')
+  print('| planned MiB | peak above the pre-step level MiB | live tensors '
+        'asked MiB | blocks they hold MiB |')
+  print('|---|---|---|---|')
+  print(f'| {planned / MIB:.1f} | {(peak - base) / MIB:.1f} | '
+        f'{asked / MIB:.1f} | {held / MIB:.1f} |')
+  by_action = collections.defaultdict(lambda: [0, 0])
+  for s in live.values():
+    key = str(s.get('tf_op', '')).split('/')[0]
+    by_action[key][0] += s.get('requested_bytes', 0)
+    by_action[key][1] += s.get('allocation_bytes', 0)
+  print('\nlive at the peak by action (asked / held MiB):')
+  for key, (a, h) in sorted(by_action.items(), key=lambda kv: -kv[1][1])[
+      :args.top]:
+    print(f'  {a / MIB:8.2f} {h / MIB:8.2f}  {key}')
+  print('\nlargest live tensors (asked / held MiB):')
+  for s in sorted(live.values(), key=lambda s: -s.get('allocation_bytes', 0))[
+      :args.top]:
+    print(f"  {s.get('requested_bytes', 0) / MIB:8.2f} "
+          f"{s.get('allocation_bytes', 0) / MIB:8.2f}  {s.get('tf_op')} "
+          f"{s.get('shape')} {s.get('region_type')}")
+
+
+if __name__ == '__main__':
+  main()
