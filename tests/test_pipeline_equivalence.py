@@ -127,3 +127,16 @@ def testRecomputeReproducesDropoutMasks():
   other = net.ComputeLossAndGradients(x, lab, util.LossFn(16),
                                       tf.constant(4, tf.int64))
   assert abs(float(other[0]) - float(out['never'][0])) > 1e-6
+
+
+def testCoveringTableMeetsEveryPolicyEverywhere():
+  """The default table (one policy per point) still has every policy with
+  every schedule x execution, schedule x K, schedule x M and K x M pair of
+  the whole product, and every point of it under both executions."""
+  def Keys(cases, *fields):
+    return {tuple(c.values[f] for f in fields) for c in cases}
+  # values: (k, m, schedule, v, remat, execution)
+  full, table = _Cases(full=True), _Cases(full=False)
+  assert len(full) == 216 and len(table) < len(full) // 2
+  for fields in [(2, 4, 5), (2, 4, 0), (2, 4, 1), (0, 1, 4), (0, 1, 2, 5)]:
+    assert Keys(table, *fields) == Keys(full, *fields), fields
