@@ -17,70 +17,20 @@ the BFC allocator on the CPU), run twice before the profiled step.
 """
 import argparse
 import collections
-import glob
 import os
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2.0**20
 
 
-def _Stats(event, stat_metadata):
-  out = {}
-  for s in event.stats:
-    which = s.WhichOneof('value')
-    value = getattr(s, which) if which else None
-    if which == 'ref_value':
-      value = stat_metadata[value].name
-    out[stat_metadata[s.metadata_id].name] = value
-  return out
-
-
-def AllocatorEvents(xspace):
-  """(time ps, 'MemoryAllocation' | 'MemoryDeallocation', stats) of every
-  allocator event of a profile, in time order."""
-  events = []
-  for plane in xspace.planes:
-    for line in plane.lines:
-      for ev in line.events:
-        name = plane.event_metadata[ev.metadata_id].name
-        if name in ('MemoryAllocation', 'MemoryDeallocation'):
-          events.append((line.timestamp_ns * 1000 + ev.offset_ps, name,
-                         _Stats(ev, plane.stat_metadata)))
-  events.sort(key=lambda e: e[0])
-  return events
-
-
-def LiveAtPeak(events):
-  """(bytes in use at the peak, {address: stats} live then)."""
-  live, best, snap = {}, -1, {}
-  for _, name, st in events:
-    if name == 'MemoryAllocation':
-      live[st.get('addr')] = st
-    else:
-      live.pop(st.get('addr'), None)
-    if st.get('bytes_allocated', 0) > best:
-      best, snap = st.get('bytes_allocated', 0), dict(live)
-  return best, snap
-
-
 def _ProfiledStep(step_fn):
+  """(bytes in use before the step, measure.PeakLive of the step)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel,g-direct-tensorflow-import
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   base = tf.config.experimental.get_memory_info('CPU:0')['current']
-  with tempfile.TemporaryDirectory() as tmp:
-    tf.profiler.experimental.start(tmp)
-    try:
-      step_fn()
-    finally:
-      tf.profiler.experimental.stop()
-    path = sorted(glob.glob(os.path.join(tmp, 'plugins', 'profile', '*',
-                                         '*.xplane.pb')))[-1]
-    xspace = xplane_pb2.XSpace()
-    with open(path, 'rb') as f:
-      xspace.ParseFromString(f.read())
-  return base, AllocatorEvents(xspace)
+  _, xspace = measure.ProfiledXSpace(step_fn)
+  return base, measure.LiveAtPeak(measure.AllocatorEvents(xspace))
 
 
 def main(argv=None):
@@ -109,10 +59,8 @@ def main(argv=None):
   step_fn = planner_bench._StepFn(p, b)  # pylint: disable=protected-access
   step_fn()
   step_fn()
-  base, events = _ProfiledStep(step_fn)
-  peak, live = LiveAtPeak(events)
-  asked = sum(s.get('requested_bytes', 0) for s in live.values())
-  held = sum(s.get('allocation_bytes', 0) for s in live.values())
+  base, peak_live = _ProfiledStep(step_fn)
+  peak, asked, held, live = peak_live
   print(f'{args.model} K={args.k} M={args.m} batch {b}')
   print('| planned MiB | peak above the pre-step level MiB | live tensors '
         'asked MiB | blocks they hold MiB |')

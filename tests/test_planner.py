@@ -759,11 +759,11 @@ def testMeasuredWorkspacesArePlacedWithinTheBound():
       assert placed is not None and 0 <= placed <= x.workspace_bytes
 
 
-def testPeakBreakdownTakesTheLiveSetAtTheLargestBytesInUse():
-  """bench/peak_breakdown.py: the tensors live when the allocator's bytes in
-  use peak, not the most tensors ever live nor the last state."""
-  sys.path.insert(0, os.path.join(ROOT, 'bench'))
-  import peak_breakdown  # pylint: disable=import-outside-toplevel
+def testLiveAtPeakIsTheLiveSetAtTheLargestBytesInUse():
+  """measure.LiveAtPeak (bench/peak_breakdown.py, trainer.py
+  --timeline_at_step): the tensors live when the allocator's bytes in use
+  peak, not the most tensors ever live nor the last state."""
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
 
   def Ev(kind, addr, in_use, asked):
     return (0, kind, {'addr': addr, 'bytes_allocated': in_use,
@@ -774,7 +774,6 @@ def testPeakBreakdownTakesTheLiveSetAtTheLargestBytesInUse():
             Ev('MemoryDeallocation', 2, 100, 100),
             Ev('MemoryAllocation', 3, 150, 25),
             Ev('MemoryAllocation', 4, 200, 25)]    # three live, less in use
-  peak, live = peak_breakdown.LiveAtPeak(events)
-  assert peak == 300
-  assert sorted(live) == [1, 2]
-  assert sum(s['allocation_bytes'] for s in live.values()) == 300
+  peak = measure.LiveAtPeak(events)
+  assert peak.in_use == 300 and sorted(peak.live) == [1, 2]
+  assert (peak.asked, peak.held) == (150, 300)

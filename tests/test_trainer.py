@@ -1,6 +1,7 @@
 """The generic trainer: outputs in the logdir, resume, errors, robustness."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,3 +132,20 @@ def testCliListModels():
   assert 'digits.ConvNet' in r.stdout.split()
 
 
+
+
+def testProfiledStepSaysWhatWasLiveAtTheAllocatorPeak(tmp_path):
+  """--timeline_at_step: the timeline picture, and what the tensors live at
+  the allocator's peak asked for against the blocks they hold."""
+  logs = []
+  p = model_registry.GetParams('digits.ConvNetPipelined')
+  p.task.train.Set(log_interval_steps=1)
+  t = trainer_lib.Trainer(p, str(tmp_path), print_fn=logs.append,
+                          timeline_at_step=2)
+  t.Train(max_steps=2)
+  assert (tmp_path / 'step_timeline.png').stat().st_size > 10_000
+  line = [l for l in logs if l.startswith('allocator peak of the profiled')]
+  assert len(line) == 1, logs
+  in_use, asked, held = [float(x) for x in re.findall(r'([\d.]+) MiB',
+                                                      line[0])]
+  assert 0 < asked <= held <= in_use, line[0]

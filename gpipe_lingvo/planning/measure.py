@@ -168,9 +168,8 @@ def TimelineFromTrace(xspace, table):
   return boxes
 
 
-def ProfileStep(step_fn, table):
-  """Runs step_fn once under TensorFlow's profiler; returns (its result,
-  its boxes)."""
+def ProfiledXSpace(step_fn):
+  """(step_fn's result, the XSpace of TensorFlow's profile of it)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel,g-direct-tensorflow-import
   with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +183,79 @@ def ProfileStep(step_fn, table):
     xspace = xplane_pb2.XSpace()
     with open(path, 'rb') as f:
       xspace.ParseFromString(f.read())
+  return result, xspace
+
+
+def ProfileStep(step_fn, table):
+  """Runs step_fn once under TensorFlow's profiler; returns (its result,
+  its boxes)."""
+  result, xspace = ProfiledXSpace(step_fn)
   return result, TimelineFromTrace(xspace, table)
+
+
+class PeakLive(NamedTuple):
+  """The tensors live when the allocator's bytes in use peaked."""
+  in_use: int   # the allocator's bytes in use then
+  asked: int    # what the live tensors asked for
+  held: int     # the blocks they hold (BFC hands out a free block whole
+                # when it is less than twice the request)
+  live: Dict[int, dict]  # address -> the allocation event's stats
+
+
+def _Stats(event, stat_metadata):
+  out = {}
+  for s in event.stats:
+    which = s.WhichOneof('value')
+    value = getattr(s, which) if which else None
+    if which == 'ref_value':
+      value = stat_metadata[value].name
+    out[stat_metadata[s.metadata_id].name] = value
+  return out
+
+
+def AllocatorEvents(xspace):
+  """(time ps, 'MemoryAllocation' | 'MemoryDeallocation', stats) of every
+  allocator event of a profile, in time order."""
+  events = []
+  for plane in xspace.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        name = plane.event_metadata[ev.metadata_id].name
+        if name in ('MemoryAllocation', 'MemoryDeallocation'):
+          events.append((line.timestamp_ns * 1000 + ev.offset_ps, name,
+                         _Stats(ev, plane.stat_metadata)))
+  events.sort(key=lambda e: e[0])
+  return events
+
+
+def LiveAtPeak(events) -> PeakLive:
+  """What is live when the allocator's bytes in use peak (the allocation
+  that reached the peak included)."""
+  live, best, snap = {}, -1, {}
+  for _, name, st in events:
+    if name == 'MemoryAllocation':
+      live[st.get('addr')] = st
+    else:
+      live.pop(st.get('addr'), None)
+    if st.get('bytes_allocated', 0) > best:
+      best, snap = st.get('bytes_allocated', 0), dict(live)
+  return PeakLive(max(best, 0),
+                  sum(s.get('requested_bytes', 0) for s in snap.values()),
+                  sum(s.get('allocation_bytes', 0) for s in snap.values()),
+                  snap)
+
+
+def ProfileStepMemory(step_fn, table):
+  """Runs step_fn once under the profiler; returns (its result, its
+  timeline boxes, PeakLive of the allocator whose bytes in use peaked
+  highest: each GPU has its own, logical CPU devices share the host's)."""
+  result, xspace = ProfiledXSpace(step_fn)
+  per_allocator = {}
+  for ev in AllocatorEvents(xspace):
+    per_allocator.setdefault(ev[2].get('allocator_name'), []).append(ev)
+  peaks = [LiveAtPeak(evs) for evs in per_allocator.values()]
+  peak = max(peaks, key=lambda p: p.in_use, default=PeakLive(0, 0, 0, {}))
+  return result, TimelineFromTrace(xspace, table), peak
 
 
 def TinyStepSeconds(pipe, device_type: str = 'cpu', reps: int = 10):

@@ -211,13 +211,21 @@ def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
 
 
 def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
-  """Runs one training step under the profiler and draws its measured
-  timeline beside the plan's (training with --timeline_at_step)."""
+  """Runs one training step under the profiler, draws its measured
+  timeline beside the plan's and prints what was live at the allocator's
+  peak (training with --timeline_at_step)."""
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  result, boxes = measure_lib.ProfileStep(step_fn,
-                                          Pipeline(model_params).Table())
+  result, boxes, peak = measure_lib.ProfileStepMemory(
+      step_fn, Pipeline(model_params).Table())
   plan = PlanModel(model_params)
   path = plot.Timeline(plan, os.path.join(logdir, 'step_timeline.png'),
                        boxes or None)
   print_fn(f'wrote {path}')
+  if peak.live:
+    # The plan counts what tensors ask for; the allocator counts blocks.
+    mib = 2.0**20
+    print_fn(f'allocator peak of the profiled step: {peak.in_use / mib:.1f} '
+             f'MiB in use; the tensors live then asked for '
+             f'{peak.asked / mib:.1f} MiB and hold blocks of '
+             f'{peak.held / mib:.1f} MiB')
   return result
