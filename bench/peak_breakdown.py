@@ -30,7 +30,7 @@ def _ProfiledStep(step_fn):
   from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   base = tf.config.experimental.get_memory_info('CPU:0')['current']
   _, xspace = measure.ProfiledXSpace(step_fn)
-  return base, measure.LiveAtPeak(measure.AllocatorEvents(xspace))
+  return base, measure.HighestPeak(xspace)
 
 
 def main(argv=None):

@@ -132,8 +132,6 @@ def testCliListModels():
   assert 'digits.ConvNet' in r.stdout.split()
 
 
-
-
 def testProfiledStepSaysWhatWasLiveAtTheAllocatorPeak(tmp_path):
   """--timeline_at_step: the timeline picture, and what the tensors live at
   the allocator's peak asked for against the blocks they hold."""

@@ -245,17 +245,21 @@ def LiveAtPeak(events) -> PeakLive:
                   snap)
 
 
-def ProfileStepMemory(step_fn, table):
-  """Runs step_fn once under the profiler; returns (its result, its
-  timeline boxes, PeakLive of the allocator whose bytes in use peaked
-  highest: each GPU has its own, logical CPU devices share the host's)."""
-  result, xspace = ProfiledXSpace(step_fn)
+def HighestPeak(xspace) -> PeakLive:
+  """PeakLive of the profile's allocator whose bytes in use peaked highest
+  (each GPU has its own; logical CPU devices share the host's)."""
   per_allocator = {}
   for ev in AllocatorEvents(xspace):
     per_allocator.setdefault(ev[2].get('allocator_name'), []).append(ev)
   peaks = [LiveAtPeak(evs) for evs in per_allocator.values()]
-  peak = max(peaks, key=lambda p: p.in_use, default=PeakLive(0, 0, 0, {}))
-  return result, TimelineFromTrace(xspace, table), peak
+  return max(peaks, key=lambda p: p.in_use, default=PeakLive(0, 0, 0, {}))
+
+
+def ProfileStepMemory(step_fn, table):
+  """Runs step_fn once under the profiler; returns (its result, its
+  timeline boxes, its HighestPeak)."""
+  result, xspace = ProfiledXSpace(step_fn)
+  return result, TimelineFromTrace(xspace, table), HighestPeak(xspace)
 
 
 def TinyStepSeconds(pipe, device_type: str = 'cpu', reps: int = 10):
