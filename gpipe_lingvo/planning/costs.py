@@ -35,6 +35,11 @@ from gpipe_lingvo import context
 _CELL_RE = re.compile(r'^(?:gradients(?:_\d+)?/)?cell(\d+)/')
 
 
+# Bumped when what a trace records changes: older caches are traced again
+# (2: the cells' programs, for the allocator simulation).
+CACHE_FORMAT = 2
+
+
 @dataclasses.dataclass
 class CellCost:
   """Costs of one cell for one micro-batch (bytes, FLOPs); JSON-able."""
@@ -63,6 +68,10 @@ class CellCost:
   fwd_workspace_bytes: Optional[int] = None
   bwd_workspace_bytes: Optional[int] = None
   transient_workspace_bytes: Optional[int] = None
+  # Op by op, the buffers its forward and backward make and read
+  # (_Programs), for simulating the allocator; None for a copy of an
+  # identical cell traced once:
+  program: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -73,13 +82,30 @@ class NetworkCosts:
   cells: List[CellCost]
 
   def ToJson(self):
+    """Programs are stored apart, each once ('programs'), a cell holding
+    the index of its own."""
+    programs, index, cells = [], {}, []
+    for c in self.cells:
+      d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+      if c.program is not None:
+        if id(c.program) not in index:
+          index[id(c.program)] = len(programs)
+          programs.append(c.program)
+        d['program'] = index[id(c.program)]
+      cells.append(d)
     return {'batch': self.batch, 'input_bytes': self.input_bytes,
-            'cells': [dataclasses.asdict(c) for c in self.cells]}
+            'cells': cells, 'programs': programs}
 
   @classmethod
   def FromJson(cls, d):
-    return cls(d['batch'], d['input_bytes'],
-               [CellCost(**c) for c in d['cells']])
+    programs = d.get('programs', [])
+    cells = []
+    for c in d['cells']:
+      c = dict(c)
+      if c.get('program') is not None:
+        c['program'] = programs[c['program']]
+      cells.append(CellCost(**c))
+    return cls(d['batch'], d['input_bytes'], cells)
 
   def Vector(self, key):
     return [getattr(c, key) for c in self.cells]
@@ -88,9 +114,9 @@ class NetworkCosts:
     """Costs at another micro-batch size: activation bytes and FLOPs
     scale linearly with the batch (weights do not)."""
     r = batch / self.batch
-    cells = []
+    cells, programs = [], {}
     for c in self.cells:
-      d = dataclasses.asdict(c)
+      d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
       for key in ('out_bytes', 'fwd_flops', 'bwd_flops', 'fwd_peak',
                   'residual_bytes', 'input_residual_bytes', 'bwd_peak',
                   'fwd_transient', 'weight_input_bytes', 'bwd_w_flops'):
@@ -98,6 +124,10 @@ class NetworkCosts:
       for key in ('fwd_s', 'bwd_s', 'bwd_w_s'):
         d[key] = None if d[key] is None else d[key] * r
       # Kernel workspaces are capped by the kernels: kept as measured.
+      if c.program is not None:
+        if id(c.program) not in programs:
+          programs[id(c.program)] = _ScaledProgram(c.program, r)
+        d['program'] = programs[id(c.program)]
       cells.append(CellCost(**d))
     return NetworkCosts(batch, int(round(self.input_bytes * r)), cells)
 
@@ -111,6 +141,14 @@ class NetworkCosts:
     cells = [dataclasses.replace(c, fwd_s=c.fwd_s * r, bwd_s=c.bwd_s * r,
                                  bwd_w_s=c.bwd_w_s * r) for c in self.cells]
     return NetworkCosts(self.batch, self.input_bytes, cells)
+
+
+def _ScaledProgram(program: dict, r: float) -> dict:
+  """A cell's program (_Programs) with its batch-sized buffers scaled by
+  r (op temporaries, as measured, are not)."""
+  return {phase: [[[[j, int(round(n * r)) if batched else n, batched]
+                    for j, n, batched in row[0]]] + row[1:] for row in rows]
+          for phase, rows in program.items()}
 
 
 def _Bytes(t):
@@ -144,6 +182,18 @@ _ALIAS = ('Identity', 'Reshape', 'Squeeze', 'ExpandDims', 'StopGradient',
 # Ops whose outputs are buffers that exist before the step (no allocation).
 _EXTERNAL = ('ReadVariableOp', 'Const', 'VarHandleOp', 'Placeholder',
              'Shape', 'NoOp', 'VarIsInitializedOp')
+
+
+# Element-wise kernels that write their output into an input's buffer
+# when nothing else reads that input any more and it has the output's
+# dtype and size (TensorFlow's forward_input_or_allocate_output).
+_FORWARDS = frozenset((
+    'Abs Add AddN AddV2 BiasAdd DivNoNan Elu EluGrad Erf Exp Expm1 '
+    'LeakyRelu LeakyReluGrad Log Log1p LogSoftmax Maximum Minimum Mul Neg '
+    'Pow RealDiv Reciprocal ReciprocalGrad Relu Relu6 Relu6Grad ReluGrad '
+    'Rsqrt RsqrtGrad Select SelectV2 Selu SeluGrad Sigmoid SigmoidGrad Sign '
+    'Softmax Softplus Sqrt SqrtGrad Square SquaredDifference Sub Tanh '
+    'TanhGrad ZerosLike OnesLike').split())
 
 
 # Ops that read only their inputs' static shapes (constant-folded by the
@@ -406,6 +456,7 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
     costs, w_ops, cell_ops = _Analyse(graph, cells, outs, var_grads,
                                       [g for g in grads if g is not None])
     in_bytes = sum(_Bytes(t) for t in tf.nest.flatten(xs))
+    workspace = None
     if measure:
       given = {}
       if values is not None:
@@ -417,8 +468,13 @@ def TraceNetwork(build: Callable, input_specs, label_specs=None,
       workspace = _Measure(graph, costs, [g for g in grads if g is not None],
                            reps, w_ops, given)
       _PlaceWorkspaces(costs, cell_ops, workspace)
+    for c, prog in zip(costs, _Programs(*cell_ops, w_ops, batch, workspace)):
+      c.program = prog
     for i, j in copies.items():
-      costs[i] = dataclasses.replace(costs[j], name=costs[i].name)
+      # A copy's program would read the stand-in's source cell, not its
+      # own predecessor: not recorded (no allocator simulation then).
+      costs[i] = dataclasses.replace(costs[j], name=costs[i].name,
+                                     program=None)
   return NetworkCosts(int(batch), in_bytes, costs)
 
 
@@ -518,6 +574,57 @@ def _Analyse(graph, cells, outs, var_grads, grads):
   return costs, all_w_ops, (fwd_ops, bwd_ops, bufs)
 
 
+def _Programs(fwd_ops, bwd_ops, bufs, w_ops, batch, workspace=None):
+  """Per cell, the op-by-op program its forward ('f') and backward ('b')
+  run: for each op, the buffers it makes ([index, bytes, whether the bytes
+  scale with the batch]), the buffers of any cell it reads ([cell offset,
+  phase, index]), whether only the weight gradients need it, the inputs
+  whose buffer an element-wise kernel may take over for its output
+  (_FORWARDS), and its measured temporary bytes (`workspace`, by op name;
+  0 when not measured). allocator.StepEvents replays these programs in a
+  schedule's order to simulate the allocator."""
+  where = {}
+  for i, phases in enumerate(zip(fwd_ops, bwd_ops)):
+    for phase, ops in zip('fb', phases):
+      n = 0
+      for op in ops:
+        for t in op.outputs:
+          b = bufs.Root(t)
+          if b == t.name and bufs.size.get(b) and b not in where:
+            where[b] = (i, phase, n, t)
+            n += 1
+  out = []
+  for i, phases in enumerate(zip(fwd_ops, bwd_ops)):
+    prog = {}
+    for phase, ops in zip('fb', phases):
+      rows = []
+      for op in ops:
+        made = []
+        for t in op.outputs:
+          w = where.get(t.name)
+          if w is not None and w[:2] == (i, phase):
+            dims = t.shape.as_list()
+            made.append([w[2], bufs.size[t.name],
+                         int(bool(dims) and dims[0] == batch)])
+        ref = lambda b: [where[b][0] - i, where[b][1], where[b][2]]
+        reads = sorted({tuple(ref(b))
+                        for b in {bufs.Root(x) for x in _Reads(op)}
+                        if b in where})
+        takes = []
+        if op.type in _FORWARDS and made:
+          y = op.outputs[0]
+          takes = [ref(bufs.Root(x)) for x in op.inputs
+                   if bufs.Root(x) in where and x.dtype == y.dtype and
+                   bufs.size[bufs.Root(x)] == bufs.size.get(y.name)]
+        temp = int((workspace or {}).get(op.name, 0))
+        if made or reads or temp:
+          rows.append([made, [list(r) for r in reads],
+                       int(op.name in w_ops), takes, temp])
+      prog[phase] = rows
+    out.append(prog)
+  return out
+
+
 def _PlaceWorkspaces(costs, cell_ops, workspace):
   """Sets what each cell's measured op workspaces add to its peaks, each
   at its own op: a kernel's temporaries live while that op runs, not
@@ -599,12 +706,13 @@ def CachedCosts(path: str, key: str, make: Callable[[], NetworkCosts]):
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       d = json.load(f)
-    if d.get('key') == key:
+    if d.get('key') == key and d.get('format') == CACHE_FORMAT:
       return NetworkCosts.FromJson(d['costs'])
   costs = make()
   tf.io.gfile.makedirs(os.path.dirname(path) or '.')
   with tf.io.gfile.GFile(path, 'w') as f:
-    json.dump({'key': key, 'costs': costs.ToJson()}, f)
+    json.dump({'key': key, 'format': CACHE_FORMAT, 'costs': costs.ToJson()},
+              f)
   return costs
 
 

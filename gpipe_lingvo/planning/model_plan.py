@@ -82,7 +82,8 @@ def PlanModel(model_params, measure=False, costs=None,
                            host_parallelism=host_parallelism if cpu else None,
                            flops_per_s=rate, overheads=overheads,
                            prefetch_bytes=PREFETCHED_BATCHES *
-                           InputBatchBytes(model_params) if cpu else 0)
+                           InputBatchBytes(model_params) if cpu else 0,
+                           allocator=True)
   plan['model'] = model_params.model
   plan['partition_spec'] = spec if isinstance(spec, str) else list(spec)
   plan['time_source'] = ('measured cell times' if rate is None else
@@ -153,6 +154,11 @@ def Summary(plan):
     out.append(f"host peak (stages sharing one allocator): "
                f"{mib(plan['host_peak_bytes'])}, of which step activations "
                f"{mib(plan['step_activation_peak_bytes'])}")
+    if plan.get('allocator_blocks_bytes') is not None:
+      out[-1] += (f" (the step's ops replayed through a simulated BFC "
+                  f"allocator: tensors asking "
+                  f"{mib(plan['allocator_asked_bytes'])} hold blocks of "
+                  f"{mib(plan['allocator_blocks_bytes'])})")
   if 'largest_batch_that_fits' in plan:
     verdict = 'fits' if plan['fits'] else 'DOES NOT FIT'
     out.append(f"budget: {verdict}; largest batch that fits at M="

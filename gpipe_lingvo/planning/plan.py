@@ -31,6 +31,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from gpipe_lingvo import errors
+from gpipe_lingvo.planning import allocator as allocator_lib
 from gpipe_lingvo.planning import partition as partition_lib
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from gpipe_lingvo.planning import schedule_view
@@ -389,7 +390,7 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
              shared_host: bool = True, host_parallelism: float = 1.0,
              flops_per_s: Optional[float] = None,
              overheads: Overheads = Overheads(),
-             prefetch_bytes: int = 0) -> dict:
+             prefetch_bytes: int = 0, allocator: bool = False) -> dict:
   """The plan of one configuration (see the module docstring).
 
   costs: NetworkCosts at the micro-batch size; ranges: [(start, end)] per
@@ -397,7 +398,12 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   allocator (logical CPU devices); host_parallelism: how many actions the
   host runs at once at full speed (1 when every op already uses all cores).
   prefetch_bytes: host bytes the input pipeline fills while a step runs
-  (the next training batches), on top of the step's own.
+  (the next training batches), on top of the step's own. allocator: on a
+  shared host under execution='dataflow', also replay the step's ops
+  through a simulated BFC allocator (allocator.StepBlocks, when the
+  costs hold the cells' programs): the host's peak is then at least the
+  blocks it hands out. (The tick loop's buffers hold entries until their
+  slot is written again, which the op replay does not model.)
   """
   table = pipe.Table()
   remat = list(pipe.remat)
@@ -424,6 +430,11 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   else:
     busiest = max(sum(s for s, _ in row) + max(w for _, w in row)
                   for row in mem)
+  blocks = None
+  if allocator and shared_host and pipe.execution == 'dataflow':
+    blocks = allocator_lib.StepBlocks(table, costs.cells, ranges, remat)
+    if blocks is not None:
+      busiest = max(busiest, blocks[0])
   host_step = max(busiest, sum(s['update_bytes'] for s in stages)
                   ) + prefetch_bytes
   plan = {
@@ -439,6 +450,8 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
       'host_peak_bytes': (sum(_Static(s) for s in stages) + host_step
                           if shared_host else None),
       'prefetch_bytes': prefetch_bytes, 'execution': pipe.execution,
+      'allocator_blocks_bytes': None if blocks is None else blocks[0],
+      'allocator_asked_bytes': None if blocks is None else blocks[1],
       'ticks': table.num_ticks, 'host_parallelism': host_parallelism,
       'overheads': dataclasses.asdict(overheads),
   }
