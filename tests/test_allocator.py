@@ -126,13 +126,14 @@ def testStepBlocksNeedsEveryCellsProgram(missing):
 
 
 def _Traced(batch=8, cells=4):
-  """Costs of a real traced network: fully connected ReLU cells."""
+  """Costs of a real traced network: fully connected ReLU cells, each of
+  its own width (no two alike, so every cell is traced)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import layers  # pylint: disable=import-outside-toplevel
 
   def Build():
     return [layers.FullyConnected.Params().Set(
-        name=f'fc{i}', input_dim=256, output_dim=256,
+        name=f'fc{i}', input_dim=256 + 16 * i, output_dim=272 + 16 * i,
         activation='relu').Instantiate() for i in range(cells)], None
   return costs_lib.TraceNetwork(Build, tf.TensorSpec([batch, 256],
                                                      tf.float32))
@@ -198,3 +199,22 @@ def testCopiesOfIdenticalCellsRecordNoProgram():
       False, False, False, True, False]
   table = plan_lib.Pipeline('gpipe', 1, 1, (False,)).Table()
   assert allocator.StepBlocks(table, c.cells, [(0, 5)], [False]) is None
+
+
+@pytest.mark.parametrize('schedule,v', [('gpipe', 1), ('1f1b', 1),
+                                        ('zb_h1', 1), ('zb_v', 2),
+                                        ('interleaved_1f1b', 2)])
+def testEveryOpRunsOncePerMicroBatchInAnySchedule(schedule, v):
+  # A split backward's W runs the weight-gradient-only ops its B left
+  # out; a recomputing B runs the forward once more.
+  c = _Traced(cells=8)
+  k, m = 2, 4
+  per = len(c.cells) // (k * v)
+  ranges = [(per * i, per * i + per) for i in range(k * v)]
+  fwd = sum(len(x.program['f']) for x in c.cells)
+  bwd = sum(len(x.program['b']) for x in c.cells)
+  for remat in (False, True):
+    table = plan_lib.Pipeline(schedule, k, m, (remat,) * m,
+                              virtual_stages=v).Table()
+    ops = allocator._StepOps(table, c.cells, ranges, [remat] * m)  # pylint: disable=protected-access
+    assert len(ops) == m * (fwd * (2 if remat else 1) + bwd)

@@ -11,7 +11,12 @@ memory growth on, regions are reserved as needed: 2 MiB first, doubling
 tells what the blocks add to what the tensors ask for. Pure Python.
 """
 import bisect
+import itertools
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from gpipe_lingvo.pipeline import schedule as schedule_lib
+
+F, B, W = schedule_lib.F, schedule_lib.B, schedule_lib.W
 
 MIN_BYTES = 256
 NUM_BINS = 21
@@ -38,7 +43,8 @@ class _Chunk:
 
 
 class Bfc:
-  """The allocator's chunk bookkeeping; Allocate / Free by handle."""
+  """The allocator's chunks: Allocate returns a block's address, Free
+  takes it back."""
 
   def __init__(self, fragmentation_limit: int = DEFAULT_FRAGMENTATION_LIMIT):
     self.limit = fragmentation_limit
@@ -153,11 +159,10 @@ def _StepOps(table, cells, ranges, remat):
   its chunk's forward again: its reads find the new instances, so the
   forward's own die in F. A W runs the weight-gradient-only ops a split
   B leaves out."""
-  from gpipe_lingvo.pipeline import schedule as schedule_lib  # pylint: disable=import-outside-toplevel
   fused = schedule_lib.FusedBackwards(table)
   split = {(a.chunk, a.mb) for acts in table.actions for a in acts
-           if a.kind == 'W'} - fused
-  ops, current, serial = [], {}, iter(range(1 << 62))
+           if a.kind == W} - fused
+  ops, current, serial = [], {}, itertools.count()
 
   def Find(mb, i, refs):
     found = [current.get((mb, i + off, ph, j)) for off, ph, j in refs]
@@ -176,14 +181,14 @@ def _StepOps(table, cells, ranges, remat):
 
   for _, _, a in schedule_lib.DeviceOrder(table):
     lo, hi = ranges[a.chunk]
-    if a.kind == 'F' or (a.kind == 'B' and remat[a.mb]):
+    if a.kind == F or (a.kind == B and remat[a.mb]):
       for i in range(lo, hi):
         Run(a.mb, i, 'f', lambda w: True)
-    if a.kind == 'B':
+    if a.kind == B:
       only_b = (a.chunk, a.mb) in split
       for i in reversed(range(lo, hi)):
         Run(a.mb, i, 'b', lambda w, s=only_b: not (s and w))
-    elif a.kind == 'W' and (a.chunk, a.mb) not in fused:
+    elif a.kind == W and (a.chunk, a.mb) not in fused:
       for i in reversed(range(lo, hi)):
         Run(a.mb, i, 'b', lambda w: w)
   return ops
