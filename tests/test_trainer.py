@@ -147,3 +147,10 @@ def testProfiledStepSaysWhatWasLiveAtTheAllocatorPeak(tmp_path):
   in_use, asked, held = [float(x) for x in re.findall(r'([\d.]+) MiB',
                                                       line[0])]
   assert 0 < asked <= held <= in_use, line[0]
+  # The plan's replay of the same step beside it (dataflow, logical CPU
+  # devices sharing the host's allocator).
+  line = [l for l in logs if l.startswith("the plan's replay of the step")]
+  assert len(line) == 1, logs
+  asked, held, planned = [float(x) for x in re.findall(r'([\d.]+) MiB',
+                                                       line[0])]
+  assert 0 < asked <= held <= planned, line[0]

@@ -234,4 +234,16 @@ def ProfiledStep(model_params, logdir, step_fn, print_fn=print):
              f'MiB in use; the tensors live then asked for '
              f'{peak.asked / mib:.1f} MiB and hold blocks of '
              f'{peak.held / mib:.1f} MiB')
+    if plan.get('allocator_blocks_bytes') is not None:
+      # Beside it, the plan's own replay of the step (above its start).
+      print_fn(f"the plan's replay of the step through a simulated "
+               f"allocator: tensors asking "
+               f"{plan['allocator_asked_bytes'] / mib:.1f} MiB hold blocks "
+               f"of {plan['allocator_blocks_bytes'] / mib:.1f} MiB above the "
+               f"step's start (step peak planned: "
+               f"{plan['step_activation_peak_bytes'] / mib:.1f} MiB)" +
+               ('' if plan['time_source'] == 'measured cell times' else
+                "; the cells were not measured, so no kernel's "
+                'temporaries are counted (--mode=plan --plan_measure '
+                'measures them)'))
   return result
