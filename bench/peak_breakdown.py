@@ -39,11 +39,11 @@ def _ProfiledStep(step_fn):
 
 
 def _Replayed(events) -> float:
-  """Peak blocks above the start of the profiled step's own requests
-  replayed through planning/allocator.py, twice (the second time on the
-  blocks the first left): does the simulated allocator reproduce the
-  real one on the real sequence? Frees of blocks taken before the
-  profile are skipped; what the step leaves allocated stays."""
+  """Peak blocks of the profiled step's own requests replayed through
+  planning/allocator.py (ReplayTwice, as the plan replays its step): does
+  the simulated allocator reproduce the real one on the real sequence?
+  Frees of blocks taken before the profile are skipped; what the step
+  leaves allocated stays."""
   from gpipe_lingvo.planning import allocator  # pylint: disable=import-outside-toplevel
   seq, live = [], set()
   for _, name, st in events:
@@ -54,9 +54,7 @@ def _Replayed(events) -> float:
     elif addr in live:
       live.discard(addr)
       seq.append(('f', addr, 0))
-  bfc = allocator.Bfc()
-  allocator.Replay([(k, (0, a), n) for k, a, n in seq], bfc)
-  return allocator.Replay([(k, (1, a), n) for k, a, n in seq], bfc)[0]
+  return allocator.ReplayTwice(seq)[0]
 
 
 def main(argv=None):

@@ -1,5 +1,7 @@
 """The simulated BFC allocator (planning/allocator.py): its rules on hand-
 made requests, and the step a plan replays through it."""
+import json
+
 import pytest
 
 from gpipe_lingvo.planning import allocator
@@ -107,11 +109,16 @@ def testRecomputingBackwardFreesTheForwardsTensorsInTheForward():
 
 
 def testScaledProgramsScaleOnlyBatchSizedBuffers():
+  # Traced at 8 examples, replayed at 4: the batch-sized buffer halves;
+  # the other and the op's measured temporary do not.
   cell = costs_lib.CellCost(name='c', program={
-      'f': [[[[0, 1000, 1], [1, 300, 0]], [], 0, [], 50]], 'b': []})
+      'batch': 8, 'f': [[[[0, 1000, 1], [1, 300, 0]], [], 0, [], 50]],
+      'b': []})
   half = costs_lib.NetworkCosts(8, 0, [cell]).Scaled(4).cells[0]
-  assert half.program['f'][0][0] == [[0, 500, 1], [1, 300, 0]]
-  assert half.program['f'][0][4] == 50
+  assert half.program is cell.program  # shared; the replay scales
+  table = plan_lib.Pipeline('gpipe', 1, 1, (False,)).Table()
+  events = allocator.StepEvents(table, [half], [(0, 1)], [False], batch=4)
+  assert [n for kind, _, n in events if kind == 'a'] == [500, 300, 50]
 
 
 @pytest.mark.parametrize('missing', [True, False])
@@ -141,13 +148,13 @@ def _Traced(batch=8, cells=4):
 
 def testTracedProgramsReadOnlyBuffersTheyOrEarlierCellsMake():
   c = _Traced()
-  made = {(i, ph, j) for i, cell in enumerate(c.cells)
-          for ph, rows in cell.program.items()
-          for row in rows for j, _, _ in row[0]}
+  made = {(i, ph, j) for i, cell in enumerate(c.cells) for ph in 'fb'
+          for row in cell.program[ph] for j, _, _ in row[0]}
   for i, cell in enumerate(c.cells):
     assert cell.program['f'] and cell.program['b']
-    for ph, rows in cell.program.items():
-      for row in rows:
+    assert cell.program['batch'] == c.batch
+    for ph in 'fb':
+      for row in cell.program[ph]:
         for off, rph, j in row[1] + row[3]:
           assert (i + off, rph, j) in made
           # The forward reads no backward; a backward reads the gradient
@@ -167,21 +174,21 @@ def testPlanReplaysDataflowStepsThroughTheAllocator():
   assert 0 < flow['allocator_asked_bytes'] <= flow['allocator_blocks_bytes']
   assert flow['step_activation_peak_bytes'] >= flow['allocator_blocks_bytes']
   assert plans['ticks']['allocator_blocks_bytes'] is None
-  # Costs cached as JSON give the same plan; a program shared by two
-  # cells is stored once.
-  c.cells[3].program = c.cells[2].program
-  again = costs_lib.NetworkCosts.FromJson(c.ToJson())
-  assert len(c.ToJson()['programs']) == 3
-  assert again.cells[3].program is again.cells[2].program
+  # Costs cached as JSON give the same plan.
+  again = costs_lib.NetworkCosts.FromJson(
+      json.loads(json.dumps(c.ToJson())))
   pipe = plan_lib.Pipeline('1f1b', 2, 4, (False,) * 4, execution='dataflow')
   assert (plan_lib.MakePlan(again, ranges, pipe, allocator=True) ==
           plan_lib.MakePlan(c, ranges, pipe, allocator=True))
   # Half the micro-batch: the batch-sized buffers halve, the weights'
   # gradients do not.
-  full = allocator.StepBlocks(pipe.Table(), c.cells, ranges, pipe.remat)
+  full = allocator.StepBlocks(pipe.Table(), c.cells, ranges, pipe.remat,
+                              c.batch)
   half = allocator.StepBlocks(pipe.Table(), c.Scaled(4).cells, ranges,
-                              pipe.remat)
+                              pipe.remat, 4)
   assert full[1] / 2 < half[1] < full[1]
+  assert (plan_lib.MakePlan(c.Scaled(4), ranges, pipe, allocator=True)
+          ['allocator_blocks_bytes'] == half[0])
 
 
 def testCopiesOfIdenticalCellsRecordNoProgram():

@@ -73,7 +73,7 @@ def _Equal(a, b):
         # within 1%.
         if x[k] is None:
           continue
-        for phase in v:
+        for phase in 'fb':
           made = [sum(n for row in p[phase] for _, n, _ in row[0])
                   for p in (x[k], v)]
           assert abs(made[0] - made[1]) <= 0.01 * made[1], (

@@ -152,13 +152,14 @@ def Replay(events: Iterable[Tuple[str, object, int]],
   return bfc.peak - base, asked_peak
 
 
-def _StepOps(table, cells, ranges, remat):
+def _StepOps(table, cells, ranges, remat, batch=None):
   """The ops of one training step in the order the host runs the
   schedule's actions (schedule.DeviceOrder): per op, the buffer instances
   it makes ([(key, bytes)]) and the ones it reads. A recomputing B runs
   its chunk's forward again: its reads find the new instances, so the
   forward's own die in F. A W runs the weight-gradient-only ops a split
-  B leaves out."""
+  B leaves out. batch: the micro-batch, to which a program's batch-sized
+  bytes are scaled from the one it was traced at (None: as traced)."""
   fused = schedule_lib.FusedBackwards(table)
   split = {(a.chunk, a.mb) for acts in table.actions for a in acts
            if a.kind == W} - fused
@@ -169,14 +170,17 @@ def _StepOps(table, cells, ranges, remat):
     return [k for k in found if k is not None]
 
   def Run(mb, i, phase, keep):
-    for made, reads, w, takes, temp in cells[i].program[phase]:
+    program = cells[i].program
+    r = 1.0 if batch is None else batch / program['batch']
+    for made, reads, w, takes, temp in program[phase]:
       if not keep(w):
         continue
       found, can_take = Find(mb, i, reads), Find(mb, i, takes)
       out = []
-      for j, n, _ in made:
+      for j, n, batched in made:
         key = current[(mb, i, phase, j)] = next(serial)
-        out.append((key, n))
+        # Op temporaries (measured) stay as they are, as in Scaled.
+        out.append((key, int(round(n * r)) if batched else n))
       ops.append((out, found, can_take, temp))
 
   for _, _, a in schedule_lib.DeviceOrder(table):
@@ -194,13 +198,15 @@ def _StepOps(table, cells, ranges, remat):
   return ops
 
 
-def StepEvents(table, cells, ranges, remat) -> List[Tuple[str, int, int]]:
+def StepEvents(table, cells, ranges, remat, batch=None
+               ) -> List[Tuple[str, int, int]]:
   """Allocations and frees of one training step (Replay's events): a
   buffer is allocated by the op that makes it, unless an element-wise
   kernel writes into an input it reads last, and freed after the last op
   that reads it, or at once when none does; an op's measured temporaries
-  are allocated after its outputs and freed as it ends."""
-  ops = _StepOps(table, cells, ranges, remat)
+  are allocated after its outputs and freed as it ends. batch: as in
+  _StepOps."""
+  ops = _StepOps(table, cells, ranges, remat, batch)
   last = {}
   for j, (_, reads, _, _) in enumerate(ops):
     for k in reads:
@@ -220,22 +226,27 @@ def StepEvents(table, cells, ranges, remat) -> List[Tuple[str, int, int]]:
   return events
 
 
-def StepBlocks(table, cells, ranges, remat) -> Optional[Tuple[int, int]]:
-  """(peak of the blocks in use, peak of the bytes asked) above the
-  step's start, in a step replayed after a first one (the blocks the
-  first leaves free shape where the second lands; later ones repeat it).
-  None when a cell's program was not recorded, or when the step runs
-  more than MAX_STEP_OPS ops (the replay does some 20,000 a second)."""
-  if any(c.program is None for c in cells):
-    return None
-  per_chunk = [sum(len(rows) for c in cells[a:b] for rows in
-                   c.program.values()) for a, b in ranges]
-  if sum(per_chunk[a.chunk] for acts in table.actions
-         for a in acts) > MAX_STEP_OPS:
-    return None
-  events = StepEvents(table, cells, ranges, remat)
+def ReplayTwice(events) -> Tuple[int, int]:
+  """Replay of `events` on the blocks a first replay of them leaves (what
+  a step meets after the first; later ones repeat it): (peak of the
+  blocks in use, peak of the bytes asked), both above its start."""
   bfc = Bfc()
   for step in range(2):
     out = Replay([(k, (step, key), (step, n) if k == 'm' else n)
                   for k, key, n in events], bfc)
   return out
+
+
+def StepBlocks(table, cells, ranges, remat, batch=None
+               ) -> Optional[Tuple[int, int]]:
+  """ReplayTwice of a training step's events (StepEvents). None when a
+  cell's program was not recorded, or when the step runs more than
+  MAX_STEP_OPS ops (the replay does some 20,000 a second)."""
+  if any(c.program is None for c in cells):
+    return None
+  per_chunk = [sum(len(c.program[phase]) for c in cells[a:b]
+                   for phase in 'fb') for a, b in ranges]
+  if sum(per_chunk[a.chunk] for acts in table.actions
+         for a in acts) > MAX_STEP_OPS:
+    return None
+  return ReplayTwice(StepEvents(table, cells, ranges, remat, batch))

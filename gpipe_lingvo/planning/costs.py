@@ -36,8 +36,9 @@ _CELL_RE = re.compile(r'^(?:gradients(?:_\d+)?/)?cell(\d+)/')
 
 
 # Bumped when what a trace records changes: older caches are traced again
-# (2: the cells' programs, for the allocator simulation).
-CACHE_FORMAT = 2
+# (2: the cells' programs, for the allocator simulation; 3: each program
+# holds the micro-batch its bytes are for, inline in its cell).
+CACHE_FORMAT = 3
 
 
 @dataclasses.dataclass
@@ -82,39 +83,24 @@ class NetworkCosts:
   cells: List[CellCost]
 
   def ToJson(self):
-    """Programs are stored apart, each once ('programs'), a cell holding
-    the index of its own."""
-    programs, index, cells = [], {}, []
-    for c in self.cells:
-      d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
-      if c.program is not None:
-        if id(c.program) not in index:
-          index[id(c.program)] = len(programs)
-          programs.append(c.program)
-        d['program'] = index[id(c.program)]
-      cells.append(d)
     return {'batch': self.batch, 'input_bytes': self.input_bytes,
-            'cells': cells, 'programs': programs}
+            'cells': [dataclasses.asdict(c) for c in self.cells]}
 
   @classmethod
   def FromJson(cls, d):
-    programs = d.get('programs', [])
-    cells = []
-    for c in d['cells']:
-      c = dict(c)
-      if c.get('program') is not None:
-        c['program'] = programs[c['program']]
-      cells.append(CellCost(**c))
-    return cls(d['batch'], d['input_bytes'], cells)
+    return cls(d['batch'], d['input_bytes'],
+               [CellCost(**c) for c in d['cells']])
 
   def Vector(self, key):
     return [getattr(c, key) for c in self.cells]
 
   def Scaled(self, batch):
     """Costs at another micro-batch size: activation bytes and FLOPs
-    scale linearly with the batch (weights do not)."""
+    scale linearly with the batch (weights do not). A cell's program is
+    shared as it is: it says the micro-batch its bytes are for, and the
+    allocator replay scales them."""
     r = batch / self.batch
-    cells, programs = [], {}
+    cells = []
     for c in self.cells:
       d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
       for key in ('out_bytes', 'fwd_flops', 'bwd_flops', 'fwd_peak',
@@ -124,10 +110,6 @@ class NetworkCosts:
       for key in ('fwd_s', 'bwd_s', 'bwd_w_s'):
         d[key] = None if d[key] is None else d[key] * r
       # Kernel workspaces are capped by the kernels: kept as measured.
-      if c.program is not None:
-        if id(c.program) not in programs:
-          programs[id(c.program)] = _ScaledProgram(c.program, r)
-        d['program'] = programs[id(c.program)]
       cells.append(CellCost(**d))
     return NetworkCosts(batch, int(round(self.input_bytes * r)), cells)
 
@@ -141,14 +123,6 @@ class NetworkCosts:
     cells = [dataclasses.replace(c, fwd_s=c.fwd_s * r, bwd_s=c.bwd_s * r,
                                  bwd_w_s=c.bwd_w_s * r) for c in self.cells]
     return NetworkCosts(self.batch, self.input_bytes, cells)
-
-
-def _ScaledProgram(program: dict, r: float) -> dict:
-  """A cell's program (_Programs) with its batch-sized buffers scaled by
-  r (op temporaries, as measured, are not)."""
-  return {phase: [[[[j, int(round(n * r)) if batched else n, batched]
-                    for j, n, batched in row[0]]] + row[1:] for row in rows]
-          for phase, rows in program.items()}
 
 
 def _Bytes(t):
@@ -576,7 +550,7 @@ def _Analyse(graph, cells, outs, var_grads, grads):
 
 def _Programs(fwd_ops, bwd_ops, bufs, w_ops, batch, workspace=None):
   """Per cell, the op-by-op program its forward ('f') and backward ('b')
-  run: for each op, the buffers it makes ([index, bytes, whether the bytes
+  run at micro-batch `batch` ('batch'): for each op, the buffers it makes ([index, bytes, whether the bytes
   scale with the batch]), the buffers of any cell it reads ([cell offset,
   phase, index]), whether only the weight gradients need it, the inputs
   whose buffer an element-wise kernel may take over for its output
@@ -595,7 +569,7 @@ def _Programs(fwd_ops, bwd_ops, bufs, w_ops, batch, workspace=None):
             n += 1
   out = []
   for i, phases in enumerate(zip(fwd_ops, bwd_ops)):
-    prog = {}
+    prog = {'batch': int(batch)}
     for phase, ops in zip('fb', phases):
       rows = []
       for op in ops:

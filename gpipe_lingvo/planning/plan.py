@@ -432,7 +432,8 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
                   for row in mem)
   blocks = None
   if allocator and shared_host and pipe.execution == 'dataflow':
-    blocks = allocator_lib.StepBlocks(table, costs.cells, ranges, remat)
+    blocks = allocator_lib.StepBlocks(table, costs.cells, ranges, remat,
+                                      costs.batch)
     if blocks is not None:
       busiest = max(busiest, blocks[0])
   host_step = max(busiest, sum(s['update_bytes'] for s in stages)
