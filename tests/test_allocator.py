@@ -225,3 +225,87 @@ def testEveryOpRunsOncePerMicroBatchInAnySchedule(schedule, v):
                               virtual_stages=v).Table()
     ops = allocator._StepOps(table, c.cells, ranges, [remat] * m)  # pylint: disable=protected-access
     assert len(ops) == m * (fwd * (2 if remat else 1) + bwd)
+
+
+def testCellsRecomputedPerCellRunTheirForwardAgainInTheBackward():
+  # Cells 1-2 and 5 marked (two runs; chunk boundary at 4): each run's
+  # forward runs again in B, so its forward tensors die in F and the
+  # step asks less than keeping them, more than recomputing every cell.
+  from gpipe_lingvo.planning import recompute  # pylint: disable=import-outside-toplevel
+  c = _Traced(cells=8)
+  flags = (False, True, True, False, False, True, False, False)
+  marked = recompute.Apply(c, flags)
+  assert [x.recomputed for x in marked.cells] == list(flags)
+  ranges, m = [(0, 4), (4, 8)], 2
+  table = plan_lib.Pipeline('1f1b', 2, m, (False,) * m).Table()
+  ops = allocator._StepOps(table, marked.cells, ranges, [False] * m)  # pylint: disable=protected-access
+  fwd = sum(len(x.program['f']) for x in c.cells)
+  bwd = sum(len(x.program['b']) for x in c.cells)
+  again = sum(len(c.cells[i].program['f']) for i in (1, 2, 5))
+  assert len(ops) == m * (fwd + bwd + again)
+  asked = {name: allocator.StepBlocks(table, cells, ranges, [r] * m)[1]
+           for name, cells, r in (('never', c.cells, False),
+                                  ('cells', marked.cells, False),
+                                  ('always', c.cells, True))}
+  assert asked['always'] < asked['cells'] < asked['never']
+
+
+def testASharedHostMustFitTheBudgetsSummed():
+  # The host's one allocator holds every device's step: what only the
+  # host holds (here the prefetched batches) counts against the devices'
+  # budgets summed. A host of its own per device has no such sum.
+  c = _Traced()
+  ranges = [(0, 2), (2, 4)]
+  pipe = plan_lib.Pipeline('1f1b', 2, 4, (False,) * 4, execution='dataflow')
+  free = plan_lib.MakePlan(c, ranges, pipe, allocator=True)
+  budget = float(max(s['peak_bytes'] for s in free['stages']))
+  room = 2 * budget - free['host_peak_bytes']
+  for extra, shared, fits in ((room, True, True), (room + 1, True, False),
+                              (room + 1, False, True)):
+    plan = plan_lib.MakePlan(c, ranges, pipe, budgets=[budget] * 2,
+                             prefetch_bytes=extra, allocator=True,
+                             shared_host=shared)
+    assert all(s['peak_bytes'] <= budget for s in plan['stages'])
+    assert plan['host_fits'] == plan['fits'] == fits
+
+
+def _Searcher(c, budget, shared_host=True):
+  from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
+  space = search.Space(2, 32, budget, schedules=('gpipe', '1f1b'),
+                       remat=('never',))
+  return search.Searcher(c.Scaled, space, flops_per_s=1e10,
+                         shared_host=shared_host)
+
+
+def testTheSearchReplaysItsChoiceAndDropsWhatTheHostCannotHold(
+    monkeypatch):
+  c = _Traced(batch=32)
+  assert (_Searcher(c, None, shared_host=False).Search(10)[0]
+          .plan['allocator_blocks_bytes'] is None)
+  free = _Searcher(c, None).Search(10)
+  assert free[0].plan['allocator_blocks_bytes'] is not None
+  budget = 2.0 * max(p.plan['host_peak_bytes'] for p in free)
+  ranked = _Searcher(c, budget).Search(10)
+  # The replay says the first two ranked would take blocks the host
+  # cannot hold: the search drops them and replays the next.
+  real, calls = allocator.StepBlocks, []
+
+  def Blocks(*args, **kwargs):
+    calls.append(args)
+    return (int(4 * budget), 0) if len(calls) <= 2 else real(*args, **kwargs)
+
+  monkeypatch.setattr(allocator, 'StepBlocks', Blocks)
+  searcher = _Searcher(c, budget)
+  got = searcher.Search(10)
+  assert len(searcher.replay_dropped) == 2 and len(calls) == 3
+  assert ([p.Overrides() for p in searcher.replay_dropped] ==
+          [p.Overrides() for p in ranked[:2]])
+  assert ([p.Overrides() for p in got[:len(ranked) - 2]] ==
+          [p.Overrides() for p in ranked[2:]])
+  assert got[0].plan['fits'] and got[0].plan['allocator_blocks_bytes'] < (
+      4 * budget)
+  # Without a budget any blocks fit: the first is kept.
+  calls.clear()
+  searcher = _Searcher(c, None)
+  assert searcher.Search(10)[0].Overrides() == free[0].Overrides()
+  assert not searcher.replay_dropped and len(calls) == 1

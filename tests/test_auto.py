@@ -38,6 +38,11 @@ def testSearchPrintsTheTopTenAndWritesThePlanOfTheFirst(tmp_path, capsys):
     plan = json.load(f)
   assert plan['overrides'] == overrides[0]
   assert plan['fits']
+  # The choice was replayed through the simulated allocator, as
+  # --mode=plan replays it (logical devices on one host).
+  assert 0 < plan['allocator_asked_bytes'] <= plan['allocator_blocks_bytes']
+  assert re.search(r"^1: host peak [\d.]+ MiB with the step's ops replayed",
+                   out, re.M)
   # The first override reproduces the plan's configuration.
   p = model_registry.GetParams(MODEL)
   hyperparams.ApplyOverrides(p, overrides[0])

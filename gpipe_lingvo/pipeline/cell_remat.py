@@ -10,7 +10,9 @@ models it:
 - a marked cell keeps no residuals; the first cell of a run keeps its input;
 - its backward also holds the run's recomputed residuals of the cells
   before it (they are recomputed together) and takes the forward's time
-  and FLOPs on top of its own.
+  and FLOPs on top of its own;
+- it is marked `recomputed`, for the allocator replay
+  (planning/allocator.py), which reruns the run's forward ops.
 Pure Python.
 """
 import dataclasses
@@ -35,7 +37,7 @@ def Apply(costs, flags: Optional[Sequence[bool]]):
         c, residual_bytes=0,
         input_residual_bytes=in_bytes if start else 0,
         bwd_peak=c.bwd_peak + run_held,
-        fwd_peak=c.fwd_transient,
+        fwd_peak=c.fwd_transient, recomputed=True,
         bwd_flops=c.bwd_flops + c.fwd_flops,
         bwd_s=None if c.bwd_s is None else c.bwd_s + (c.fwd_s or 0.0)))
     run_held += own

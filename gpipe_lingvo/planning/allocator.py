@@ -157,7 +157,9 @@ def _StepOps(table, cells, ranges, remat, batch=None):
   schedule's actions (schedule.DeviceOrder): per op, the buffer instances
   it makes ([(key, bytes)]) and the ones it reads. A recomputing B runs
   its chunk's forward again: its reads find the new instances, so the
-  forward's own die in F. A W runs the weight-gradient-only ops a split
+  forward's own die in F. Cells marked `recomputed` (a per-cell choice,
+  cell_remat.Apply) do the same per run of marked cells: its forward
+  runs again when the backward reaches its last cell. A W runs the weight-gradient-only ops a split
   B leaves out. batch: the micro-batch, to which a program's batch-sized
   bytes are scaled from the one it was traced at (None: as traced)."""
   fused = schedule_lib.FusedBackwards(table)
@@ -183,6 +185,7 @@ def _StepOps(table, cells, ranges, remat, batch=None):
         out.append((key, int(round(n * r)) if batched else n))
       ops.append((out, found, can_take, temp))
 
+  again = [c.recomputed for c in cells]
   for _, _, a in schedule_lib.DeviceOrder(table):
     lo, hi = ranges[a.chunk]
     if a.kind == F or (a.kind == B and remat[a.mb]):
@@ -191,6 +194,15 @@ def _StepOps(table, cells, ranges, remat, batch=None):
     if a.kind == B:
       only_b = (a.chunk, a.mb) in split
       for i in reversed(range(lo, hi)):
+        if not remat[a.mb] and again[i] and (i + 1 == hi or
+                                             not again[i + 1]):
+          # The gradient reached the last cell of a run recomputed per
+          # cell (within the chunk): the run's forward runs again first.
+          start = i
+          while start > lo and again[start - 1]:
+            start -= 1
+          for j in range(start, i + 1):
+            Run(a.mb, j, 'f', lambda w: True)
         Run(a.mb, i, 'b', lambda w, s=only_b: not (s and w))
     elif a.kind == W and (a.chunk, a.mb) not in fused:
       for i in reversed(range(lo, hi)):
@@ -237,16 +249,16 @@ def ReplayTwice(events) -> Tuple[int, int]:
   return out
 
 
-def StepBlocks(table, cells, ranges, remat, batch=None
-               ) -> Optional[Tuple[int, int]]:
+def StepBlocks(table, cells, ranges, remat, batch=None,
+               max_ops: int = MAX_STEP_OPS) -> Optional[Tuple[int, int]]:
   """ReplayTwice of a training step's events (StepEvents). None when a
   cell's program was not recorded, or when the step runs more than
-  MAX_STEP_OPS ops (the replay does some 20,000 a second)."""
+  max_ops ops (the replay does some 20,000 a second)."""
   if any(c.program is None for c in cells):
     return None
   per_chunk = [sum(len(c.program[phase]) for c in cells[a:b]
                    for phase in 'fb') for a, b in ranges]
   if sum(per_chunk[a.chunk] for acts in table.actions
-         for a in acts) > MAX_STEP_OPS:
+         for a in acts) > max_ops:
     return None
   return ReplayTwice(StepEvents(table, cells, ranges, remat, batch))

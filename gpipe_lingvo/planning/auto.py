@@ -318,6 +318,7 @@ def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
            f'evaluated in {seconds:.2f} s ({searcher.bounded} '
            'configurations pruned by their bound)')
   print_fn(search_lib.FormatTop(points, budget))
+  print_fn(search_lib.ReplayLine(points[0].plan, searcher.replay_dropped))
   if logdir:
     from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
     plan = dict(points[0].plan)

@@ -73,6 +73,9 @@ class CellCost:
   # (_Programs), for simulating the allocator; None for a copy of an
   # identical cell traced once:
   program: Optional[dict] = None
+  # Recomputed in the backward by a per-cell remat choice (cell_remat.Apply
+  # marks it; the allocator replay reruns its run's forward):
+  recomputed: bool = False
 
 
 @dataclasses.dataclass

@@ -161,6 +161,10 @@ def Summary(plan):
                   f"{mib(plan['allocator_blocks_bytes'])})")
   if 'largest_batch_that_fits' in plan:
     verdict = 'fits' if plan['fits'] else 'DOES NOT FIT'
+    if not plan.get('host_fits', True):
+      verdict += (f" (the replayed host peak {mib(plan['host_peak_bytes'])}"
+                  f" is above the devices' budgets summed, "
+                  f"{mib(sum(s['budget_bytes'] for s in plan['stages']))})")
     out.append(f"budget: {verdict}; largest batch that fits at M="
                f"{plan['num_micro_batches']}: "
                f"{plan['largest_batch_that_fits']}; smallest M that fits at "

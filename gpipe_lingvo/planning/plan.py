@@ -390,7 +390,8 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
              shared_host: bool = True, host_parallelism: float = 1.0,
              flops_per_s: Optional[float] = None,
              overheads: Overheads = Overheads(),
-             prefetch_bytes: int = 0, allocator: bool = False) -> dict:
+             prefetch_bytes: int = 0, allocator: bool = False,
+             allocator_max_ops: int = allocator_lib.MAX_STEP_OPS) -> dict:
   """The plan of one configuration (see the module docstring).
 
   costs: NetworkCosts at the micro-batch size; ranges: [(start, end)] per
@@ -401,9 +402,13 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   (the next training batches), on top of the step's own. allocator: on a
   shared host under execution='dataflow', also replay the step's ops
   through a simulated BFC allocator (allocator.StepBlocks, when the
-  costs hold the cells' programs): the host's peak is then at least the
-  blocks it hands out. (The tick loop's buffers hold entries until their
-  slot is written again, which the op replay does not model.)
+  costs hold the cells' programs and the step runs at most
+  allocator_max_ops ops): the host's peak is then at least the
+  blocks it hands out. With budgets, a shared host's plan fits only if
+  the host's peak is within their sum too (host_fits). (The tick loop's
+  buffers hold
+  entries until their slot is written again, which the op replay does not
+  model.)
   """
   table = pipe.Table()
   remat = list(pipe.remat)
@@ -433,7 +438,7 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   blocks = None
   if allocator and shared_host and pipe.execution == 'dataflow':
     blocks = allocator_lib.StepBlocks(table, costs.cells, ranges, remat,
-                                      costs.batch)
+                                      costs.batch, allocator_max_ops)
     if blocks is not None:
       busiest = max(busiest, blocks[0])
   host_step = max(busiest, sum(s['update_bytes'] for s in stages)
@@ -458,9 +463,21 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
   }
   plan.update(_TimeEstimate(table, chunks, remat, host_parallelism,
                             overheads, pipe.execution))
-  plan['fits'] = budgets is None or all(
-      s['peak_bytes'] <= s['budget_bytes'] for s in stages)
+  plan['host_fits'] = _HostFits(plan, budgets)
+  plan['fits'] = plan['host_fits'] and (budgets is None or all(
+      s['peak_bytes'] <= s['budget_bytes'] for s in stages))
   return plan
+
+
+def _HostFits(plan: dict, budgets: Optional[Sequence[float]]) -> bool:
+  """Whether a shared host holds its peak (weights, slots, accumulators,
+  the step, the prefetched batches; with the replay, the blocks the
+  allocator hands out) within the devices' budgets summed: its devices
+  draw on one allocator, so what it holds counts against all of them at
+  once. True without a budget or a shared host."""
+  if budgets is None or plan['host_peak_bytes'] is None:
+    return True
+  return plan['host_peak_bytes'] <= sum(budgets)
 
 
 def _PeakBytes(static: dict, per_tick: Sequence[int], opt: Optimizer) -> int:

@@ -41,6 +41,10 @@ AUTO_DATAFLOW_MAX_ACTIONS = 256
 # search: below the plan's resolution (docs/search.md), they are ordered by
 # _Preference instead of by a difference the plan cannot vouch for.
 TIE_BAND = 0.01
+# The search's choice is checked by replaying its step through the
+# simulated allocator (Searcher._Replayed) when the step runs at most this
+# many ops: some 3 s of the search's time.
+REPLAY_MAX_OPS = 60_000
 # Virtual stages tried per schedule (the others take v = 1).
 VIRTUAL = {'interleaved_1f1b': (2, 3, 4), 'zb_v': (2,)}
 
@@ -179,6 +183,8 @@ class Searcher:
     self.evaluated = 0
     self.bounded = 0  # configurations pruned by a bound
     self.cut_pruned = 0  # cuts whose timeline alone is too slow
+    # Top points the allocator replay did not fit, with their plans.
+    self.replay_dropped: List[Point] = []
     self._cutoff = None  # seconds: the k-th best step found (Search)
     # Devices that share one host which the plan runs one action at a time
     # overlap in fact (docs/search.md): there near-equal predictions are
@@ -429,23 +435,28 @@ class Searcher:
 
     return Bytes
 
-  def _MakePlan(self, costs, ranges, pipe, budgets):
+  def _MakePlan(self, costs, ranges, pipe, budgets, **kwargs):
     self.evaluated += 1
     return plan_lib.MakePlan(
         costs, ranges, pipe, self.opt, budgets, shared_host=self.shared_host,
         host_parallelism=self.host_parallelism(pipe.num_stages),
         flops_per_s=self.flops_per_s, overheads=self.overheads,
-        **self.plan_kwargs)
+        **{**self.plan_kwargs, **kwargs})
 
-  def Evaluate(self, r, k, m, sched, v, remat) -> Optional[Point]:
-    """One configuration with one remat choice (a policy, or per-cell
-    flags); None if it does not fit."""
+  def _Inputs(self, r, k, m, sched, v, remat):
+    """(costs, pipeline) of a configuration with one remat choice."""
     base = self.Costs(self.space.batch_size // (r * m))
     if isinstance(remat, str):
       costs, flags = base, plan_lib_flags(remat, m)
     else:
       costs, flags = recompute.Apply(base, remat), (False,) * m
-    pipe = _Pipeline(sched, k, m, flags, v, self.Execution(sched, k, m, v))
+    return costs, _Pipeline(sched, k, m, flags, v,
+                            self.Execution(sched, k, m, v))
+
+  def Evaluate(self, r, k, m, sched, v, remat) -> Optional[Point]:
+    """One configuration with one remat choice (a policy, or per-cell
+    flags); None if it does not fit."""
+    costs, pipe = self._Inputs(r, k, m, sched, v, remat)
     plan = self.Plan(costs, pipe)
     if plan is None or not plan.get('step_s'):
       return None
@@ -561,7 +572,32 @@ class Searcher:
           heapq.heappop(steps)
     finally:
       self._cutoff = None
-    return Order(found, self.band)[:top]
+    return self._Replayed(Order(found, self.band))[:top]
+
+  def _Replayed(self, points: List[Point]) -> List[Point]:
+    """`points` from the first whose plan still fits with the step's ops
+    replayed through the simulated allocator (plan.MakePlan's allocator:
+    on a shared host under dataflow, the blocks the host's one allocator
+    hands out, against the devices' budgets summed). That point carries
+    the replayed plan, as --mode=plan prints it; the ones before it are
+    dropped. One replay per point tried (up to REPLAY_MAX_OPS ops, some
+    3 s): the search ranks on the liveness model alone."""
+    if not self.shared_host:
+      return points
+    for i, p in enumerate(points):
+      costs, pipe = self._Inputs(p.num_replicas, p.num_stages,
+                                 p.num_micro_batches, p.schedule,
+                                 p.virtual_stages, p.remat)
+      ranges = partition_lib.Partition(len(costs.cells), pipe.num_chunks,
+                                       list(p.partition))
+      budgets = (None if not self.space.budget_bytes else
+                 [float(self.space.budget_bytes)] * pipe.num_stages)
+      plan = self._MakePlan(costs, ranges, pipe, budgets, allocator=True,
+                            allocator_max_ops=REPLAY_MAX_OPS)
+      if plan['fits']:
+        return [dataclasses.replace(p, plan=plan)] + points[i + 1:]
+      self.replay_dropped.append(dataclasses.replace(p, plan=plan))
+    return []
 
 
 def Order(points: Sequence[Point], band: float = TIE_BAND) -> List[Point]:
@@ -643,3 +679,24 @@ def FormatTop(points: Sequence[Point], budget: Optional[float] = None) -> str:
   for i, p in enumerate(points):
     lines.append(f"{i + 1}: --model_params_override='{p.Overrides()}'")
   return '\n'.join(lines)
+
+
+def ReplayLine(plan: dict, dropped: Sequence[Point] = ()) -> str:
+  """What the allocator replay said of the choice and of the faster
+  points it dropped (Searcher._Replayed)."""
+  mib = lambda n: f'{n / 2**20:.1f} MiB'
+  if plan.get('allocator_blocks_bytes') is None:
+    return ('1: not replayed through the simulated allocator (a device of '
+            'its own, the tick loop, unrecorded cell programs, or more than '
+            f'{REPLAY_MAX_OPS} ops a step)')
+  line = (f"1: host peak {mib(plan['host_peak_bytes'])} with the step's ops "
+          f"replayed through a simulated BFC allocator (tensors asking "
+          f"{mib(plan['allocator_asked_bytes'])} hold blocks of "
+          f"{mib(plan['allocator_blocks_bytes'])})")
+  for p in dropped:
+    line += (f'\ndropped, faster but its replayed host peak '
+             f"{mib(p.plan['host_peak_bytes'])} is above the devices' "
+             f'budgets summed: K={p.num_stages} M={p.num_micro_batches} '
+             f'{p.schedule} v={p.virtual_stages} {p.RematText()} '
+             f'{p.partition}')
+  return line
