@@ -34,6 +34,14 @@ Each model runs in its own subprocess. Usage (from the repository root):
   python bench/autoplan_bench.py --models=cifar10.AmoebaNetD_6_32 \
       --rows --rounds=3 --batch_configs=10 --grid_m=1,4
   python bench/autoplan_bench.py --sections=search_time
+  python bench/autoplan_bench.py --sections=steps \
+      --models=cifar10.ResNet20,cifar10.AmoebaNetD_6_32
+
+The steps section times what the search scales its cell times to: the
+trainer's step with the network on one stage, one micro-batch
+(planning/resolve.TrainStepAt) beside a plain forward and backward of the
+same batch, at both sizes the search traces, and the line through them
+(auto.StepFit).
 """
 import argparse
 import json
@@ -46,7 +54,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ('grid', 'search_time')
+SECTIONS = ('grid', 'search_time', 'steps')
 DEVICES = 2
 # (schedule, v) pairs of the grid at K = 2; K = 1 runs gpipe only.
 GRID_SCHEDULES = (('gpipe', 1), ('1f1b', 1), ('zb_h1', 1),
@@ -185,7 +193,7 @@ def _Megatron(searcher, costs_fn):
   sub = search.Searcher(costs_fn, search.dataclasses.replace(
       space, partition='params'), searcher.opt, searcher.host_parallelism,
                         shared_host=searcher.shared_host,
-                        action_s=searcher.action_s,
+                        overheads=searcher.overheads,
                         flops_per_s=searcher.flops_per_s)
   for remat in ('never', 'always'):
     p = sub.Evaluate(1, k, m, '1f1b', 1, remat)
@@ -217,14 +225,16 @@ def Worker(cfg):
   hp = auto._HostParallelism(p.task.network.topology)  # pylint: disable=protected-access
   # Sequence inputs are planned on FLOPs at the host's matmul rate.
   rate = auto.FlopsPerSecond(costs_at, p.train.batch_size, cfg['cache_dir'])
+  _, step_s = auto.StepOverheads(p, cfg['cache_dir'])
 
   def MakeSearcher(budget):
     space = search.Space(DEVICES, p.train.batch_size, budget,
                          schedules=tuple(s for s, _ in GRID_SCHEDULES) +
                          ('1f1b_classic',),
                          execution=execution)
-    return search.Searcher(costs_at, space, opt, hp, action_s=action_s,
-                           flops_per_s=rate)
+    return search.Searcher(costs_at, space, opt, hp, flops_per_s=rate,
+                           overheads=plan_lib.Overheads(
+                               action_s=action_s, step_s=step_s))
 
   grid_m = tuple(cfg.get('grid_m') or GRID_M)
   num_cells = len(costs_at(p.train.batch_size).cells)
@@ -293,15 +303,15 @@ def IdenticalWorkSpread(grid):
 
 # -- driver ---------------------------------------------------------------------
 
-def _Run(cfg, timeout=7200):
+def _Run(cfg, timeout=7200, prefix='RESULT '):
   proc = subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(cfg)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   out, err = proc.communicate(timeout=timeout)
   if proc.returncode:
     raise RuntimeError(f'worker failed:\n{err[-3000:]}')
-  return [json.loads(l[len('RESULT '):]) for l in out.splitlines()
-          if l.startswith('RESULT ')]
+  return [json.loads(l[len(prefix):]) for l in out.splitlines()
+          if l.startswith(prefix)]
 
 
 def GridSection(args):
@@ -406,6 +416,40 @@ def SearchTimeSection(args):
               flush=True)
 
 
+def StepsWorker(cfg):
+  """auto.StepTimesAt at the search's sizes: the trainer's step on one
+  stage beside a plain forward and backward, and their StepFit."""
+  sys.path.insert(0, ROOT)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
+  p = _Measurer(cfg['model'], cfg.get('data_dir'), cfg).Params()
+  p.task.network.topology.num_logical_devices = DEVICES
+  devices.ConfigureFromParams(p.task)
+  sizes = auto._Sizes(p)  # pylint: disable=protected-access
+  times = auto.StepTimesAt(p, sizes, cfg['rounds'])
+  a, c = auto.StepFit(times['plain'], times['trainer'])
+  print('STEPS ' + json.dumps({'sizes': sizes, 'a': a, 'c': c, **times}),
+        flush=True)
+
+
+def StepsSection(args):
+  print('\n### What the search scales its cell times to: the trainer\'s '
+        'step on one stage (resolve.TrainStepAt) beside a plain forward and '
+        f'backward, each the median of {args.rounds} interleaved rounds; '
+        'the fit trainer = a * plain + c (auto.StepFit)\n')
+  print('| model | examples | plain forward+backward ms | trainer\'s step, '
+        'one stage ms | ratio | a | c ms |')
+  print('|' + '---|' * 7)
+  for model in args.models.split(','):
+    cfg = {'model': model, 'section': 'steps', 'rounds': args.rounds,
+           'steps': 1, 'data_dir': args.data_dir}
+    for r in _Run(cfg, prefix='STEPS '):
+      for b, pl, tr in zip(r['sizes'], r['plain'], r['trainer']):
+        print(f"| {model} | {b} | {pl * 1e3:.1f} | {tr * 1e3:.1f} | "
+              f"{tr / pl:.2f} | {r['a']:.3f} | {r['c'] * 1e3:.1f} |",
+              flush=True)
+
 def _MicroBatchCounts(text):
   """--grid_m: '1,2,4' -> (1, 2, 4), parsed and checked once."""
   if not all(x.isdigit() and int(x) > 0 for x in text.split(',')):
@@ -450,7 +494,8 @@ def main():
                                        'autoplan_bench_costs'))
   args = ap.parse_args()
   if args.worker:
-    Worker(json.loads(args.worker))
+    cfg = json.loads(args.worker)
+    (StepsWorker if cfg.get('section') == 'steps' else Worker)(cfg)
     return
   if args.rounds < 1 or args.steps < 1 or args.batch_configs < 0:
     ap.error('--rounds and --steps must be >= 1, --batch_configs >= 0')
@@ -458,7 +503,8 @@ def main():
         f", {platform.machine()} {os.cpu_count()}-core, python "
         f"{platform.python_version()}")
   for section in args.sections.split(','):
-    {'grid': GridSection, 'search_time': SearchTimeSection}[section](args)
+    {'grid': GridSection, 'search_time': SearchTimeSection,
+     'steps': StepsSection}[section](args)
 
 
 if __name__ == '__main__':

@@ -177,7 +177,8 @@ def PlanWorker(cfg):
   """As `trainer.py --mode=plan --plan_measure` plans each (K, M): cell
   costs traced and timed at the micro-batch (default threads, one trace per
   micro-batch size), the executor's cost per tick when the execution is
-  'ticks' or per action when 'dataflow'. Prints RESULT lines."""
+  'ticks' or per action when 'dataflow', the trainer's step against the
+  cells' work (auto.StepFit). Prints RESULT lines."""
   sys.path.insert(0, ROOT)
   from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
@@ -203,7 +204,12 @@ def PlanWorker(cfg):
           'time_cells', True) and auto.TimesCells(p))
     over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
                                                    'cpu')
-    plan = model_plan.PlanModel(p, costs=costs[micro], overheads=over)
+    # The trainer's step against the cells' work (auto.StepFit), measured
+    # once per model: the pipeline fields are not in its key.
+    scale, step_s = auto.StepOverheads(p)
+    plan = model_plan.PlanModel(
+        p, costs=costs[micro], time_scale=scale,
+        overheads=plan_lib.Overheads(over.tick_s, over.action_s, step_s))
     print('RESULT ' + json.dumps({
         'k': k, 'm': m, 'batch': p.train.batch_size,
         'schedule': plan['schedule'],

@@ -5,6 +5,7 @@ import math
 import os
 import re
 
+import pytest
 import tensorflow as tf
 
 from gpipe_lingvo import errors
@@ -155,32 +156,51 @@ def testSequenceModelAutoFieldsResolveOnFlops(tmp_path):
 
 def testSizesAreTimedInInterleavedRoundsAndScaleTheTraces(tmp_path,
                                                           monkeypatch):
-  """The two micro-batch sizes are timed alternately (a slow spell of the
-  host cannot fall on one of them alone), and each trace's cell times add
-  up to its size's interleaved total."""
+  """The plain forward and backward and the trainer's step on one stage
+  are timed at both micro-batch sizes alternately (a slow spell of the
+  host cannot fall on one of them alone); each trace's cell times add up
+  to its size's plain time times StepFit's factor, and the search's
+  plans pay StepFit's constant once a step."""
   p = model_registry.GetParams(MODEL)
   calls = []
 
-  def FakeStep(unused_params, micro):
-    return lambda: calls.append(micro)
+  def Fake(kind):
+    return lambda unused_params, micro: lambda: calls.append((kind, micro))
 
-  monkeypatch.setattr(auto.resolve, 'ForwardBackwardStep', FakeStep)
-  got = auto.ForwardBackwardSecondsAt(p, [4, 32], rounds=3)
-  assert len(got) == 2 and all(s >= 0 for s in got)
-  timed = calls[2:]  # after one warm-up call of each
-  assert sorted(calls[:2]) == [4, 32] and len(timed) == 6
-  for r in range(3):  # each round times both sizes once
-    assert sorted(timed[2 * r:2 * r + 2]) == [4, 32]
+  monkeypatch.setattr(auto.resolve, 'ForwardBackwardStep', Fake('plain'))
+  monkeypatch.setattr(auto.resolve, 'TrainStepAt', Fake('trainer'))
+  got = auto.StepTimesAt(p, [4, 32], rounds=3)
+  assert set(got) == {'plain', 'trainer'}
+  assert all(len(v) == 2 and min(v) >= 0 for v in got.values())
+  every = sorted((k, b) for k in ('plain', 'trainer') for b in (4, 32))
+  timed = calls[4:]  # after one warm-up call of each
+  assert sorted(calls[:4]) == every and len(timed) == 12
+  for r in range(3):  # each round times every step once
+    assert sorted(timed[4 * r:4 * r + 4]) == every
 
-  monkeypatch.setattr(auto, 'ForwardBackwardSecondsAt',
-                      lambda params, sizes: [0.01 * b for b in sizes])
+  monkeypatch.setattr(auto, 'StepTimesAt', lambda params, sizes: {
+      'plain': [0.01 * b for b in sizes],
+      'trainer': [1.2 * 0.01 * b + 0.005 for b in sizes]})
   costs_at = auto.CostsAt(p, str(tmp_path), print_fn=lambda *_: None)
   batch = p.train.batch_size
   for micro in (max(1, batch // 8), batch):
     total = sum(c.fwd_s + c.bwd_s for c in costs_at(micro).cells)
-    assert abs(total - 0.01 * micro) < 1e-9 * micro
-  with open(os.path.join(tmp_path, 'forward_backward.json')) as f:
-    assert json.load(f)['value'] == [0.01 * max(1, batch // 8), 0.01 * batch]
+    assert total == pytest.approx(1.2 * 0.01 * micro)
+  assert auto.StepOverheads(p, str(tmp_path)) == pytest.approx((1.2, 0.005))
+  with open(os.path.join(tmp_path, 'step_times.json')) as f:
+    assert json.load(f)['value']['plain'] == pytest.approx(
+        [0.01 * max(1, batch // 8), 0.01 * batch])
+
+
+def testStepFitSplitsTheStepsOwnCostFromTheCellsFactor():
+  """The line through the sizes: the trainer's step = a * the plain
+  forward and backward + c; noise that would make c negative gives c = 0
+  and the mean ratio."""
+  a, c = auto.StepFit([0.05, 0.30], [0.05 * 1.1 + 0.02, 0.30 * 1.1 + 0.02])
+  assert (a, c) == pytest.approx((1.1, 0.02))
+  a, c = auto.StepFit([0.05, 0.30], [0.05, 0.40])
+  assert c == 0.0 and a == pytest.approx((1.0 + 0.40 / 0.30) / 2)
+  assert auto.StepFit([0.2], [0.3]) == pytest.approx((1.5, 0.0))
 
 
 def testTokenTaskCellsAreTimedOnAStandInBatch():
@@ -200,5 +220,7 @@ def testTokenTaskCellsAreTimedOnAStandInBatch():
   assert float(tf.reduce_sum(labels[1])) == 2 * gen.length  # every token counts
   grad_sum = resolve.ForwardBackwardStep(p, 2)()
   assert math.isfinite(grad_sum) and grad_sum != 0
+  loss = resolve.TrainStepAt(p, 2)()  # the trainer's step on one stage
+  assert math.isfinite(loss) and loss > 0
   costs = resolve.ModelCosts(p, 2, measure=True)
   assert all(c.fwd_s > 0 and c.bwd_s > 0 for c in costs.cells)

@@ -217,3 +217,24 @@ def testTieBandOnlyWhereTheHostRunsOneActionAtATime():
   parallel = search.Searcher(_BASE.Scaled, search.Space(4, 16),
                              host_parallelism=lambda k: k)
   assert shared.band == search.TIE_BAND and parallel.band == 0.0
+
+
+def testAStepsOwnCostAddsOnceToEveryPointAndItsBounds():
+  """Overheads.step_s (what a step pays besides its actions) lengthens
+  every plan by itself, whatever M, and the bounds with it, so the
+  pruned search still finds the brute-force best."""
+  c = 0.25
+  s0 = _Searcher()
+  s1 = search.Searcher(_BASE.Scaled, search.Space(4, 16),
+                       host_parallelism=lambda k: k,
+                       overheads=plan_lib.Overheads(step_s=c))
+  for k, m, sched in ((1, 1, 'gpipe'), (2, 4, '1f1b'), (4, 8, 'gpipe')):
+    p0, p1 = (s.Evaluate(1, k, m, sched, 1, 'never') for s in (s0, s1))
+    assert p1.step_s == pytest.approx(p0.step_s + c)
+    assert s1.LowerBound(1, k, m, sched, 1) == pytest.approx(
+        s0.LowerBound(1, k, m, sched, 1) + c)
+    assert s1.LowerBound(1, k, m, sched, 1) <= p1.step_s * (1 + 1e-9)
+  top = s1.Search(1)[0]
+  brute = [s1.Best(*cand) for cand in s1.Candidates(8)]
+  assert top.step_s == pytest.approx(
+      min(p.step_s for p in brute if p is not None))

@@ -11,16 +11,20 @@ training batch, writes the choice into the params and prints it.
 Costs: the cells are traced and timed once at two micro-batch sizes (the
 whole batch and an eighth of it) and cached as JSON; cell times at other
 sizes are interpolated linearly between them (a per-op overhead plus a
-per-example cost), bytes scale with the micro-batch. The line reads the
-ratio of the two sizes' times, so their totals are timed in interleaved
-rounds (`ForwardBackwardSecondsAt`), not one after the other.
+per-example cost), bytes scale with the micro-batch. Each size's cell
+times add up to a plain forward and backward at that size times a factor,
+and each step pays a constant besides: both from the line through the
+trainer's step on one stage against the plain forward and backward at the
+two sizes (`StepFit`), which are timed in interleaved rounds
+(`StepTimesAt`), not one after the other.
 """
 import dataclasses
 import hashlib
 import json
 import os
+import statistics
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.planning import costs as costs_lib
@@ -87,38 +91,60 @@ def TimesCells(model_params) -> bool:
   return not model_params.train.cls.SHAPES_ONLY
 
 
+def _Sizes(model_params) -> List[int]:
+  """The micro-batch sizes the search traces: the batch and an eighth of
+  it when the cells are timed, else the batch."""
+  batch = model_params.train.batch_size
+  return (sorted({batch, max(1, batch // 8)}) if TimesCells(model_params)
+          else [batch])
+
+
 def CostsAt(model_params, cache_dir: str = '',
             print_fn=print) -> Callable[[int], costs_lib.NetworkCosts]:
   """costs_at(micro_batch) for the search: two traces (timed unless the
-  input gives shapes only), cached."""
-  batch = model_params.train.batch_size
-  measure = TimesCells(model_params)
-  sizes = sorted({batch, max(1, batch // 8)}) if measure else [batch]
+  input gives shapes only), cached; their cell times scaled to a plain
+  forward and backward at each size times StepFit's factor."""
+  sizes = _Sizes(model_params)
   traced = [resolve.ModelCosts(
-      model_params, b, measure=measure,
+      model_params, b, measure=TimesCells(model_params),
       cache_path=os.path.join(cache_dir, f'{b}_' + COSTS_FILE)
       if cache_dir else '', print_fn=print_fn) for b in sizes]
   lo, hi = traced[0], traced[-1]
   if lo.batch != hi.batch:
-    key = hashlib.sha1(str([model_params.task.network.ToText(),
-                            model_params.train.ToText(), sizes,
-                            os.cpu_count()]).encode()).hexdigest()
-    totals = _HostValue(cache_dir, 'forward_backward', key,
-                        lambda: ForwardBackwardSecondsAt(model_params, sizes))
-    lo, hi = lo.TimesScaledTo(totals[0]), hi.TimesScaledTo(totals[-1])
+    times = StepTimes(model_params, cache_dir)
+    a, _ = StepFit(times['plain'], times['trainer'])
+    lo = lo.TimesScaledTo(a * times['plain'][0])
+    hi = hi.TimesScaledTo(a * times['plain'][-1])
   return lambda micro: _Interpolated(lo, hi, micro)
 
 
-def ForwardBackwardSecondsAt(model_params, sizes: Sequence[int],
-                             rounds: int = 7) -> List[float]:
-  """resolve.ForwardBackwardSeconds at each micro-batch size of `sizes`,
-  measured in interleaved rounds (measure.InterleavedSteps): timed one
-  after the other, a slow spell of a shared host falls on one size and
-  bends the line through them (a 128-example ResNet-20 step once timed
-  1.55x its time on a quiet host, beside an undisturbed 16-example one,
-  and the search predicted throughput rising with M where it falls)."""
+def StepTimes(model_params, cache_dir: str = '') -> Dict[str, List[float]]:
+  """StepTimesAt at the search's sizes, cached in cache_dir."""
+  sizes = _Sizes(model_params)
+  # What the steps run: the pipeline fields are the same in every
+  # configuration's key, so a plan and the search share one measurement.
+  one = resolve.OneStage(model_params, model_params.train.batch_size)
+  key = hashlib.sha1(str([one.task.ToText(), one.train.ToText(), sizes,
+                          os.cpu_count()]).encode()).hexdigest()
+  return _HostValue(cache_dir, 'step_times', key,
+                    lambda: StepTimesAt(model_params, sizes))
+
+
+def StepTimesAt(model_params, sizes: Sequence[int],
+                rounds: int = 7) -> Dict[str, List[float]]:
+  """Seconds of a plain forward and backward (resolve.ForwardBackwardStep,
+  'plain') and of the trainer's step on one stage (resolve.TrainStepAt,
+  'trainer') at each size of `sizes`, all timed in interleaved rounds
+  (measure.InterleavedSteps): timed one after the other, a slow spell of
+  a shared host falls on one of them and bends the line through the sizes
+  (a 128-example ResNet-20 step once timed 1.55x its time on a quiet
+  host, beside an undisturbed 16-example one, and the search predicted
+  throughput rising with M where it falls)."""
   from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
-  steps = {b: resolve.ForwardBackwardStep(model_params, b) for b in sizes}
+  steps = {}
+  for b in sizes:
+    steps[('plain', b)] = resolve.ForwardBackwardStep(model_params, b)
+    steps[('trainer', b)] = resolve.TrainStepAt(model_params, b)
   for fn in steps.values():
     fn()  # traces; the warm-up step
 
@@ -128,13 +154,48 @@ def ForwardBackwardSecondsAt(model_params, sizes: Sequence[int],
     return 0, time.perf_counter() - t0
 
   got = measure.InterleavedSteps(steps, rounds, 1, measure_fn=Timed)
-  return [got[b].seconds for b in sizes]
+  return {kind: [got[(kind, b)].seconds for b in sizes]
+          for kind in ('plain', 'trainer')}
+
+
+def StepFit(plain: Sequence[float], trainer: Sequence[float]
+            ) -> Tuple[float, float]:
+  """(a, c) with trainer = a * plain + c through the sizes' times: c is
+  paid once a step whatever M (the weight decay, the gradient norm and
+  checks, the accumulators, the update), a is what running the cells as
+  the pipeline's stage functions adds to their work (no fusion across the
+  forward and the backward). One size, or a line with c < 0 (noise):
+  c = 0 and a the mean ratio."""
+  if len(plain) > 1 and plain[-1] != plain[0]:
+    a = (trainer[-1] - trainer[0]) / (plain[-1] - plain[0])
+    c = trainer[0] - a * plain[0]
+    if a > 0 and c >= 0:
+      return a, c
+  return statistics.mean(t / p for t, p in zip(trainer, plain)), 0.0
+
+
+def StepOverheads(model_params, cache_dir: str = '') -> Tuple[float, float]:
+  """StepFit of the model on this host ((1, 0) when its cells are not
+  timed, FLOPs having no such measure, or the network is not a
+  pipeline)."""
+  if not (TimesCells(model_params) and
+          resolve.IsPipelined(model_params.task.network)):
+    return 1.0, 0.0
+  times = StepTimes(model_params, cache_dir)
+  return StepFit(times['plain'], times['trainer'])
+
+
+# Values measured without a cache_dir, kept for the process.
+_MEMO: Dict[Tuple[str, str], object] = {}
 
 
 def _HostValue(cache_dir: str, name: str, key: str,
-               measure_fn: Callable[[], float]) -> float:
+               measure_fn: Callable[[], object]) -> object:
   """A value measured on this host, cached in cache_dir/<name>.json under
-  `key` (remeasured when the key differs: another host or setting)."""
+  `key` (remeasured when the key differs: another host or setting), or
+  for the process when cache_dir is empty."""
+  if not cache_dir and (name, key) in _MEMO:
+    return _MEMO[(name, key)]
   path = os.path.join(cache_dir, name + '.json') if cache_dir else ''
   if path and os.path.exists(path):
     with open(path) as f:
@@ -146,6 +207,8 @@ def _HostValue(cache_dir: str, name: str, key: str,
     os.makedirs(cache_dir, exist_ok=True)
     with open(path, 'w') as f:
       json.dump({'key': key, 'value': value}, f)
+  else:
+    _MEMO[(name, key)] = value
   return value
 
 
@@ -240,8 +303,10 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
   space = SpaceOf(model_params, search_all, num_devices)
   costs_at = CostsAt(model_params, cache_dir, print_fn)
   opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
+  _, step_s = StepOverheads(model_params, cache_dir)
   searcher = search_lib.Searcher(
       costs_at, space, opt, _HostParallelism(net.topology),
+      overheads=plan_lib.Overheads(step_s=step_s),
       flops_per_s=FlopsPerSecond(costs_at, space.batch_size, cache_dir),
       shared_host=net.topology.device_type == 'cpu',
       action_s=ActionSeconds('dataflow', cache_dir),

@@ -7,6 +7,7 @@ plans), cuts them as the network's `partition` says, and returns the plan
 (planning/plan.py) with the step's fit verdict. `trainer.py --mode=plan`
 prints it and writes plan.json and the pictures to the logdir.
 """
+import dataclasses
 import json
 import os
 from typing import Optional
@@ -50,12 +51,13 @@ def MatmulFlopsPerSecond(size=512, reps=5):
 
 def PlanModel(model_params, measure=False, costs=None,
               overheads=plan_lib.Overheads(),
-              flops_per_s: Optional[float] = None):
+              flops_per_s: Optional[float] = None, time_scale: float = 1.0):
   """The plan dict of a model's training step (see planning/plan.py); the
   cut is the one training runs (resolve.Cut on resolve.TraceCosts).
   Unmeasured cell times are FLOPs at `flops_per_s` (None: the host's rate,
   MatmulFlopsPerSecond, measured now; plans to be compared can share one
-  rate, as the host's drifts under load)."""
+  rate, as the host's drifts under load); measured ones are multiplied by
+  `time_scale` (auto.StepFit's factor)."""
   net = model_params.task.network
   pipe = resolve.NetworkPipeline(net)
   pipelined = resolve.IsPipelined(net)
@@ -69,6 +71,9 @@ def PlanModel(model_params, measure=False, costs=None,
   if costs is None:
     costs = resolve.ModelCosts(model_params, micro,
                                measure=measure or spec == 'time')
+  if time_scale != 1.0 and costs.cells[0].fwd_s is not None:
+    costs = costs.TimesScaledTo(time_scale * sum(
+        c.fwd_s + c.bwd_s for c in costs.cells))
   costs = resolve.WithCellRemat(net, costs)
   ranges = resolve.Cut(net, costs, opt)
   cpu = topo is None or topo.device_type == 'cpu'
@@ -197,10 +202,14 @@ def MeasuredOverheads(model_params):
 def RunPlanMode(model_params, logdir, print_fn=print, measure=False):
   """--mode=plan: prints the plan, writes plan.json and the pictures."""
   from gpipe_lingvo.planning import plot  # pylint: disable=import-outside-toplevel
-  overheads = plan_lib.Overheads()
+  overheads, scale = plan_lib.Overheads(), 1.0
   if measure:
+    from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
     overheads = MeasuredOverheads(model_params)
-  plan = PlanModel(model_params, measure=measure, overheads=overheads)
+    scale, step_s = auto.StepOverheads(model_params, logdir)
+    overheads = dataclasses.replace(overheads, step_s=step_s)
+  plan = PlanModel(model_params, measure=measure, overheads=overheads,
+                   time_scale=scale)
   print_fn(plan_lib.FormatTable(plan))
   print_fn(Summary(plan))
   topo = dict(model_params.task.network.IterParams()).get('topology')

@@ -87,9 +87,12 @@ class Overheads:
   (planning/measure.py ExecutorOverhead): seconds per clock tick of the
   loop's bookkeeping, the switches over each device's actions and the
   calls and buffer reads and writes of the actions ('ticks'); seconds per
-  action of the unrolled graph's calls and gates ('dataflow')."""
+  action of the unrolled graph's calls and gates ('dataflow'); seconds a
+  step pays once besides its actions (auto.StepFit: the update, the
+  gradient accumulators, the weight decay)."""
   tick_s: float = 0.0
   action_s: float = 0.0
+  step_s: float = 0.0
 
 
 def _Workspaces(c) -> Tuple[int, int, int]:
@@ -535,7 +538,7 @@ def _TimeEstimate(table, chunks, remat, host_parallelism, overheads,
 
   return {'timeline': [Box(e) for e in tl.events],
           'bubble': own.BubbleFraction(table.num_devices),
-          'step_s': tl.duration}
+          'step_s': tl.duration + overheads.step_s}
 
 
 def FormatTable(plan: dict) -> str:

@@ -320,6 +320,39 @@ def ForwardBackwardStep(model_params, micro_batch) -> Callable[[], object]:
   return lambda: Step().numpy()
 
 
+def OneStage(model_params, batch_size):
+  """A copy of the params with the network as one stage of one micro-batch
+  of `batch_size` examples, keeping its activations (TrainStepAt)."""
+  p = model_params.Copy()
+  net = p.task.network
+  net.Set(num_stages=1, num_micro_batches=1, schedule='gpipe',
+          virtual_stages=1, remat='never', partition=[len(net.cells)],
+          execution='dataflow')
+  net.topology.num_replicas = 1
+  net.topology.memory_budget_bytes = 0
+  p.train.batch_size = batch_size
+  return p
+
+
+def TrainStepAt(model_params, batch_size) -> Callable[[], object]:
+  """The trainer's step (task.TrainStep in a tf.function, on the input's
+  stand-in batch) with the network as one stage of one micro-batch of
+  `batch_size` examples that keeps its activations; calling it runs one
+  step to completion. Timed beside ForwardBackwardStep it gives what the
+  trainer's step adds to the cells' work (auto.StepFit)."""
+  p = OneStage(model_params, batch_size)
+  task = p.task.Instantiate()
+  task.BuildOptimizer()
+  batch = p.train.Instantiate().StandInBatch(batch_size)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  @tf.function
+  def Step():
+    return task.TrainStep(batch, step)[0]['total_loss']
+
+  return lambda: Step().numpy()
+
+
 def ForwardBackwardSeconds(model_params, micro_batch, reps=5):
   """Median seconds of one forward and backward of the task's network and
   loss at `micro_batch` examples (ForwardBackwardStep)."""

@@ -255,7 +255,7 @@ class Searcher:
     # input-gradient backwards in reverse: one such chain bounds any cut.
     split = self._Kinds(sched) == 3  # W apart from B
     chain = f + b + (0.0 if split else w) + 2 * k * v * self.action_s
-    return max(work, chain)
+    return max(work, chain) + self.overheads.step_s
 
   def LowerBound(self, r, k, m, sched, v) -> float:
     """A lower bound of the point's step seconds: under the tick loop, its
@@ -291,7 +291,7 @@ class Searcher:
         if hp is not None:
           tick = max(tick, work / hp)
       out += count * (self.overheads.tick_s + tick)
-    return out
+    return out + self.overheads.step_s
 
   def _StaticFits(self, k, costs) -> bool:
     """The weights, slots and accumulators alone, spread evenly, fit."""
