@@ -160,12 +160,11 @@ def StepTimesAt(model_params, sizes: Sequence[int],
 
 def StepFit(plain: Sequence[float], trainer: Sequence[float]
             ) -> Tuple[float, float]:
-  """(a, c) with trainer = a * plain + c through the sizes' times: c is
-  paid once a step whatever M (the weight decay, the gradient norm and
-  checks, the accumulators, the update), a is what running the cells as
-  the pipeline's stage functions adds to their work (no fusion across the
-  forward and the backward). One size, or a line with c < 0 (noise):
-  c = 0 and a the mean ratio."""
+  """(a, c) with trainer = a * plain + c through the sizes' times: a is
+  the cells' work as the trainer's step runs it (the pipeline's stage
+  functions) against one plain forward and backward, c what a step pays
+  once whatever M (what runs outside the cells: the update among it).
+  One size, or a line with c < 0 (noise): c = 0 and a the mean ratio."""
   if len(plain) > 1 and plain[-1] != plain[0]:
     a = (trainer[-1] - trainer[0]) / (plain[-1] - plain[0])
     c = trainer[0] - a * plain[0]

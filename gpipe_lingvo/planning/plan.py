@@ -88,8 +88,8 @@ class Overheads:
   loop's bookkeeping, the switches over each device's actions and the
   calls and buffer reads and writes of the actions ('ticks'); seconds per
   action of the unrolled graph's calls and gates ('dataflow'); seconds a
-  step pays once besides its actions (auto.StepFit: the update, the
-  gradient accumulators, the weight decay)."""
+  step pays once besides its actions (auto.StepFit: what runs outside
+  the cells, the update among it)."""
   tick_s: float = 0.0
   action_s: float = 0.0
   step_s: float = 0.0
