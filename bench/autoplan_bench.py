@@ -450,6 +450,7 @@ def StepsSection(args):
               f"{tr / pl:.2f} | {r['a']:.3f} | {r['c'] * 1e3:.1f} |",
               flush=True)
 
+
 def _MicroBatchCounts(text):
   """--grid_m: '1,2,4' -> (1, 2, 4), parsed and checked once."""
   if not all(x.isdigit() and int(x) > 0 for x in text.split(',')):

@@ -22,6 +22,7 @@ depend less on which steps a short run happens to see than the median of
 3 did. Step time stays the median of the same steps.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -209,7 +210,7 @@ def PlanWorker(cfg):
     scale, step_s = auto.StepOverheads(p)
     plan = model_plan.PlanModel(
         p, costs=costs[micro], time_scale=scale,
-        overheads=plan_lib.Overheads(over.tick_s, over.action_s, step_s))
+        overheads=dataclasses.replace(over, step_s=step_s))
     print('RESULT ' + json.dumps({
         'k': k, 'm': m, 'batch': p.train.batch_size,
         'schedule': plan['schedule'],
