@@ -24,8 +24,10 @@ bench/planner_bench.py reads a peak: a budget must hold every step). With
 --batch_configs=N (models too large to hold every step at once) the
 configurations are built and interleaved N at a time: batches are measured
 one after another, so drift between batches is not removed. Per model the
-table's last lines give the measured spread of identical work (K=2 M=1
-over the schedules) as a noise figure.
+table's last lines give the host's split ratio the search breaks ties
+with (auto.SplitRatio: the trainer's step at M=1 on two devices over one)
+and the measured spread of identical work (K=2 M=1 over the schedules)
+as a noise figure.
 
 Each model runs in its own subprocess. Usage (from the repository root):
 
@@ -226,6 +228,7 @@ def Worker(cfg):
   # Sequence inputs are planned on FLOPs at the host's matmul rate.
   rate = auto.FlopsPerSecond(costs_at, p.train.batch_size, cfg['cache_dir'])
   _, step_s = auto.StepOverheads(p, cfg['cache_dir'])
+  split = auto.SplitRatio(p, cfg['cache_dir'])
 
   def MakeSearcher(budget):
     space = search.Space(DEVICES, p.train.batch_size, budget,
@@ -234,7 +237,8 @@ def Worker(cfg):
                          execution=execution)
     return search.Searcher(costs_at, space, opt, hp, flops_per_s=rate,
                            overheads=plan_lib.Overheads(
-                               action_s=action_s, step_s=step_s))
+                               action_s=action_s, step_s=step_s),
+                           more_devices_first=split is None or split < 1)
 
   grid_m = tuple(cfg.get('grid_m') or GRID_M)
   num_cells = len(costs_at(p.train.batch_size).cells)
@@ -267,7 +271,8 @@ def Worker(cfg):
     result = {'model': cfg['model'], 'budget': name, 'budget_bytes': budget,
               'grid': rows[:n_grid], 'chosen': rows[n_grid],
               'megatron': rows[n_grid + 1] if mega else None,
-              'search_s': search_s, 'trace_s': trace_s}
+              'search_s': search_s, 'trace_s': trace_s,
+              'split_ratio': split}
     print('RESULT ' + json.dumps(result), flush=True)
 
 
@@ -365,6 +370,11 @@ def _PrintNoise(model, results):
   if not results:
     return
   grid = max((r['grid'] for r in results), key=len)
+  split = results[0].get('split_ratio')
+  if split is not None:
+    print(f'| {model} | the trainer\'s step, M=1: two devices / one '
+          f'(auto.SplitRatio; ties go to {"more" if split < 1 else "fewer"}'
+          f' devices) | | {split:.2f} | | | | | |', flush=True)
   for remat, scheds, lo, hi in IdenticalWorkSpread(grid):
     print(f"| {model} | identical work: K=2 M=1 {remat} over "
           f"{', '.join(scheds)} | | measured {lo:.0f}-{hi:.0f} ex/s "

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import time
 
 import pytest
 import tensorflow as tf
@@ -190,6 +191,34 @@ def testSizesAreTimedInInterleavedRoundsAndScaleTheTraces(tmp_path,
   with open(os.path.join(tmp_path, 'step_times.json')) as f:
     assert json.load(f)['value']['plain'] == pytest.approx(
         [0.01 * max(1, batch // 8), 0.01 * batch])
+
+
+def testSplitRatioTimesOneAndTwoStagesAlternatelyAndSetsTheTieRule(
+    tmp_path, monkeypatch):
+  """The trainer's step on one and on two devices, timed in alternating
+  rounds: slower split, near-equal predictions go to fewer devices;
+  cached in the logdir; not measured off a CPU host."""
+  p = model_registry.GetParams(MODEL)
+  p.task.network.topology.num_logical_devices = 2
+  ratio = auto.SplitRatio(p)  # the real steps, on this process's devices
+  assert ratio is not None and ratio > 0
+  calls = []
+
+  def Fake(unused_params, batch, num_stages=1):
+    assert batch == p.train.batch_size
+    return lambda: (calls.append(num_stages),
+                    time.sleep(0.001 if num_stages == 1 else 0.03))
+
+  monkeypatch.setattr(auto.resolve, 'TrainStepAt', Fake)
+  assert not auto.MoreDevicesFirst(p, str(tmp_path))
+  assert sorted(calls[:2]) == [1, 2] and len(calls) == 2 + 2 * 7
+  assert all(sorted(calls[i:i + 2]) == [1, 2] for i in range(2, 16, 2))
+  with open(os.path.join(tmp_path, 'split_ratio.json')) as f:
+    assert json.load(f)['value'] > 1
+  assert not auto.MoreDevicesFirst(p, str(tmp_path))  # from the cache
+  assert len(calls) == 16
+  p.task.network.topology.device_type = 'gpu'
+  assert auto.SplitRatio(p) is None and auto.MoreDevicesFirst(p)
 
 
 def testStepFitSplitsTheStepsOwnCostFromTheCellsFactor():

@@ -210,6 +210,10 @@ def testEqualPredictionsPreferMoreDevices():
   fast = mk(1, 1, 1, 0.5)
   assert search.Order([one, fast, two])[0] is fast
   assert search.Order([two, one], band=0.0) == [one, two]
+  # Where the host measured a split step slower (auto.MoreDevicesFirst):
+  # fewer devices first, the rest of the preference unchanged.
+  assert search.Order([two_v, slow, two, one], more_devices_first=False
+                      ) == [one, two, two_v, slow]
 
 
 def testTieBandOnlyWhereTheHostRunsOneActionAtATime():

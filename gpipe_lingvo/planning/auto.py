@@ -16,7 +16,10 @@ times add up to a plain forward and backward at that size times a factor,
 and each step pays a constant besides: both from the line through the
 trainer's step on one stage against the plain forward and backward at the
 two sizes (`StepFit`), which are timed in interleaved rounds
-(`StepTimesAt`), not one after the other.
+(`StepTimesAt`), not one after the other. Where logical devices share a
+host's cores, predictions within search.TIE_BAND of the fastest go to
+more devices or to fewer as the host measured a step split over two
+devices against one (`SplitRatio`).
 """
 import dataclasses
 import hashlib
@@ -25,6 +28,8 @@ import os
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
 
 from gpipe_lingvo import errors
 from gpipe_lingvo.planning import costs as costs_lib
@@ -184,6 +189,49 @@ def StepOverheads(model_params, cache_dir: str = '') -> Tuple[float, float]:
   return StepFit(times['plain'], times['trainer'])
 
 
+def SplitRatio(model_params, cache_dir: str = '') -> Optional[float]:
+  """The trainer's step split over two logical CPU devices (one
+  micro-batch of the full batch, the cells cut in two by count) over the
+  same step on one, timed in interleaved rounds; cached in cache_dir.
+  Above 1 the split costs on this host, below it the host overlaps the
+  two devices' work. None where not measured: not a CPU topology, fewer
+  than two cells or two logical devices, cells not timed."""
+  net = model_params.task.network
+  if (net.topology.device_type != 'cpu' or len(net.cells) < 2 or
+      not TimesCells(model_params) or not resolve.IsPipelined(net) or
+      len(tf.config.list_logical_devices('CPU')) < 2):
+    return None
+  batch = model_params.train.batch_size
+  one = resolve.OneStage(model_params, batch)
+  key = hashlib.sha1(str([one.task.ToText(), one.train.ToText(),
+                          os.cpu_count()]).encode()).hexdigest()
+
+  def _Measure(rounds=7):
+    from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+    steps = {k: resolve.TrainStepAt(model_params, batch, k) for k in (1, 2)}
+    for fn in steps.values():
+      fn()  # traces; the warm-up step
+
+    def Timed(fn):
+      t0 = time.perf_counter()
+      fn()
+      return 0, time.perf_counter() - t0
+
+    got = measure.InterleavedSteps(steps, rounds, 1, measure_fn=Timed)
+    return got[2].seconds / got[1].seconds
+
+  return _HostValue(cache_dir, 'split_ratio', key, _Measure)
+
+
+def MoreDevicesFirst(model_params, cache_dir: str = '') -> bool:
+  """Whether near-equal predictions go to more devices (search.Order):
+  unless this host measured the step slower split over two devices
+  (SplitRatio; the plan of a shared host sees neither the overlap nor
+  the cost of the split, and hosts differ: docs/search.md)."""
+  ratio = SplitRatio(model_params, cache_dir)
+  return ratio is None or ratio < 1.0
+
+
 # Values measured without a cache_dir, kept for the process.
 _MEMO: Dict[Tuple[str, str], object] = {}
 
@@ -309,7 +357,8 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
       flops_per_s=FlopsPerSecond(costs_at, space.batch_size, cache_dir),
       shared_host=net.topology.device_type == 'cpu',
       action_s=ActionSeconds('dataflow', cache_dir),
-      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)})
+      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)},
+      more_devices_first=MoreDevicesFirst(model_params, cache_dir))
   t0 = time.perf_counter()
   points = searcher.Search(top)
   seconds = time.perf_counter() - t0
@@ -339,6 +388,20 @@ def Apply(net, point: search_lib.Point, fields) -> None:
     setattr(net, f, values[f])
 
 
+def _MakeDevices(topo, count: int, verify: bool = True) -> None:
+  """The devices and threads training will have, made before the search
+  times anything (timing starts TensorFlow, after which neither can be
+  set): the steps it times run as the trainer's do. verify: as in
+  devices.EnsureDevices."""
+  if topo.device_type not in ('cpu', 'gpu'):
+    return
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  devices.EnsureDevices(topo.device_type, count, topo.gpu_memory_limit_mb,
+                        topo.intra_op_threads, verify,
+                        inter_op_threads=dict(topo.IterParams()).get(
+                            'inter_op_threads', 0))
+
+
 def Resolve(model_params, logdir='', print_fn=print) -> Optional[
     search_lib.Point]:
   """Resolves the network's 'auto' fields in place (training start);
@@ -349,12 +412,7 @@ def Resolve(model_params, logdir='', print_fn=print) -> Optional[
   fields = AutoFields(net)
   if not fields:
     return None
-  topo = net.topology
-  if topo.device_type in ('cpu', 'gpu'):
-    # Timing the cells starts TensorFlow: its devices must exist first.
-    from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
-    devices.EnsureDevices(topo.device_type, NumDevices(topo),
-                          topo.gpu_memory_limit_mb, topo.intra_op_threads)
+  _MakeDevices(net.topology, NumDevices(net.topology))
   points, seconds, _ = Search(model_params, logdir, print_fn=print_fn,
                               top=1)
   best = points[0]
@@ -370,6 +428,10 @@ def Resolve(model_params, logdir='', print_fn=print) -> Optional[
 
 def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
   """--mode=plan --search: the top ten, and plan.json of the choice."""
+  topo = model_params.task.network.topology
+  if topo.device_type == 'cpu':  # two, for SplitRatio
+    _MakeDevices(topo, min(2, num_devices or NumDevices(topo)),
+                 verify=False)
   points, seconds, searcher = Search(model_params, logdir, search_all=True,
                                      num_devices=num_devices,
                                      print_fn=print_fn)

@@ -320,13 +320,17 @@ def ForwardBackwardStep(model_params, micro_batch) -> Callable[[], object]:
   return lambda: Step().numpy()
 
 
-def OneStage(model_params, batch_size):
-  """A copy of the params with the network as one stage of one micro-batch
-  of `batch_size` examples, keeping its activations (TrainStepAt)."""
+def OneStage(model_params, batch_size, num_stages=1):
+  """A copy of the params with the network as one stage (or `num_stages`,
+  cut evenly by cell count) of one micro-batch of `batch_size` examples,
+  keeping its activations (TrainStepAt)."""
   p = model_params.Copy()
   net = p.task.network
-  net.Set(num_stages=1, num_micro_batches=1, schedule='gpipe',
-          virtual_stages=1, remat='never', partition=[len(net.cells)],
+  n = len(net.cells)
+  net.Set(num_stages=num_stages, num_micro_batches=1, schedule='gpipe',
+          virtual_stages=1, remat='never',
+          partition=[n // num_stages + (k < n % num_stages)
+                     for k in range(num_stages)],
           execution='dataflow')
   net.topology.num_replicas = 1
   net.topology.memory_budget_bytes = 0
@@ -334,13 +338,16 @@ def OneStage(model_params, batch_size):
   return p
 
 
-def TrainStepAt(model_params, batch_size) -> Callable[[], object]:
+def TrainStepAt(model_params, batch_size,
+                num_stages=1) -> Callable[[], object]:
   """The trainer's step (task.TrainStep in a tf.function, on the input's
-  stand-in batch) with the network as one stage of one micro-batch of
-  `batch_size` examples that keeps its activations; calling it runs one
-  step to completion. Timed beside ForwardBackwardStep it gives what the
-  trainer's step adds to the cells' work (auto.StepFit)."""
-  p = OneStage(model_params, batch_size)
+  stand-in batch) with the network as one stage (or `num_stages`, on as
+  many devices) of one micro-batch of `batch_size` examples that keeps
+  its activations; calling it runs one step to completion. Timed beside
+  ForwardBackwardStep it gives what the trainer's step adds to the cells'
+  work (auto.StepFit); at two stages beside one, what splitting the same
+  work over two devices does on this host (auto.SplitRatio)."""
+  p = OneStage(model_params, batch_size, num_stages)
   task = p.task.Instantiate()
   task.BuildOptimizer()
   batch = p.train.Instantiate().StandInBatch(batch_size)

@@ -160,7 +160,8 @@ class Searcher:
                host_parallelism: Callable[[int], float] = lambda k: 1.0,
                flops_per_s: Optional[float] = None, shared_host: bool = True,
                overheads: plan_lib.Overheads = plan_lib.Overheads(),
-               plan_kwargs: Optional[dict] = None, action_s: float = 0.0):
+               plan_kwargs: Optional[dict] = None, action_s: float = 0.0,
+               more_devices_first: bool = True):
     self.costs_at = costs_at
     self.space = space
     self.opt = opt
@@ -192,6 +193,9 @@ class Searcher:
     hp = host_parallelism(2)
     self.band = (TIE_BAND if shared_host and hp is not None and hp <= 1
                  else 0.0)
+    # Which way the host's measured split goes (auto.MoreDevicesFirst):
+    # among equal predictions, more devices first or fewer.
+    self.more_devices_first = more_devices_first
 
   # -- pieces ------------------------------------------------------------------
 
@@ -572,7 +576,8 @@ class Searcher:
           heapq.heappop(steps)
     finally:
       self._cutoff = None
-    return self._Replayed(Order(found, self.band))[:top]
+    return self._Replayed(Order(found, self.band,
+                                self.more_devices_first))[:top]
 
   def _Replayed(self, points: List[Point]) -> List[Point]:
     """`points` from the first whose plan still fits with the step's ops
@@ -600,16 +605,20 @@ class Searcher:
     return []
 
 
-def Order(points: Sequence[Point], band: float = TIE_BAND) -> List[Point]:
+def Order(points: Sequence[Point], band: float = TIE_BAND,
+          more_devices_first: bool = True) -> List[Point]:
   """Points within `band` of the fastest prediction first, preferring
-  more devices (_Preference); then the others, fastest first.
-  band 0: fastest first, ties to the simpler configuration (_Rank)."""
+  more devices, or fewer when not more_devices_first (_Preference); then
+  the others, fastest first. band 0: fastest first, ties to the simpler
+  configuration (_Rank)."""
   if not points or not band:
     return sorted(points, key=_Rank)
   fastest = min(p.step_s for p in points)
   tied = [p for p in points if p.step_s <= fastest * (1 + band)]
   rest = [p for p in points if p.step_s > fastest * (1 + band)]
-  return sorted(tied, key=_Preference) + sorted(rest, key=_Rank)
+  sign = -1 if more_devices_first else 1
+  return (sorted(tied, key=lambda p: _Preference(p, sign))
+          + sorted(rest, key=_Rank))
 
 
 def _Above(seconds: float, cutoff: float) -> bool:
@@ -629,14 +638,15 @@ def _Undominated(rows: set) -> list:
   return out
 
 
-def _Preference(p: Point) -> tuple:
-  """Among equal predictions: more devices (independent actions the
-  host's cores overlap, which the plan of a shared host does not credit;
-  measured, docs/search.md), then fewer chunks per device and
-  micro-batches, less recompute."""
+def _Preference(p: Point, sign: int = -1) -> tuple:
+  """Among equal predictions: more devices (sign -1) or fewer (+1), as
+  the host measured a step split over two devices (the plan of a shared
+  host credits no overlap of their actions, nor charges for the split:
+  docs/search.md); then fewer chunks per device and micro-batches, less
+  recompute."""
   recomputed = (POLICIES.index(p.remat) if isinstance(p.remat, str)
                 else 0.5 + sum(p.remat) / (len(p.remat) + 1))
-  return (-p.num_stages * p.num_replicas, p.virtual_stages,
+  return (sign * p.num_stages * p.num_replicas, p.virtual_stages,
           p.num_micro_batches, recomputed,
           schedule_view.SCHEDULES.index(p.schedule), p.step_s)
 
