@@ -221,6 +221,26 @@ def testSplitRatioTimesOneAndTwoStagesAlternatelyAndSetsTheTieRule(
   assert auto.SplitRatio(p) is None and auto.MoreDevicesFirst(p)
 
 
+def testSearchOrdersTiesByTheMeasuredSplit(tmp_path, monkeypatch):
+  """A host whose split step is slower sends near-equal predictions to
+  fewer devices; with the stage count fixed nothing is measured."""
+  from gpipe_lingvo.planning import search  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams(MODEL)
+  monkeypatch.setattr(auto, 'SplitRatio', lambda *_: 1.5)
+  points, _, searcher = auto.Search(p, str(tmp_path), search_all=True,
+                                    num_devices=2, print_fn=lambda *_: None)
+  assert searcher.band and not searcher.more_devices_first
+  fastest = min(pt.step_s for pt in points)
+  tied = [pt.num_stages for pt in points
+          if pt.step_s <= fastest * (1 + search.TIE_BAND)]
+  assert tied == sorted(tied)
+  monkeypatch.setattr(auto, 'SplitRatio', None)  # must not be called
+  p.task.network.num_stages = 2
+  _, _, searcher = auto.Search(p, str(tmp_path), num_devices=2,
+                               print_fn=lambda *_: None)
+  assert searcher.more_devices_first
+
+
 def testStepFitSplitsTheStepsOwnCostFromTheCellsFactor():
   """The line through the sizes: the trainer's step = a * the plain
   forward and backward + c; noise that would make c negative gives c = 0

@@ -357,8 +357,10 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
       flops_per_s=FlopsPerSecond(costs_at, space.batch_size, cache_dir),
       shared_host=net.topology.device_type == 'cpu',
       action_s=ActionSeconds('dataflow', cache_dir),
-      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)},
-      more_devices_first=MoreDevicesFirst(model_params, cache_dir))
+      plan_kwargs={'prefetch_bytes': _PrefetchBytes(model_params)})
+  if searcher.band and space.num_devices > 1 and space.num_stages is None:
+    # Only here can near-equal predictions differ in their device count.
+    searcher.more_devices_first = MoreDevicesFirst(model_params, cache_dir)
   t0 = time.perf_counter()
   points = searcher.Search(top)
   seconds = time.perf_counter() - t0
@@ -429,7 +431,7 @@ def Resolve(model_params, logdir='', print_fn=print) -> Optional[
 def RunSearchMode(model_params, logdir='', print_fn=print, num_devices=0):
   """--mode=plan --search: the top ten, and plan.json of the choice."""
   topo = model_params.task.network.topology
-  if topo.device_type == 'cpu':  # two, for SplitRatio
+  if topo.device_type == 'cpu':  # its threads; two devices for SplitRatio
     _MakeDevices(topo, min(2, num_devices or NumDevices(topo)),
                  verify=False)
   points, seconds, searcher = Search(model_params, logdir, search_all=True,
