@@ -145,13 +145,23 @@ def StepTimesAt(model_params, sizes: Sequence[int],
   (a 128-example ResNet-20 step once timed 1.55x its time on a quiet
   host, beside an undisturbed 16-example one, and the search predicted
   throughput rising with M where it falls)."""
-  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   steps = {}
   for b in sizes:
     steps[('plain', b)] = resolve.ForwardBackwardStep(model_params, b)
     steps[('trainer', b)] = resolve.TrainStepAt(model_params, b)
+  got = _InterleavedSeconds(steps, rounds)
+  return {kind: [got[(kind, b)] for b in sizes]
+          for kind in ('plain', 'trainer')}
+
+
+def _InterleavedSeconds(steps: Dict[object, Callable[[], object]],
+                        rounds: int) -> Dict[object, float]:
+  """Each step's seconds (after one warm-up call that traces it), the
+  median over `rounds` rounds that run every step once in a shuffled
+  order (measure.InterleavedSteps)."""
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
   for fn in steps.values():
-    fn()  # traces; the warm-up step
+    fn()
 
   def Timed(fn):
     t0 = time.perf_counter()
@@ -159,8 +169,7 @@ def StepTimesAt(model_params, sizes: Sequence[int],
     return 0, time.perf_counter() - t0
 
   got = measure.InterleavedSteps(steps, rounds, 1, measure_fn=Timed)
-  return {kind: [got[(kind, b)].seconds for b in sizes]
-          for kind in ('plain', 'trainer')}
+  return {k: r.seconds for k, r in got.items()}
 
 
 def StepFit(plain: Sequence[float], trainer: Sequence[float]
@@ -207,18 +216,10 @@ def SplitRatio(model_params, cache_dir: str = '') -> Optional[float]:
                           os.cpu_count()]).encode()).hexdigest()
 
   def _Measure(rounds=7):
-    from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
-    steps = {k: resolve.TrainStepAt(model_params, batch, k) for k in (1, 2)}
-    for fn in steps.values():
-      fn()  # traces; the warm-up step
-
-    def Timed(fn):
-      t0 = time.perf_counter()
-      fn()
-      return 0, time.perf_counter() - t0
-
-    got = measure.InterleavedSteps(steps, rounds, 1, measure_fn=Timed)
-    return got[2].seconds / got[1].seconds
+    got = _InterleavedSeconds(
+        {k: resolve.TrainStepAt(model_params, batch, k) for k in (1, 2)},
+        rounds)
+    return got[2] / got[1]
 
   return _HostValue(cache_dir, 'split_ratio', key, _Measure)
 
