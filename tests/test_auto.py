@@ -199,7 +199,6 @@ def testSplitRatioTimesOneAndTwoStagesAlternatelyAndSetsTheTieRule(
   rounds: slower split, near-equal predictions go to fewer devices;
   cached in the logdir; not measured off a CPU host."""
   p = model_registry.GetParams(MODEL)
-  p.task.network.topology.num_logical_devices = 2
   ratio = auto.SplitRatio(p)  # the real steps, on this process's devices
   assert ratio is not None and ratio > 0
   calls = []

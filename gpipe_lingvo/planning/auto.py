@@ -206,8 +206,8 @@ def SplitRatio(model_params, cache_dir: str = '') -> Optional[float]:
   two devices' work. None where not measured: not a CPU topology, fewer
   than two cells or two logical devices, cells not timed."""
   net = model_params.task.network
-  if (net.topology.device_type != 'cpu' or len(net.cells) < 2 or
-      not TimesCells(model_params) or not resolve.IsPipelined(net) or
+  if (net.topology.device_type != 'cpu' or not resolve.IsPipelined(net)
+      or len(net.cells) < 2 or not TimesCells(model_params) or
       len(tf.config.list_logical_devices('CPU')) < 2):
     return None
   batch = model_params.train.batch_size
