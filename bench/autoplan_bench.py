@@ -229,6 +229,7 @@ def Worker(cfg):
   rate = auto.FlopsPerSecond(costs_at, p.train.batch_size, cfg['cache_dir'])
   _, step_s = auto.StepOverheads(p, cfg['cache_dir'])
   split = auto.SplitRatio(p, cfg['cache_dir'])
+  more_first = auto.MoreDevicesFirst(p, cfg['cache_dir'])  # cached split
 
   def MakeSearcher(budget):
     space = search.Space(DEVICES, p.train.batch_size, budget,
@@ -238,7 +239,7 @@ def Worker(cfg):
     return search.Searcher(costs_at, space, opt, hp, flops_per_s=rate,
                            overheads=plan_lib.Overheads(
                                action_s=action_s, step_s=step_s),
-                           more_devices_first=split is None or split < 1)
+                           more_devices_first=more_first)
 
   grid_m = tuple(cfg.get('grid_m') or GRID_M)
   num_cells = len(costs_at(p.train.batch_size).cells)
@@ -272,7 +273,7 @@ def Worker(cfg):
               'grid': rows[:n_grid], 'chosen': rows[n_grid],
               'megatron': rows[n_grid + 1] if mega else None,
               'search_s': search_s, 'trace_s': trace_s,
-              'split_ratio': split}
+              'split_ratio': split, 'more_devices_first': more_first}
     print('RESULT ' + json.dumps(result), flush=True)
 
 
@@ -372,8 +373,9 @@ def _PrintNoise(model, results):
   grid = max((r['grid'] for r in results), key=len)
   split = results[0].get('split_ratio')
   if split is not None:
+    more = results[0]['more_devices_first']
     print(f'| {model} | the trainer\'s step, M=1: two devices / one '
-          f'(auto.SplitRatio; ties go to {"more" if split < 1 else "fewer"}'
+          f'(auto.SplitRatio; ties go to {"more" if more else "fewer"}'
           f' devices) | | {split:.2f} | | | | | |', flush=True)
   for remat, scheds, lo, hi in IdenticalWorkSpread(grid):
     print(f"| {model} | identical work: K=2 M=1 {remat} over "

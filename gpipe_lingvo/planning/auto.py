@@ -126,13 +126,17 @@ def CostsAt(model_params, cache_dir: str = '',
 def StepTimes(model_params, cache_dir: str = '') -> Dict[str, List[float]]:
   """StepTimesAt at the search's sizes, cached in cache_dir."""
   sizes = _Sizes(model_params)
-  # What the steps run: the pipeline fields are the same in every
-  # configuration's key, so a plan and the search share one measurement.
-  one = resolve.OneStage(model_params, model_params.train.batch_size)
-  key = hashlib.sha1(str([one.task.ToText(), one.train.ToText(), sizes,
-                          os.cpu_count()]).encode()).hexdigest()
-  return _HostValue(cache_dir, 'step_times', key,
+  return _HostValue(cache_dir, 'step_times', _StepKey(model_params, sizes),
                     lambda: StepTimesAt(model_params, sizes))
+
+
+def _StepKey(model_params, *extra) -> str:
+  """Cache key of a value measured on the trainer's one-stage step: what
+  the step runs, not the pipeline fields (the same for every
+  configuration, so a plan and the search share one measurement)."""
+  one = resolve.OneStage(model_params, model_params.train.batch_size)
+  return hashlib.sha1(str([one.task.ToText(), one.train.ToText(), *extra,
+                           os.cpu_count()]).encode()).hexdigest()
 
 
 def StepTimesAt(model_params, sizes: Sequence[int],
@@ -211,9 +215,6 @@ def SplitRatio(model_params, cache_dir: str = '') -> Optional[float]:
       len(tf.config.list_logical_devices('CPU')) < 2):
     return None
   batch = model_params.train.batch_size
-  one = resolve.OneStage(model_params, batch)
-  key = hashlib.sha1(str([one.task.ToText(), one.train.ToText(),
-                          os.cpu_count()]).encode()).hexdigest()
 
   def _Measure(rounds=7):
     got = _InterleavedSeconds(
@@ -221,7 +222,8 @@ def SplitRatio(model_params, cache_dir: str = '') -> Optional[float]:
         rounds)
     return got[2] / got[1]
 
-  return _HostValue(cache_dir, 'split_ratio', key, _Measure)
+  return _HostValue(cache_dir, 'split_ratio', _StepKey(model_params),
+                    _Measure)
 
 
 def MoreDevicesFirst(model_params, cache_dir: str = '') -> bool:
