@@ -6,7 +6,8 @@ request is given whole, not split. This script profiles one step of a
 registered model at (K, M) and prints, at the moment the allocator's bytes
 in use peak: the bytes the live tensors asked for, the blocks they hold,
 and the plan's prediction (`--mode=plan --plan_measure` costs), then the
-live bytes by action and the largest live tensors. Usage:
+live bytes by action, by kind (recomputed forward, backward, made outside
+the actions, ...) and the largest live tensors. Usage:
 
   python bench/peak_breakdown.py --model=cifar10.AmoebaNetD_6_32 --k=4 --m=4
   python bench/peak_breakdown.py --model=freebible.TransformerLmPipelined \
@@ -57,6 +58,23 @@ def _Replayed(events) -> float:
   return allocator.ReplayTwice(seq)[0]
 
 
+def _Kind(op: str) -> str:
+  """What made a live tensor, from its op's name: the executor's actions
+  are scoped action_<chunk><kind>/mb<i>/ (pipeline/dataflow.py), a
+  recomputing B reruns the forward under recompute/, tf.gradients names
+  its ops gradients/; anything else ran outside the pipeline's actions
+  (the step's own ops: the weight decay's gradients among them)."""
+  if not op.startswith('action_'):
+    return 'outside the actions (' + op.split('/')[0].rstrip('_0123456789') + ')'
+  if '/recompute/' in op:
+    return 'recomputed forward'
+  if '/gradients/' in op:
+    return 'backward'
+  if 'AssignAddVariableOp' in op:
+    return 'accumulator update (a copy when its buffer is shared)'
+  return 'forward and other action ops'
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--model', required=True)
@@ -105,6 +123,15 @@ def main(argv=None):
   for key, (a, h) in sorted(by_action.items(), key=lambda kv: -kv[1][1])[
       :args.top]:
     print(f'  {a / MIB:8.2f} {h / MIB:8.2f}  {key}')
+  by_kind = collections.defaultdict(lambda: [0, 0, 0])
+  for s in live.values():
+    k = by_kind[_Kind(str(s.get('tf_op', '')))]
+    k[0] += s.get('requested_bytes', 0)
+    k[1] += s.get('allocation_bytes', 0)
+    k[2] += 1
+  print('\nlive at the peak by kind (asked / held MiB, tensors):')
+  for key, (a, h, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+    print(f'  {a / MIB:8.2f} {h / MIB:8.2f} {n:6d}  {key}')
   print('\nlargest live tensors (asked / held MiB):')
   for s in sorted(live.values(), key=lambda s: -s.get('allocation_bytes', 0))[
       :args.top]:
