@@ -156,14 +156,14 @@ def testPipelinedEqualsUnpipelined(cells_fn):
 @pytest.mark.parametrize('cells_fn', [_AmoebaCells, _ResNetCells])
 def testMicroBatchBnSameLossesForAnyStageCount(cells_fn):
   # Per-micro-batch batch norm: K=2 stages (remat on) must train exactly as
-  # K=1 with the same M=4 micro-batches, so cutting a real model into stages
+  # K=1 with the same M=2 micro-batches, so cutting a real model into stages
   # changes nothing; with M micro-batches really flowing through the stages.
   kw = {'regularize': False} if cells_fn is _AmoebaCells else {}
   cells = cells_fn(bn_mode='micro_batch', **kw)
   one = _Task(network.NetworkParams([c.Copy() for c in cells], num_stages=1,
-                                    num_micro_batches=4, remat='never'))
+                                    num_micro_batches=2, remat='never'))
   two = _Task(network.NetworkParams([c.Copy() for c in cells], num_stages=2,
-                                    num_micro_batches=4, remat='always'))
+                                    num_micro_batches=2, remat='always'))
   np.testing.assert_allclose(_Train(one, 3), _Train(two, 3), rtol=1e-4,
                              atol=1e-5)
 
