@@ -5,9 +5,13 @@ Each model is measured in its own subprocess (allocator statistics and one
 inter-op thread are set before TensorFlow starts: planning/measure.py).
 Prints markdown tables. Usage (from the repository root):
 
-  python bench/planner_bench.py                          # accuracy table
-  python bench/planner_bench.py --models=cifar10.ResNet20 --configs=2:4
-  python bench/planner_bench.py --timeline_dir=docs/images --configs=2:4
+  python bench/planner_bench.py            # trainer.py against the plan; partitions
+  python bench/planner_bench.py --sections=trainer --models=cifar10.ResNet20 \
+      --trainer_configs=2:4
+  python bench/planner_bench.py --sections=accuracy --models=cifar10.ResNet20 \
+      --configs=2:4                         # against the bench's own step
+  python bench/planner_bench.py --sections=accuracy --configs=2:4 \
+      --timeline_dir=docs/images
   python bench/planner_bench.py --sections=registry      # partitions
 
 The trainer section's measured memory is the largest step peak of one
