@@ -223,7 +223,7 @@ def Worker(cfg):
   trace_s = time.perf_counter() - t0
   execution = cfg.get('execution') or p.task.network.execution
   action_s = auto.ActionSeconds(execution, cfg['cache_dir'])
-  opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
+  opt = plan_lib.Optimizer.FromTask(p.task)
   hp = auto._HostParallelism(p.task.network.topology)  # pylint: disable=protected-access
   # Sequence inputs are planned on FLOPs at the host's matmul rate.
   rate = auto.FlopsPerSecond(costs_at, p.train.batch_size, cfg['cache_dir'])
@@ -287,8 +287,7 @@ def _Row(pt, measured):
           'predicted_ex_s': pt.examples_per_s,
           'predicted_peak': pt.peak_bytes,
           'predicted_step_act': pt.plan.get('step_activation_peak_bytes'),
-          'static': sum(s['weight_bytes'] + s['slot_bytes'] +
-                        s['accumulator_bytes'] for s in pt.plan['stages']),
+          'static': sum(plan_lib.StaticBytes(s) for s in pt.plan['stages']),
           'measured_ex_s': ex, 'measured_step_peak': peak,
           'measured_s': secs, 'measured_round_s': round_s}
 

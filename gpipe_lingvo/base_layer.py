@@ -134,6 +134,11 @@ def InitialValue(wp, seed):
   return tf.cast(v, wp.dtype)
 
 
+def IsRegularized(var) -> bool:
+  """Whether weight decay applies to a variable made by CreateVariable."""
+  return getattr(var, '_gl_regularize', False)
+
+
 class _VarMap:
   """Attribute access to a layer's own variables (not checkpoint-tracked)."""
 
@@ -288,8 +293,7 @@ class BaseLayer(tf.Module):
     return [v for v in self.AllVariables() if v.trainable]
 
   def RegularizedVariables(self):
-    return [v for v in self.TrainableVariables()
-            if getattr(v, '_gl_regularize', False)]
+    return [v for v in self.TrainableVariables() if IsRegularized(v)]
 
   def NumParams(self):
     """Trainable parameters this layer and its descendants own (a tied

@@ -503,6 +503,32 @@ def testCostPartitionOverChunks():
     plan_lib.BalancedPartition(c, 'flops', pipe, budgets=[need * 0.5] * 2)
 
 
+def testWeightDecayGradientsAreHeldTheWholeStep():
+  c = _ToyCosts()
+  c.cells[1].regularized_bytes = 5000
+  pipe = _Pipe('gpipe', 2, 2, [True, True])
+  ranges = [(0, 2), (2, 6)]
+  plain = plan_lib.MakePlan(c, ranges, pipe)
+  decay = plan_lib.MakePlan(c, ranges, pipe,
+                            plan_lib.Optimizer(weight_decay=True))
+  assert [s['decay_bytes'] for s in decay['stages']] == [5000, 0]
+  assert [s['decay_bytes'] for s in plain['stages']] == [0, 0]
+  assert (decay['stages'][0]['peak_bytes'] ==
+          plain['stages'][0]['peak_bytes'] + 5000)
+  assert decay['stages'][1]['peak_bytes'] == plain['stages'][1]['peak_bytes']
+  assert decay['host_peak_bytes'] == plain['host_peak_bytes'] + 5000
+  # The exact cut sees them too: device 0's least budget grows.
+  assert (plan_lib.StageBytesFn(c, pipe, plan_lib.Optimizer(
+      weight_decay=True))(0, 0, 2) == decay['stages'][0]['peak_bytes'])
+
+
+def testOptimizerFromTaskParams():
+  p = model_registry.GetParams('cifar10.ResNet20').task
+  assert plan_lib.Optimizer.FromTask(p).weight_decay
+  p.weight_decay = 0.0
+  assert not plan_lib.Optimizer.FromTask(p).weight_decay
+
+
 _COSTS = {}
 
 
@@ -527,8 +553,12 @@ def testTracedCosts():
     assert x.bwd_flops > x.bwd_w_flops > 0 and x.bwd_flops > x.fwd_flops
     assert x.residual_bytes > 0 and x.bwd_peak >= x.residual_bytes
     assert 0 < x.weight_input_bytes
+  # Weight decay covers the kernels, not batch norm's scale and offset.
+  assert stem.regularized_bytes == 3 * 3 * 3 * 16 * 4
+  assert all(0 < x.regularized_bytes < x.param_bytes for x in c.cells)
   half = c.Scaled(4)
   assert half.cells[1].residual_bytes * 2 == c.cells[1].residual_bytes
+  assert half.cells[1].regularized_bytes == c.cells[1].regularized_bytes
 
 
 class _Views(layers.Identity):

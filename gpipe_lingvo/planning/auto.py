@@ -352,7 +352,7 @@ def Search(model_params, cache_dir='', search_all=False, num_devices=0,
   net = model_params.task.network
   space = SpaceOf(model_params, search_all, num_devices)
   costs_at = CostsAt(model_params, cache_dir, print_fn)
-  opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
+  opt = plan_lib.Optimizer.FromTask(model_params.task)
   _, step_s = StepOverheads(model_params, cache_dir)
   searcher = search_lib.Searcher(
       costs_at, space, opt, _HostParallelism(net.topology),
@@ -483,7 +483,7 @@ def LargestModel(cls, knob: str, values, num_devices: int,
       hyperparams.ApplyOverrides(p, text)
     costs = resolve.ModelCosts(p, p.train.batch_size, measure=False)
     space = search_lib.Space(num_devices, p.train.batch_size, budget)
-    opt = plan_lib.Optimizer.FromParams(p.task.train.optimizer)
+    opt = plan_lib.Optimizer.FromTask(p.task)
     points = search_lib.Searcher(costs.Scaled, space, opt,
                                  flops_per_s=1e10).Search(1)
     print_fn(f'{knob} = {value}: '

@@ -30,6 +30,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from gpipe_lingvo import base_layer
 from gpipe_lingvo import context
 
 _CELL_RE = re.compile(r'^(?:gradients(?:_\d+)?/)?cell(\d+)/')
@@ -37,8 +38,9 @@ _CELL_RE = re.compile(r'^(?:gradients(?:_\d+)?/)?cell(\d+)/')
 
 # Bumped when what a trace records changes: older caches are traced again
 # (2: the cells' programs, for the allocator simulation; 3: each program
-# holds the micro-batch its bytes are for, inline in its cell).
-CACHE_FORMAT = 3
+# holds the micro-batch its bytes are for, inline in its cell; 4: the
+# bytes under weight decay).
+CACHE_FORMAT = 4
 
 
 @dataclasses.dataclass
@@ -48,6 +50,7 @@ class CellCost:
   params: int = 0            # trainable parameters it owns
   param_bytes: int = 0       # trainable variable bytes
   state_bytes: int = 0       # non-trainable variable bytes (BN averages)
+  regularized_bytes: int = 0  # trainable bytes under weight decay (L2)
   out_bytes: int = 0         # activation bytes leaving the cell
   fwd_flops: int = 0
   bwd_flops: int = 0
@@ -541,6 +544,8 @@ def _Analyse(graph, cells, outs, var_grads, grads):
         params=int(sum(np.prod(v.shape) for v in owned)),
         param_bytes=sum(_Bytes(v) for v in trainable),
         state_bytes=sum(_Bytes(v) for v in others),
+        regularized_bytes=sum(_Bytes(v) for v in trainable
+                              if base_layer.IsRegularized(v)),
         out_bytes=sum(_Bytes(t) for t in tf.nest.flatten(outs[i])),
         fwd_flops=sum(flops.get(op.name, 0) for op in fwd_ops[i]),
         bwd_flops=sum(flops.get(op.name, 0) for op in bwd_ops[i]),

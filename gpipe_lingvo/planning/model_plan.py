@@ -65,7 +65,7 @@ def PlanModel(model_params, measure=False, costs=None,
   topo = net.topology if pipelined else None
   k = pipe.num_stages
   batch = model_params.train.batch_size
-  opt = plan_lib.Optimizer.FromParams(model_params.task.train.optimizer)
+  opt = plan_lib.Optimizer.FromTask(model_params.task)
   budgets = resolve.Budgets(topo, k)
   micro = resolve.MicroBatch(net, batch)
   if costs is None:

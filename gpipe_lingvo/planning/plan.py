@@ -69,16 +69,22 @@ class Pipeline:
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-  """What the plan needs of the optimizer: its slots per weight, and the
-  copies of the gradients its update makes after the loop (1 when they
-  are clipped by their global norm)."""
+  """What the plan needs of the update: the optimizer's slots per weight,
+  the copies of the gradients it makes after the loop (1 when they are
+  clipped by their global norm), and whether the step adds weight-decay
+  gradients (the task's own tape makes them outside the pipeline, with
+  no input to wait for, so they are held through the whole step)."""
   slots_per_weight: int = 1
   update_copies: int = 0
+  weight_decay: bool = False
 
   @classmethod
-  def FromParams(cls, p) -> 'Optimizer':
-    """From optimizer params (type, clip_gradient_norm)."""
-    return cls(SLOTS_PER_WEIGHT[p.type], int(p.clip_gradient_norm > 0))
+  def FromTask(cls, task_p) -> 'Optimizer':
+    """From task params (train.optimizer's type and clip_gradient_norm,
+    weight_decay)."""
+    p = task_p.train.optimizer
+    return cls(SLOTS_PER_WEIGHT[p.type], int(p.clip_gradient_norm > 0),
+               bool(task_p.weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +152,9 @@ def ChunkStatic(costs, a: int, b: int, opt: Optimizer) -> dict:
           'params': sum(c.params for c in cells),
           'weight_bytes': w + sum(c.state_bytes for c in cells),
           'slot_bytes': w * opt.slots_per_weight,
-          'accumulator_bytes': w}
+          'accumulator_bytes': w,
+          'decay_bytes': (sum(c.regularized_bytes for c in cells)
+                          if opt.weight_decay else 0)}
 
 
 def ChunkTimes(costs, a, b, flops_per_s=None):
@@ -384,7 +392,8 @@ def DataflowTimeline(table, cost, remat: Sequence[bool],
   return schedule_lib.Timeline(events, duration, [])
 
 
-def _Static(s: dict) -> int:
+def StaticBytes(s: dict) -> int:
+  """Bytes held between steps: weights, slots, gradient sums."""
   return s['weight_bytes'] + s['slot_bytes'] + s['accumulator_bytes']
 
 
@@ -444,8 +453,8 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
                                       costs.batch, allocator_max_ops)
     if blocks is not None:
       busiest = max(busiest, blocks[0])
-  host_step = max(busiest, sum(s['update_bytes'] for s in stages)
-                  ) + prefetch_bytes
+  host_step = (max(busiest, sum(s['update_bytes'] for s in stages)) +
+               sum(s['decay_bytes'] for s in stages) + prefetch_bytes)
   plan = {
       'schedule': pipe.schedule, 'num_stages': pipe.num_stages,
       'virtual_stages': pipe.virtual_stages,
@@ -456,7 +465,7 @@ def MakePlan(costs, ranges, pipe: Pipeline, opt: Optimizer = Optimizer(),
       'chunk_device': list(table.chunk_device),
       'stages': stages, 'chunks': chunks,
       'step_activation_peak_bytes': host_step if shared_host else None,
-      'host_peak_bytes': (sum(_Static(s) for s in stages) + host_step
+      'host_peak_bytes': (sum(StaticBytes(s) for s in stages) + host_step
                           if shared_host else None),
       'prefetch_bytes': prefetch_bytes, 'execution': pipe.execution,
       'allocator_blocks_bytes': None if blocks is None else blocks[0],
@@ -484,9 +493,10 @@ def _HostFits(plan: dict, budgets: Optional[Sequence[float]]) -> bool:
 
 
 def _PeakBytes(static: dict, per_tick: Sequence[int], opt: Optimizer) -> int:
-  """A device's peak: persistent bytes, plus the larger of its busiest
-  tick and the update after the loop (gradient copies)."""
-  return _Static(static) + max(max(per_tick),
+  """A device's peak: persistent bytes, the weight decay's gradients
+  (held through the step), plus the larger of its busiest tick and the
+  update after the loop (gradient copies)."""
+  return StaticBytes(static) + static['decay_bytes'] + max(max(per_tick),
                                opt.update_copies * static['accumulator_bytes'])
 
 
@@ -495,7 +505,8 @@ def _Device(d, chunks, mem, peak_stash, opt: Optimizer) -> dict:
   mine = [ch for ch in chunks if ch['device'] == d]
   st = {'chunks': [c for c, ch in enumerate(chunks) if ch['device'] == d],
         'cells': [n for ch in mine for n in ch['cells']]}
-  for key in ('params', 'weight_bytes', 'slot_bytes', 'accumulator_bytes'):
+  for key in ('params', 'weight_bytes', 'slot_bytes', 'accumulator_bytes',
+              'decay_bytes'):
     st[key] = sum(ch[key] for ch in mine)
   for key in ('forward_s', 'backward_s', 'weight_s'):
     st[key] = (None if mine[0][key] is None else
@@ -557,7 +568,7 @@ def FormatTable(plan: dict) -> str:
     lines.append(
         f"| {d} | {', '.join(map(str, s['chunks']))} | {len(s['cells'])} "
         f"({s['cells'][0]}..{s['cells'][-1]}) | {s['params']:,} | "
-        f"{mib(_Static(s))} | {bounds} | {mib(s['stash_peak_bytes'])} "
+        f"{mib(StaticBytes(s))} | {bounds} | {mib(s['stash_peak_bytes'])} "
         f"({s['stashed_chunk_activations']}) | {mib(s['peak_bytes'])} | "
         f"{ms(s['forward_s'])} | {ms(s['backward_s'])} | "
         f"{ms(s['weight_s'])} |")

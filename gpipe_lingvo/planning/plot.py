@@ -74,6 +74,7 @@ def MemoryAndTime(plan, path):
   ks = list(range(len(stages)))
   parts = (('weights', 'weight_bytes'), ('optimizer slots', 'slot_bytes'),
            ('gradient accumulators', 'accumulator_bytes'),
+           ('weight-decay gradients', 'decay_bytes'),
            ('stashed activations', 'stash_peak_bytes'),
            ('working', 'working_peak_bytes'))
   fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 3.8))

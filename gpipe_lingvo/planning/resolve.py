@@ -108,7 +108,7 @@ def Resolve(net, model=None) -> Ranges:
     return Cut(net, None)
   if model is not None:
     batch = model.train.batch_size
-    opt = plan_lib.Optimizer.FromParams(model.task.train.optimizer)
+    opt = plan_lib.Optimizer.FromTask(model.task)
   elif net.input_shape:
     batch, opt = int(net.input_shape[0]), plan_lib.Optimizer()
   else:

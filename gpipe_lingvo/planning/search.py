@@ -302,9 +302,8 @@ class Searcher:
     budget = self.space.budget_bytes
     if not budget:
       return True
-    w = sum(c.param_bytes for c in costs.cells)
-    static = w * (2 + self.opt.slots_per_weight) + sum(
-        c.state_bytes for c in costs.cells)
+    whole = plan_lib.ChunkStatic(costs, 0, len(costs.cells), self.opt)
+    static = plan_lib.StaticBytes(whole) + whole['decay_bytes']
     return static / k <= budget
 
   def Plan(self, costs, pipe: plan_lib.Pipeline) -> Optional[dict]:
@@ -432,8 +431,7 @@ class Searcher:
           n_wi * act['weight_input_bytes'] +
           max([work[x] for x in actions] or [0])
           for n_in, n_res, n_wi, actions in rows[k])
-      return (static['weight_bytes'] + static['slot_bytes'] +
-              static['accumulator_bytes'] +
+      return (plan_lib.StaticBytes(static) + static['decay_bytes'] +
               max(busiest, self.opt.update_copies *
                   static['accumulator_bytes']))
 
