@@ -34,7 +34,7 @@ with TF_CPU_ALLOCATOR_USE_BFC=false took 342-359 ms from step 3 on.
 
 The plan's cell times are measured minutes before each trainer.py run,
 and a shared host's speed drifts in between. So a probe (ProbeSeconds, a
-fixed convolution step of about a second in all) runs right after the
+fixed convolution step, about two seconds in all) runs right after the
 cells are timed and right before and after each trainer.py run, in a
 process with trainer.py's thread settings; the last column scales the
 predicted time by the probe's slowdown from the first to the other two

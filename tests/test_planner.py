@@ -707,6 +707,10 @@ def testPlanModeNeedsNoDevicesAndWritesPlan(tmp_path):
   assert sum(plan['partition']) == 11 and plan['partition_spec'] == 'flops'
   assert plan['fits'] and plan['largest_batch_that_fits'] >= 128
   assert '| 7 |' in out.stdout and 'bubble' in out.stdout
+  decay = sum(s['decay_bytes'] for s in plan['stages'])
+  assert decay > 0  # ResNet-20 trains with weight decay
+  assert (f"the weight decay's gradients {decay / 2**20:.1f} MiB"
+          in out.stdout)
   for png in ('plan_timeline.png', 'plan_memory.png'):
     assert (tmp_path / png).stat().st_size > 10_000
 

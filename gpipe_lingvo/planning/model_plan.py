@@ -164,6 +164,14 @@ def Summary(plan):
                   f"allocator: tensors asking "
                   f"{mib(plan['allocator_asked_bytes'])} hold blocks of "
                   f"{mib(plan['allocator_blocks_bytes'])})")
+    held = [(name, n) for name, n in (
+        ("the weight decay's gradients",
+         sum(s['decay_bytes'] for s in plan['stages'])),
+        ('prefetched input batches', plan['prefetch_bytes'])) if n]
+    if held:
+      out[-1] += (f"; the step's {mib(plan['step_activation_peak_bytes'])}"
+                  ' include ' + ' and '.join(f'{name} {mib(n)}'
+                                             for name, n in held))
   if 'largest_batch_that_fits' in plan:
     verdict = 'fits' if plan['fits'] else 'DOES NOT FIT'
     if not plan.get('host_fits', True):
