@@ -492,12 +492,12 @@ def _HostFits(plan: dict, budgets: Optional[Sequence[float]]) -> bool:
   return plan['host_peak_bytes'] <= sum(budgets)
 
 
-def _PeakBytes(static: dict, per_tick: Sequence[int], opt: Optimizer) -> int:
+def PeakBytes(static: dict, per_tick: Sequence[int], opt: Optimizer) -> int:
   """A device's peak: persistent bytes, the weight decay's gradients
   (held through the step), plus the larger of its busiest tick and the
   update after the loop (gradient copies)."""
-  return StaticBytes(static) + static['decay_bytes'] + max(max(per_tick),
-                               opt.update_copies * static['accumulator_bytes'])
+  return StaticBytes(static) + static['decay_bytes'] + max(
+      max(per_tick), opt.update_copies * static['accumulator_bytes'])
 
 
 def _Device(d, chunks, mem, peak_stash, opt: Optimizer) -> dict:
@@ -514,7 +514,7 @@ def _Device(d, chunks, mem, peak_stash, opt: Optimizer) -> dict:
   st['stash_peak_bytes'] = max(row[d][0] for row in mem)
   st['working_peak_bytes'] = max(row[d][1] for row in mem)
   st['update_bytes'] = opt.update_copies * st['accumulator_bytes']
-  st['peak_bytes'] = _PeakBytes(st, [sum(row[d]) for row in mem], opt)
+  st['peak_bytes'] = PeakBytes(st, [sum(row[d]) for row in mem], opt)
   st['stashed_chunk_activations'] = peak_stash
   return st
 
@@ -590,7 +590,7 @@ def StageBytesFn(costs, pipe: Pipeline, opt: Optimizer = Optimizer()):
     rows = TickMemory(table, acts, remat,
                       chunks=[c for c in (k - 1, k) if c >= 0],
                       execution=pipe.execution)
-    return _PeakBytes(ChunkStatic(costs, a, b, opt),
+    return PeakBytes(ChunkStatic(costs, a, b, opt),
                       [sum(row[k]) for row in rows], opt)
 
   return StageBytes

@@ -431,9 +431,7 @@ class Searcher:
           n_wi * act['weight_input_bytes'] +
           max([work[x] for x in actions] or [0])
           for n_in, n_res, n_wi, actions in rows[k])
-      return (plan_lib.StaticBytes(static) + static['decay_bytes'] +
-              max(busiest, self.opt.update_copies *
-                  static['accumulator_bytes']))
+      return plan_lib.PeakBytes(static, [busiest], self.opt)
 
     return Bytes
 
