@@ -279,6 +279,7 @@ def Worker(cfg):
 
 def _Row(pt, measured):
   """A configuration's prediction beside its measurement."""
+  from gpipe_lingvo.planning import plan as plan_lib  # pylint: disable=import-outside-toplevel
   ex, peak, secs, round_s = measured
   return {'config': pt.Overrides(), 'key': _Key(pt),
           'remat': pt.RematText(), 'K': pt.num_stages,

@@ -1,6 +1,9 @@
 """The configuration search (planning/search.py) and per-cell recompute in
 the planner (planning/recompute.py), on cost vectors: pure Python."""
 import itertools
+import json
+import os
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from gpipe_lingvo.planning import plan as plan_lib
 from gpipe_lingvo.planning import recompute
 from gpipe_lingvo.planning import search
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _Costs(n=8, batch=16):
   """A network of n cells with uneven times and activations (bytes and
@@ -103,6 +107,21 @@ def testCellChoiceIsTheShortestLadderPrefixThatFits():
   fits = [s2.Evaluate(1, k, m, '1f1b', 1, recompute.Flags(8, ladder, j))
           for j in range(n)]
   assert fits[-1] is None  # one cell fewer does not fit
+
+
+def testAutoplanBenchRowOfASearchedPoint():
+  # bench/autoplan_bench.py writes one row per measured configuration after
+  # every configuration was measured (tens of minutes): its prediction side
+  # must not fail at the end.
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  import autoplan_bench  # pylint: disable=import-outside-toplevel
+  p = _Searcher().Search(1)[0]
+  row = autoplan_bench._Row(p, (10.0, 2**20, 0.5, [0.5]))  # pylint: disable=protected-access
+  assert row['static'] == sum(plan_lib.StaticBytes(s)
+                              for s in p.plan['stages']) > 0
+  assert (row['K'], row['M'], row['measured_ex_s']) == (
+      p.num_stages, p.num_micro_batches, 10.0)
+  assert json.loads(row['key'])[:2] == [p.num_stages, p.num_micro_batches]
 
 
 def testOverridesReproduceThePoint():
