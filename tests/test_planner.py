@@ -21,6 +21,7 @@ from gpipe_lingvo.pipeline import executor
 from gpipe_lingvo.planning import partition
 from gpipe_lingvo.pipeline import pipelined_network
 from gpipe_lingvo.planning import plan as plan_lib
+from gpipe_lingvo.planning import schedule_view
 from gpipe_lingvo.pipeline import schedule as schedule_lib
 from tests import pipeline_test_util as util
 
@@ -232,6 +233,32 @@ def _SequentialHostPeak(table, acts, remat, device_order=False):
                    for a in row[d])
         peak = max(peak, held + work)
   return peak
+
+
+def testTicksSlotWrittenAgainHoldsBothEntriesWhileItsWriterRuns():
+  # Under 'ticks' a later forward writes its residuals into a slot whose
+  # old entry the write releases only after they were made: the writer's
+  # device holds both while it runs (1f1b_classic reuses slots; gpipe
+  # writes each of its M slots once).
+  for schedule in ('1f1b_classic', 'gpipe'):
+    remat, pipe, plan = next(_ToyPlans(schedule, 1, res=10_000, out=300,
+                                       w_in=7))
+    table, acts = pipe.Table(), plan['chunks']
+    again = schedule_view.RewriteCounts(table, 0, remat)['residuals']
+    rows = plan_lib.TickMemory(table, acts, remat, execution='ticks')
+    dataflow = plan_lib.TickMemory(table, acts, remat, execution='dataflow')
+    if schedule == 'gpipe':
+      assert not any(again)
+      continue
+    assert sum(again) == (table.num_micro_batches -
+                          table.BufferSlots(0, remat)['residuals'].size) > 0
+    for t, n in enumerate(again):
+      if not n:
+        continue
+      work = max(plan_lib._ActionWork(a, acts[a.chunk], remat)  # pylint: disable=protected-access
+                 for a in table.ticks[t][0])
+      assert rows[t][0][1] >= work + n * acts[0]['residual_bytes']
+      assert dataflow[t][0][1] == work  # graph edges: no slots
 
 
 @pytest.mark.parametrize('schedule,v', SCHEDULES)

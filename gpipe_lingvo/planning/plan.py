@@ -195,8 +195,13 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
   chunks = range(table.num_chunks) if chunks is None else chunks
   dev = table.chunk_device
   buffered = [[0] * table.num_devices for _ in range(table.num_ticks)]
+  # Under 'ticks', a slot written again holds its old entry while the
+  # writer makes the new one: on top of that device's work in the tick.
+  rewritten = [[0] * table.num_devices for _ in range(table.num_ticks)]
   for c in chunks:
     counts = BufferCounts(table, c, remat, execution)
+    again = (schedule_view.RewriteCounts(table, c, remat)
+             if execution == 'ticks' else {})
     nxt = dev[min(c + 1, table.num_chunks - 1)]
     where = {'inputs': (dev[c], 'input_bytes'),
              'grads': (nxt, 'output_bytes'),  # on the next chunk's device
@@ -205,13 +210,15 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
     for name, (d, key) in where.items():
       for t, n in enumerate(counts[name]):
         buffered[t][d] += n * acts[c][key]
+      for t, n in enumerate(again.get(name) or []):
+        rewritten[t][d] += n * acts[c][key]
   out = []
   for t, row in enumerate(table.ticks):
     per_device = []
     for d, actions in enumerate(row):
       mine = [a for a in actions if a.chunk in chunks]
       work = max([_ActionWork(a, acts[a.chunk], remat) for a in mine] or [0])
-      per_device.append((buffered[t][d], work))
+      per_device.append((buffered[t][d], work + rewritten[t][d]))
     out.append(per_device)
   return out
 

@@ -45,3 +45,22 @@ def BufferCounts(table: TickTable, chunk: int,
         counts[t] += 1
     out[name] = counts
   return out
+
+
+def RewriteCounts(table: TickTable, chunk: int,
+                  remat: Sequence[bool]) -> Dict[str, List[int]]:
+  """Per buffer of `chunk`, per tick: entries written into a slot that
+  already holds an earlier one. The action writing such an entry makes it
+  before the write releases the old one, so while it runs it holds both
+  (BufferCounts counts the slot once)."""
+  out = {}
+  lifetimes = table.BufferLifetimes(chunk, remat)
+  for name, slots in table.BufferSlots(chunk, remat).items():
+    counts = [0] * table.num_ticks
+    for i, life in enumerate(lifetimes[name] or []):
+      if (slots is not None and life is not None and
+          life[0] > slots.first_write[slots.slot[i]]):
+        counts[life[0]] += 1
+    out[name] = counts
+  return out
+

@@ -388,8 +388,8 @@ class Searcher:
   def _Rows(self, pipe: plan_lib.Pipeline):
     """Per device k (one chunk each): the distinct (buffered entries of
     its inputs + the gradients of its input, of its residuals, of its
-    weight inputs; its actions) over the ticks, as plan.TickMemory counts
-    them."""
+    weight inputs; the same three of slots written again under 'ticks';
+    its actions) over the ticks, as plan.TickMemory counts them."""
     key = (pipe.schedule, pipe.num_stages, pipe.num_micro_batches,
            pipe.remat, pipe.execution)
     if key not in self._rows:
@@ -397,12 +397,20 @@ class Searcher:
                           pipe.num_micro_batches, 1)
       counts = [plan_lib.BufferCounts(table, c, pipe.remat, pipe.execution)
                 for c in range(table.num_chunks)]
+      zero = [0] * table.num_ticks
+      again = [schedule_view.RewriteCounts(table, c, pipe.remat)
+               if pipe.execution == 'ticks' else
+               {name: zero for name in schedule_view.BUFFERS}
+               for c in range(table.num_chunks)]
       rows = []
       for k in range(pipe.num_stages):
-        grads = counts[k - 1]['grads'] if k else [0] * table.num_ticks
+        grads = counts[k - 1]['grads'] if k else zero
+        grads_again = again[k - 1]['grads'] if k else zero
         rows.append(_Undominated({
             (counts[k]['inputs'][t] + grads[t], counts[k]['residuals'][t],
              counts[k]['weight_inputs'][t],
+             again[k]['inputs'][t] + grads_again[t],
+             again[k]['residuals'][t], again[k]['weight_inputs'][t],
              frozenset((a.kind, bool(pipe.remat[a.mb]))
                        for a in table.ticks[t][k]))
             for t in range(table.num_ticks)}))
@@ -427,10 +435,11 @@ class Searcher:
                         plan_lib.ChunkStatic(costs, a, b, self.opt))
       act, work, static = acts[(a, b)]
       busiest = max(
-          n_in * act['input_bytes'] + n_res * act['residual_bytes'] +
-          n_wi * act['weight_input_bytes'] +
+          (n_in + r_in) * act['input_bytes'] +
+          (n_res + r_res) * act['residual_bytes'] +
+          (n_wi + r_wi) * act['weight_input_bytes'] +
           max([work[x] for x in actions] or [0])
-          for n_in, n_res, n_wi, actions in rows[k])
+          for n_in, n_res, n_wi, r_in, r_res, r_wi, actions in rows[k])
       return plan_lib.PeakBytes(static, [busiest], self.opt)
 
     return Bytes
@@ -624,12 +633,12 @@ def _Above(seconds: float, cutoff: float) -> bool:
 
 def _Undominated(rows: set) -> list:
   """The rows no other row covers (entries at least as many in every
-  buffer, a superset of its non-empty action kinds): bytes are >= 0, so
+  count, a superset of its non-empty action kinds, the last field): bytes are >= 0, so
   a covered row is never the busiest."""
   out = []
-  for r in sorted(rows, key=lambda r: (-sum(r[:3]), -len(r[3]))):
-    if not any(o[0] >= r[0] and o[1] >= r[1] and o[2] >= r[2] and (
-        r[3] <= o[3] if r[3] else not o[3]) for o in out):
+  for r in sorted(rows, key=lambda r: (-sum(r[:-1]), -len(r[-1]))):
+    if not any(all(x >= y for x, y in zip(o[:-1], r[:-1])) and (
+        r[-1] <= o[-1] if r[-1] else not o[-1]) for o in out):
       out.append(r)
   return out
 
