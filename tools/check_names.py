@@ -5,8 +5,8 @@ no test runs them whole, so a name left undefined by a rename (an import
 moved into one function and still used in another) fails only at the end
 of a long run. Python's own symbol tables (the `symtable` module) say which
 names a scope reads as globals; each must be bound at module level or be a
-builtin. Usage: python tools/check_names.py [FILE...] (default: every .py file of
-the repository; exit 1 on findings).
+builtin. Usage: python tools/check_names.py [FILE...] (default: every .py
+file of the repository; exit 1 on findings).
 """
 import builtins
 import os

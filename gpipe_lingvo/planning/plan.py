@@ -200,8 +200,7 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
   rewritten = [[0] * table.num_devices for _ in range(table.num_ticks)]
   for c in chunks:
     counts = BufferCounts(table, c, remat, execution)
-    again = (schedule_view.RewriteCounts(table, c, remat)
-             if execution == 'ticks' else {})
+    again = RewriteCounts(table, c, remat, execution)
     nxt = dev[min(c + 1, table.num_chunks - 1)]
     where = {'inputs': (dev[c], 'input_bytes'),
              'grads': (nxt, 'output_bytes'),  # on the next chunk's device
@@ -210,7 +209,7 @@ def TickMemory(table, acts: Sequence[dict], remat: Sequence[bool],
     for name, (d, key) in where.items():
       for t, n in enumerate(counts[name]):
         buffered[t][d] += n * acts[c][key]
-      for t, n in enumerate(again.get(name) or []):
+      for t, n in enumerate(again[name]):
         rewritten[t][d] += n * acts[c][key]
   out = []
   for t, row in enumerate(table.ticks):
@@ -331,6 +330,17 @@ def BufferCounts(table, chunk: int, remat: Sequence[bool],
         counts[t] += 1
     out[name] = counts
   return out
+
+
+def RewriteCounts(table, chunk: int, remat: Sequence[bool],
+                  execution: str = 'dataflow') -> Dict[str, List[int]]:
+  """Per buffer of `chunk`, per tick: entries written into a slot that
+  still holds an earlier one ('ticks': schedule_view.RewriteCounts; none
+  under 'dataflow', whose entries are graph edges)."""
+  if execution == 'ticks':
+    return schedule_view.RewriteCounts(table, chunk, remat)
+  return {name: [0] * table.num_ticks
+          for name in table.BufferLifetimes(chunk, remat)}
 
 
 def DataflowTimeline(table, cost, remat: Sequence[bool],

@@ -63,4 +63,3 @@ def RewriteCounts(table: TickTable, chunk: int,
         counts[life[0]] += 1
     out[name] = counts
   return out
-

@@ -397,11 +397,9 @@ class Searcher:
                           pipe.num_micro_batches, 1)
       counts = [plan_lib.BufferCounts(table, c, pipe.remat, pipe.execution)
                 for c in range(table.num_chunks)]
-      zero = [0] * table.num_ticks
-      again = [schedule_view.RewriteCounts(table, c, pipe.remat)
-               if pipe.execution == 'ticks' else
-               {name: zero for name in schedule_view.BUFFERS}
+      again = [plan_lib.RewriteCounts(table, c, pipe.remat, pipe.execution)
                for c in range(table.num_chunks)]
+      zero = [0] * table.num_ticks
       rows = []
       for k in range(pipe.num_stages):
         grads = counts[k - 1]['grads'] if k else zero
@@ -633,8 +631,8 @@ def _Above(seconds: float, cutoff: float) -> bool:
 
 def _Undominated(rows: set) -> list:
   """The rows no other row covers (entries at least as many in every
-  count, a superset of its non-empty action kinds, the last field): bytes are >= 0, so
-  a covered row is never the busiest."""
+  count, a superset of its non-empty action kinds, the last field): bytes
+  are >= 0, so a covered row is never the busiest."""
   out = []
   for r in sorted(rows, key=lambda r: (-sum(r[:-1]), -len(r[-1]))):
     if not any(all(x >= y for x, y in zip(o[:-1], r[:-1])) and (
